@@ -1,0 +1,43 @@
+"""The PENGWIN Task 2 label encoding, defined once; everything else imports it from here.
+
+A label pixel is a bit map: bit ``10 * (category - 1) + fragment`` is set where the ray through the pixel
+crosses that fragment. Categories are 1 = SA (sacrum), 2 = LI (left hip), 3 = RI (right hip); fragments are
+1..10 per category, fragment 1 being the main (largest) one. Training uses 30 sigmoid channels with
+``channel = bit - 1``.
+"""
+
+from __future__ import annotations
+
+CATEGORY_NAMES: tuple[str, ...] = ("SA", "LI", "RI")
+NUM_CATEGORIES: int = len(CATEGORY_NAMES)
+MAX_FRAGMENTS: int = 10
+NUM_CHANNELS: int = NUM_CATEGORIES * MAX_FRAGMENTS
+IMAGE_SIZE: int = 448
+
+#: every bit a PENGWIN label may carry (bits 1..30; never bit 0 or 31)
+VALID_BITS_MASK: int = sum(1 << bit for bit in range(1, NUM_CHANNELS + 1))
+
+
+def fragment_bit(category: int, fragment: int) -> int:
+    """Bit index of ``fragment`` (1..10) of ``category`` (1..3)."""
+    if not 1 <= category <= NUM_CATEGORIES or not 1 <= fragment <= MAX_FRAGMENTS:
+        raise ValueError(f"category must be 1..{NUM_CATEGORIES} and fragment 1..{MAX_FRAGMENTS}, got {category}, {fragment}")
+    return MAX_FRAGMENTS * (category - 1) + fragment
+
+
+def fragment_channel(category: int, fragment: int) -> int:
+    """Channel index (0..29) of ``fragment`` of ``category``: the bit index minus one."""
+    return fragment_bit(category, fragment) - 1
+
+
+def channel_category_fragment(channel: int) -> tuple[int, int]:
+    """Inverse of :func:`fragment_channel`: ``(category, fragment)`` of a channel index 0..29."""
+    if not 0 <= channel < NUM_CHANNELS:
+        raise ValueError(f"channel must be 0..{NUM_CHANNELS - 1}, got {channel}")
+    return channel // MAX_FRAGMENTS + 1, channel % MAX_FRAGMENTS + 1
+
+
+def fragment_name(category: int, fragment: int) -> str:
+    """Short display name such as ``"LI-2"``."""
+    fragment_bit(category, fragment)
+    return f"{CATEGORY_NAMES[category - 1]}-{fragment}"
