@@ -1,0 +1,1 @@
+"""The bundle's own Python that is not a MONAI transform: networks, losses, metrics, writers and data tools."""

@@ -1,0 +1,24 @@
+"""MONAI transforms for PENGWIN X-rays: exact loading, neg-log window, CLAHE and fragment bit coding."""
+
+from .bits import (
+    DecodeFragmentBits,
+    DecodeFragmentBitsd,
+    EncodeFragmentBits,
+    EncodeFragmentBitsd,
+    decode_fragment_bits,
+    encode_fragment_bits,
+)
+from .constants import (
+    CATEGORY_NAMES,
+    IMAGE_SIZE,
+    MAX_FRAGMENTS,
+    NUM_CATEGORIES,
+    NUM_CHANNELS,
+    VALID_BITS_MASK,
+    channel_category_fragment,
+    fragment_bit,
+    fragment_channel,
+    fragment_name,
+)
+from .intensity import CLAHE, CLAHEd, NegLogWindow, NegLogWindowd
+from .io import PengwinTiffReader, invalid_label_bits, read_fragment_label, read_xray_image

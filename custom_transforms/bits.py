@@ -1,0 +1,141 @@
+"""Exact conversions between PENGWIN uint32 bit maps and 30 binary channels (``channel = bit - 1``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends, convert_to_tensor
+
+from .constants import NUM_CHANNELS
+from .io import invalid_label_bits
+
+__all__ = [
+    "decode_fragment_bits",
+    "encode_fragment_bits",
+    "DecodeFragmentBits",
+    "EncodeFragmentBits",
+    "DecodeFragmentBitsd",
+    "EncodeFragmentBitsd",
+]
+
+_SHIFTS = torch.arange(1, NUM_CHANNELS + 1, dtype=torch.int32).view(NUM_CHANNELS, 1, 1)
+
+
+def _source_name(img: NdarrayOrTensor) -> str:
+    return str(img.meta.get("filename_or_obj", "bit map")) if isinstance(img, MetaTensor) else "bit map"
+
+
+def decode_fragment_bits(bitmap: NdarrayOrTensor, source: str = "bit map") -> torch.Tensor:
+    """Decode an integer bit map ``[H, W]`` or ``[1, H, W]`` into ``[30, H, W]`` uint8 channels.
+
+    Raises:
+        ValueError: for a float bit map, a wrong shape, or bits outside 1..30 (``source`` names the input).
+    """
+    if isinstance(bitmap, torch.Tensor):
+        array = bitmap.detach().cpu().numpy() if bitmap.dtype != torch.uint32 else bitmap.cpu().numpy()
+    else:
+        array = np.asarray(bitmap)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{source}: bit maps must have an integer dtype, got {array.dtype}")
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"{source}: expected a bit map of shape [H, W] or [1, H, W], got {tuple(array.shape)}")
+    bad_bits = invalid_label_bits(array)
+    if bad_bits:
+        raise ValueError(f"{source}: bit map sets bits {bad_bits}; PENGWIN labels use only bits 1..30")
+    # int32 is exact for bits 1..30 and the fastest dtype for torch shifts (torch has none on uint32)
+    values = torch.from_numpy(array.astype(np.int32, copy=False))
+    return ((values.unsqueeze(0) >> _SHIFTS) & 1).to(torch.uint8)
+
+
+def encode_fragment_bits(masks: NdarrayOrTensor, threshold: float = 0.5) -> np.ndarray:
+    """Encode ``[30, H, W]`` binary masks (or probabilities, kept where ``> threshold``) into a uint32 ``[H, W]``."""
+    channels = convert_to_tensor(masks, track_meta=False)
+    if channels.ndim != 3 or channels.shape[0] != NUM_CHANNELS:
+        raise ValueError(f"expected masks of shape [{NUM_CHANNELS}, H, W], got {tuple(channels.shape)}")
+    binary = channels > threshold if channels.is_floating_point() else channels != 0
+    weights = (1 << _SHIFTS.to(torch.int64)).to(channels.device)
+    return (binary.to(torch.int64) * weights).sum(dim=0).cpu().numpy().astype(np.uint32)
+
+
+class DecodeFragmentBits(Transform):
+    """Decode a PENGWIN bit-map label ``[1, H, W]`` into 30 binary channels ``[30, H, W]`` (channel = bit - 1).
+
+    Exact for every bit 1..30; a bit map with bit 0, bit 31 (a negative int32) or higher bits set, or with a
+    float dtype, is an error naming the source file, since such a file is not a PENGWIN label.
+
+    Args:
+        dtype: output dtype of the channels (float32 for a BCE target).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        self.dtype = dtype
+
+    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
+        channels = decode_fragment_bits(img, source=_source_name(img)).to(self.dtype)
+        if isinstance(img, MetaTensor):
+            return MetaTensor(channels, meta=img.meta, applied_operations=img.applied_operations)
+        return channels
+
+
+class EncodeFragmentBits(Transform):
+    """Encode ``[30, H, W]`` masks or probabilities into a ``[1, H, W]`` uint32 PENGWIN bit map.
+
+    ``decode(encode(x)) == x`` for binary ``x``. Probabilities are binarised with ``> threshold``.
+
+    Args:
+        threshold: probability threshold for float inputs.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        bitmap = encode_fragment_bits(img, self.threshold)[None]
+        if isinstance(img, MetaTensor):
+            return MetaTensor(torch.from_numpy(bitmap), meta=img.meta, applied_operations=img.applied_operations)
+        return torch.from_numpy(bitmap) if isinstance(img, torch.Tensor) else bitmap
+
+
+class DecodeFragmentBitsd(MapTransform):
+    """Dictionary twin of :class:`DecodeFragmentBits`."""
+
+    backend = DecodeFragmentBits.backend
+
+    def __init__(self, keys: KeysCollection, dtype: torch.dtype = torch.float32, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.decoder = DecodeFragmentBits(dtype)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.decoder(d[key])
+        return d
+
+
+class EncodeFragmentBitsd(MapTransform):
+    """Dictionary twin of :class:`EncodeFragmentBits`."""
+
+    backend = EncodeFragmentBits.backend
+
+    def __init__(self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.encoder = EncodeFragmentBits(threshold)
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.encoder(d[key])
+        return d
+
+
+DecodeFragmentBitsD = DecodeFragmentBitsDict = DecodeFragmentBitsd
+EncodeFragmentBitsD = EncodeFragmentBitsDict = EncodeFragmentBitsd
