@@ -1,0 +1,405 @@
+"""Fragment post-processing and the per-image files written at inference time.
+
+For each input X-ray ``<stem>.tif`` inference writes, into one output folder:
+
+- ``<stem>.tif``: the PENGWIN submission bit map (uint32 ``[H, W]``, one page, uncompressed, never empty),
+- ``<stem>.json``: a fragment report (name, area, centroid, bounding box, components, mean probability),
+- ``<stem>_overlay.png``: the CLAHE display of the X-ray with each fragment tinted and labelled.
+
+Arrays are numpy row-major ``[H, W]`` throughout, as read by tifffile: ``y`` is the row and ``x`` the column.
+Connected components are 8-connected everywhere (``scipy.ndimage.label`` with a 3x3 block of ones). Every
+file is written atomically: to a temporary file in the target folder, then moved into place with ``os.replace``,
+so a reader never sees a half-written file and a failed write leaves the previous file untouched.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+from monai.config import NdarrayOrTensor
+from monai.utils import convert_to_numpy, convert_to_tensor
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from custom_transforms.constants import (
+    CATEGORY_NAMES,
+    MAX_FRAGMENTS,
+    NUM_CHANNELS,
+    channel_category_fragment,
+    fragment_bit,
+    fragment_name,
+)
+from custom_transforms.bits import encode_fragment_bits
+from custom_transforms.intensity import CLAHE, NegLogWindow
+from custom_transforms.io import invalid_label_bits
+
+__all__ = [
+    "OUTPUT_KINDS",
+    "FRAGMENT_PALETTE",
+    "PostprocessResult",
+    "postprocess_fragments",
+    "postprocess_probabilities",
+    "fragment_report",
+    "overlay_image",
+    "display_image",
+    "write_bitmap_tiff",
+    "write_report_json",
+    "write_png",
+    "output_stem",
+    "write_prediction",
+]
+
+#: the files :func:`write_prediction` can write: submission bit map, fragment report, overlay picture
+OUTPUT_KINDS: tuple[str, ...] = ("tif", "json", "png")
+#: 8-connectivity in 2D
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+#: fraction of its own maximum at which the fallback channel is thresholded
+_FALLBACK_RELATIVE_LEVEL = 0.5
+_OVERLAY_ALPHA = 0.45
+_LABEL_FONT_SIZE = 14
+
+
+def _fragment_palette() -> np.ndarray:
+    """30 fixed RGB colours: one hue family per bone (SA yellows, LI blues, RI reds), varied by fragment."""
+    base_hues = (50.0, 215.0, 355.0)  # degrees: yellow, blue, red
+    lightness_cycle = (0.45, 0.62, 0.35)
+    colours = []
+    for channel in range(NUM_CHANNELS):
+        category, fragment = channel_category_fragment(channel)
+        hue = (base_hues[category - 1] + 4.0 * (fragment - 1 - (MAX_FRAGMENTS - 1) / 2)) % 360.0
+        red, green, blue = colorsys.hls_to_rgb(hue / 360.0, lightness_cycle[(fragment - 1) % 3], 0.95)
+        colours.append((round(255 * red), round(255 * green), round(255 * blue)))
+    return np.asarray(colours, dtype=np.uint8)
+
+
+#: ``FRAGMENT_PALETTE[channel]`` is the overlay colour (uint8 RGB) of that channel's fragment
+FRAGMENT_PALETTE: np.ndarray = _fragment_palette()
+
+
+class PostprocessResult(NamedTuple):
+    """Cleaned masks ``[30, H, W]`` (bool) and whether the never-empty fallback produced them."""
+
+    masks: np.ndarray
+    fallback_used: bool
+
+
+def _as_probabilities(probs: NdarrayOrTensor, source: str = "probabilities") -> np.ndarray:
+    """Validate ``[30, H, W]`` probabilities in [0, 1] and return them as float32 numpy."""
+    array = convert_to_numpy(probs, dtype=np.float32)
+    if array.ndim != 3 or array.shape[0] != NUM_CHANNELS:
+        raise ValueError(f"{source}: expected probabilities of shape [{NUM_CHANNELS}, H, W], got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{source}: probabilities contain {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
+    if array.size and (array.min() < 0.0 or array.max() > 1.0):
+        raise ValueError(
+            f"{source}: probabilities must lie in [0, 1], got [{array.min():g}, {array.max():g}] "
+            "(logits? apply a sigmoid first)"
+        )
+    return array
+
+
+def _remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop 8-connected components of a 2D bool ``mask`` with fewer than ``min_size`` pixels."""
+    if min_size <= 1 or not mask.any():
+        return mask
+    labels, _ = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[labels]
+
+
+def _fallback_masks(probs: np.ndarray) -> np.ndarray:
+    """The never-empty fallback: the argmax channel's pixels at or above half of that channel's maximum."""
+    masks = np.zeros(probs.shape, dtype=bool)
+    channel_max = probs.reshape(NUM_CHANNELS, -1).max(axis=1)
+    channel = int(np.argmax(channel_max))
+    peak = float(channel_max[channel])
+    if peak > 0.0:
+        masks[channel] = probs[channel] >= _FALLBACK_RELATIVE_LEVEL * peak
+    else:  # all-zero probabilities: keep one pixel so that the bit map is still valid
+        masks[(channel, *np.unravel_index(int(np.argmax(probs[channel])), probs.shape[1:]))] = True
+    return masks
+
+
+def postprocess_fragments(
+    probs: NdarrayOrTensor,
+    threshold: float = 0.5,
+    min_component_size: int = 10,
+    ensure_nonempty: bool = True,
+) -> PostprocessResult:
+    """Binarise ``[30, H, W]`` sigmoid probabilities into clean fragment masks.
+
+    Each channel keeps the pixels with ``probability > threshold`` (the same rule as ``encode_fragment_bits``),
+    then loses its 8-connected components of fewer than ``min_component_size`` pixels.
+
+    Never-empty fallback (``ensure_nonempty``): the official evaluator fails on an empty bit map, so when no
+    pixel of any channel survives, the channel with the highest maximum probability is kept where its
+    probability is at least half of that maximum (no size filter, so at least its peak pixel survives; if
+    every probability is zero, its first pixel alone is kept). The result is then flagged ``fallback_used``.
+
+    Raises:
+        ValueError: for a wrong shape, NaN/inf, or values outside [0, 1] (logits instead of probabilities).
+    """
+    array = _as_probabilities(probs)
+    masks = array > threshold
+    for channel in range(NUM_CHANNELS):
+        masks[channel] = _remove_small_components(masks[channel], min_component_size)
+    if ensure_nonempty and not masks.any():
+        return PostprocessResult(_fallback_masks(array), True)
+    return PostprocessResult(masks, False)
+
+
+def postprocess_probabilities(
+    probs: NdarrayOrTensor,
+    threshold: float = 0.5,
+    min_component_size: int = 10,
+    ensure_nonempty: bool = True,
+) -> np.ndarray:
+    """The masks of :func:`postprocess_fragments` alone: bool ``[30, H, W]``."""
+    return postprocess_fragments(probs, threshold, min_component_size, ensure_nonempty).masks
+
+
+def _as_masks(masks: NdarrayOrTensor) -> np.ndarray:
+    array = convert_to_numpy(masks)
+    if array.ndim != 3 or array.shape[0] != NUM_CHANNELS:
+        raise ValueError(f"expected masks of shape [{NUM_CHANNELS}, H, W], got {array.shape}")
+    return array.astype(bool, copy=False)
+
+
+def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None) -> list[dict[str, Any]]:
+    """Describe each non-empty fragment channel of ``masks`` ``[30, H, W]``, sorted by bit.
+
+    Each entry: ``category_name`` ("SA"/"LI"/"RI"), ``category``, ``fragment``, ``bit``, ``name`` ("LI-2"),
+    ``area_px``, ``centroid`` ``{"x", "y"}`` (pixel units; x = column, y = row), ``bbox``
+    ``{"x_min", "y_min", "x_max", "y_max"}`` (inclusive), ``num_components`` (8-connected) and
+    ``mean_probability`` over the mask (``None`` without ``probs``).
+    """
+    mask_array = _as_masks(masks)
+    prob_array = None if probs is None else _as_probabilities(probs)
+    if prob_array is not None and prob_array.shape != mask_array.shape:
+        raise ValueError(f"masks {mask_array.shape} and probabilities {prob_array.shape} differ in shape")
+    report = []
+    for channel in range(NUM_CHANNELS):  # channel order is bit order
+        mask = mask_array[channel]
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            continue
+        category, fragment = channel_category_fragment(channel)
+        _, num_components = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        report.append(
+            {
+                "category_name": CATEGORY_NAMES[category - 1],
+                "category": category,
+                "fragment": fragment,
+                "bit": fragment_bit(category, fragment),
+                "name": fragment_name(category, fragment),
+                "area_px": int(rows.size),
+                "centroid": {"x": float(cols.mean()), "y": float(rows.mean())},
+                "bbox": {
+                    "x_min": int(cols.min()),
+                    "y_min": int(rows.min()),
+                    "x_max": int(cols.max()),
+                    "y_max": int(rows.max()),
+                },
+                "num_components": int(num_components),
+                "mean_probability": None if prob_array is None else float(prob_array[channel][mask].mean()),
+            }
+        )
+    return report
+
+
+def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarray:
+    """Tint each fragment of ``masks`` ``[30, H, W]`` over a grey ``display`` ``[H, W]`` in [0, 1].
+
+    Fragments are alpha-blended in bit order with their :data:`FRAGMENT_PALETTE` colour and labelled with their
+    name (e.g. "LI-2") at their centroid, in white with a black outline, so that everything outside the
+    fragments stays grey (R = G = B).
+
+    Returns:
+        uint8 RGB ``[H, W, 3]``.
+    """
+    grey = convert_to_numpy(display, dtype=np.float32)
+    mask_array = _as_masks(masks)
+    if grey.ndim != 2 or grey.shape != mask_array.shape[1:]:
+        raise ValueError(f"expected a display of shape {mask_array.shape[1:]} matching the masks, got {grey.shape}")
+    if not np.isfinite(grey).all() or grey.min() < 0.0 or grey.max() > 1.0:
+        raise ValueError("the display must be finite and lie in [0, 1]")
+    rgb = np.repeat(grey[..., None] * 255.0, 3, axis=-1)
+    for channel in np.flatnonzero(mask_array.reshape(NUM_CHANNELS, -1).any(axis=1)):
+        mask = mask_array[channel]
+        rgb[mask] = (1.0 - _OVERLAY_ALPHA) * rgb[mask] + _OVERLAY_ALPHA * FRAGMENT_PALETTE[channel]
+    picture = Image.fromarray(np.rint(rgb).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=_LABEL_FONT_SIZE)
+    height, width = grey.shape
+    for entry in fragment_report(mask_array):
+        left, top, right, bottom = draw.textbbox((0, 0), entry["name"], font=font, stroke_width=1)
+        x = min(max(entry["centroid"]["x"] - (right - left) / 2, 0), max(width - (right - left), 0))
+        y = min(max(entry["centroid"]["y"] - (bottom - top) / 2, 0), max(height - (bottom - top), 0))
+        draw.text((x - left, y - top), entry["name"], fill="white", font=font, stroke_width=1, stroke_fill="black")
+    return np.asarray(picture)
+
+
+def display_image(image: NdarrayOrTensor) -> np.ndarray:
+    """The organisers' display of a raw X-ray ``[H, W]``: neg-log window, then CLAHE (clip 4, 8x8 tiles), in [0, 1]."""
+    raw = convert_to_numpy(image, dtype=np.float32)
+    windowed = NegLogWindow()(raw[None])
+    return np.asarray(CLAHE(clip_limit=4.0, tile_grid_size=(8, 8))(windowed))[0]
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Yield a binary handle on a temporary file next to ``path``; move it onto ``path`` only on success."""
+    path = Path(path)
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)  # reopened by name: tifffile needs a handle whose ``name`` is a path
+    try:
+        with open(temp_name, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def _write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    target = Path(path)
+    with _atomic_file(target) as handle:
+        write(handle)
+    return target
+
+
+def write_bitmap_tiff(path: str | os.PathLike, bitmap: NdarrayOrTensor) -> Path:
+    """Write a PENGWIN submission bit map: uint32 ``[H, W]``, one uncompressed page, atomically.
+
+    Raises:
+        ValueError: for a non-integer or non-2D map, bits outside 1..30, or an all-zero map (the official
+            evaluator cannot score an empty prediction).
+    """
+    array = convert_to_numpy(bitmap)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{path}: expected an integer bit map [H, W], got {array.dtype} of shape {array.shape}")
+    bad_bits = invalid_label_bits(array)
+    if bad_bits:
+        raise ValueError(f"{path}: bit map sets bits {bad_bits}; PENGWIN bit maps use only bits 1..30")
+    if not array.any():
+        raise ValueError(f"{path}: refusing to write an all-zero bit map (the official evaluator fails on it)")
+    exact = array.astype(np.uint32)  # exact: only bits 1..30 are set
+
+    def write(handle: IO[bytes]) -> None:
+        tifffile.imwrite(handle, exact, photometric="minisblack", compression=None)
+
+    return _write_atomically(path, write)
+
+
+def write_report_json(path: str | os.PathLike, report: Sequence[Mapping[str, Any]], extra: Mapping[str, Any]) -> Path:
+    """Write ``{**extra, "fragments": report}`` as indented JSON, atomically."""
+    if "fragments" in extra:
+        raise ValueError(f"{path}: 'fragments' is reserved for the report and may not appear in extra")
+    content = json.dumps({**extra, "fragments": list(report)}, indent=2, allow_nan=False) + "\n"
+    return _write_atomically(path, lambda handle: handle.write(content.encode("utf-8")))
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write a uint8 RGB ``[H, W, 3]`` picture as PNG, atomically."""
+    array = np.asarray(rgb)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"{path}: expected a uint8 RGB image [H, W, 3], got {array.dtype} of shape {array.shape}")
+    return _write_atomically(path, lambda handle: Image.fromarray(array, mode="RGB").save(handle, format="PNG"))
+
+
+def output_stem(image_name: str | os.PathLike) -> str:
+    """The output stem of an input file: its name without a ``.tif``/``.tiff`` suffix (any case)."""
+    name = Path(image_name).name
+    for suffix in (".tiff", ".tif"):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _resize_to(probs: NdarrayOrTensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize ``[30, h, w]`` probabilities to ``size`` if needed (same aspect ratio required)."""
+    tensor = convert_to_tensor(probs, dtype=torch.float32, track_meta=False)
+    if tensor.ndim != 3:
+        raise ValueError(f"expected probabilities of shape [{NUM_CHANNELS}, H, W], got {tuple(tensor.shape)}")
+    height, width = tensor.shape[1:]
+    if (height, width) == size:
+        return tensor
+    if height * size[1] != width * size[0]:
+        raise ValueError(f"probabilities of size {(height, width)} do not have the aspect ratio of the image {size}")
+    resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
+    return resized.clamp_(0.0, 1.0)
+
+
+def write_prediction(
+    probs: NdarrayOrTensor,
+    image: NdarrayOrTensor,
+    image_name: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    threshold: float = 0.5,
+    min_component_size: int = 10,
+    outputs: Sequence[str] = OUTPUT_KINDS,
+) -> dict[str, Path]:
+    """Post-process one image's network output and write its files into ``output_dir``.
+
+    Probabilities smaller than the input (a model run at 224 on a 448 image) are first resized to the input's
+    size with bilinear interpolation, before thresholding, so that the bit map matches the input pixel for
+    pixel. Then :func:`postprocess_fragments` (with the never-empty fallback) gives the masks, from which
+    ``<stem>.tif`` (bit map), ``<stem>.json`` (report) and ``<stem>_overlay.png`` are written as requested.
+    Plain arguments and no state, so that a MONAI ``Lambdad`` or an ignite handler can call it per image.
+
+    Args:
+        probs: sigmoid probabilities ``[30, h, w]``.
+        image: the raw X-ray ``[H, W]`` (or ``[1, H, W]``), for the size and the overlay's display.
+        image_name: the input file name; the stem is its name without ``.tif``/``.tiff``.
+        output_dir: folder for the files (created if missing).
+        threshold: probability threshold (kept where ``> threshold``).
+        min_component_size: smaller 8-connected components are dropped.
+        outputs: which of ``"tif"``, ``"json"``, ``"png"`` to write.
+
+    Returns:
+        the written paths, keyed by output kind.
+    """
+    unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
+    if unknown:
+        raise ValueError(f"unknown output kinds {unknown}; choose from {OUTPUT_KINDS}")
+    raw = convert_to_numpy(image, dtype=np.float32)
+    if raw.ndim == 3 and raw.shape[0] == 1:
+        raw = raw[0]
+    if raw.ndim != 2:
+        raise ValueError(f"{image_name}: expected a raw image [H, W] or [1, H, W], got shape {raw.shape}")
+    probabilities = _resize_to(probs, raw.shape)
+    masks, fallback_used = postprocess_fragments(probabilities, threshold, min_component_size, ensure_nonempty=True)
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(image_name)
+    paths: dict[str, Path] = {}
+    if "tif" in outputs:
+        paths["tif"] = write_bitmap_tiff(folder / f"{stem}.tif", encode_fragment_bits(masks))
+    if "json" in outputs:
+        extra = {
+            "image": Path(image_name).name,
+            "threshold": threshold,
+            "min_component_size": min_component_size,
+            "fallback_used": fallback_used,
+        }
+        paths["json"] = write_report_json(folder / f"{stem}.json", fragment_report(masks, probabilities), extra)
+    if "png" in outputs:
+        paths["png"] = write_png(folder / f"{stem}_overlay.png", overlay_image(display_image(raw), masks))
+    return paths
