@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 #: VGG16 ("configuration D"): output channels of each 3x3 convolution, "M" for a 2x2 max pool.
-_VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_VGG16_LAYOUT: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512
+)
 #: indices in ``features`` of the ReLU ending each level (full resolution, 1/2, 1/4, 1/8, 1/16): the skips.
 _SKIP_INDICES: tuple[int, ...] = (3, 8, 15, 22, 29)
 _SKIP_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
@@ -115,7 +117,8 @@ class VGG16UNet(nn.Module):
         super().__init__()
         decoder_channels = tuple(int(c) for c in decoder_channels)
         if len(decoder_channels) != len(_SKIP_CHANNELS) - 1 or min(decoder_channels) < 1:
-            raise ValueError(f"decoder_channels needs {len(_SKIP_CHANNELS) - 1} positive values, got {decoder_channels}")
+            levels = len(_SKIP_CHANNELS) - 1
+            raise ValueError(f"decoder_channels needs {levels} positive values, got {decoder_channels}")
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels and out_channels must be positive, got {in_channels}, {out_channels}")
         self.in_channels = in_channels
@@ -193,8 +196,8 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(content)
 
 
-def _feature_weights(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Split a VGG16 state dict into its ``features`` weights (keys ``N.weight``) and keys it cannot use.
+def _feature_weights(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], str]:
+    """Split a VGG16 state dict into its feature weights (keys ``N.*``), unusable keys, and the file's key prefix.
 
     Accepts a whole torchvision ``vgg16`` state dict (``features.N.*`` and ``classifier.*``, the latter ignored)
     or only its features part, keyed ``features.N.*`` or ``N.*``.
@@ -202,8 +205,8 @@ def _feature_weights(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     if any(key.startswith("features.") for key in state):
         features = {key[len("features.") :]: value for key, value in state.items() if key.startswith("features.")}
         foreign = [key for key in state if not key.startswith(("features.", "classifier."))]
-        return features, foreign
-    return state, []
+        return features, foreign, "features."
+    return state, [], ""
 
 
 def load_vgg16_encoder_weights(model: VGG16UNet | VGG16Encoder, path: str | os.PathLike) -> None:
@@ -227,24 +230,21 @@ def load_vgg16_encoder_weights(model: VGG16UNet | VGG16Encoder, path: str | os.P
         ValueError: the file is not a VGG16 state dict: missing or unexpected keys, or wrong shapes (all named).
     """
     encoder = model.encoder if isinstance(model, VGG16UNet) else model
-    features, foreign = _feature_weights(_read_state_dict(path))
+    features, foreign, prefix = _feature_weights(_read_state_dict(path))
     expected = encoder.features.state_dict()
     first_weight = "0.weight"
     rgb_shape = (expected[first_weight].shape[0], _VGG16_IN_CHANNELS, *expected[first_weight].shape[2:])
     expected_shapes = {key: tuple(value.shape) for key, value in expected.items()} | {first_weight: rgb_shape}
-    missing = sorted(set(expected) - set(features), key=_natural_key)
-    unexpected = sorted(foreign + [key for key in features if key not in expected], key=_natural_key)
+    missing = [prefix + key for key in sorted(set(expected) - set(features), key=_natural_key)]
+    unexpected = foreign + [prefix + key for key in sorted(set(features) - set(expected), key=_natural_key)]
     mismatched = [
-        f"{key}: {tuple(features[key].shape)} in the file, {expected_shapes[key]} expected"
+        f"{prefix}{key}: {tuple(features[key].shape)} in the file, {expected_shapes[key]} expected"
         for key in sorted(set(expected) & set(features), key=_natural_key)
         if tuple(features[key].shape) != expected_shapes[key]
     ]
     if missing or unexpected or mismatched:
-        problems = [
-            f"{label}: {', '.join(items)}"
-            for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", mismatched))
-            if items
-        ]
+        found = {"missing keys": missing, "unexpected keys": unexpected, "wrong shapes": mismatched}
+        problems = [f"{label}: {', '.join(items)}" for label, items in found.items() if items]
         raise ValueError(f"{path}: not a torchvision VGG16 state dict; " + "; ".join(problems))
     in_channels = expected[first_weight].shape[1]
     if in_channels != _VGG16_IN_CHANNELS:
