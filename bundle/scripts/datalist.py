@@ -1,0 +1,181 @@
+"""List a PENGWIN root as a MONAI datalist: pair images and labels by name and split by patient.
+
+A PENGWIN root holds ``<root>/<split>/input/images/x-ray/CCC_PPPP.tif`` (raw X-rays) and
+``<root>/<split>/output/images/x-ray/CCC_PPPP.tif`` (bit-map labels), ``CCC`` being the patient (CT) and
+``PPPP`` the projection; ``<root>/input/images/x-ray`` (a split folder given directly) works too. Labelled
+pairs are split by patient, in patient order, into training, test and validation (the first 70% of patients
+train, the next 15% test, the last 15% validation by default), so no patient is in two splits. Images
+without labels are listed under ``inference``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from custom_transforms.io import read_fragment_label, read_xray_image
+
+__all__ = [
+    "IMAGE_SUBDIR",
+    "LABEL_SUBDIR",
+    "patient_id",
+    "find_pairs",
+    "split_by_patient",
+    "build_datalist",
+    "check_datalist_files",
+    "write_json_atomic",
+    "main",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUBDIR = Path("input", "images", "x-ray")
+LABEL_SUBDIR = Path("output", "images", "x-ray")
+_NAME_PATTERN = re.compile(r"^(\d+)_(\d+)\.tiff?$", re.IGNORECASE)
+
+
+def patient_id(path: str | Path) -> str:
+    """The patient (CT) id ``CCC`` of a ``CCC_PPPP.tif`` file name."""
+    match = _NAME_PATTERN.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path}: file name does not follow the PENGWIN pattern CCC_PPPP.tif")
+    return match.group(1)
+
+
+def _split_folders(root: Path) -> list[Path]:
+    if (root / IMAGE_SUBDIR).is_dir():
+        return [root]
+    return sorted(child for child in root.iterdir() if (child / IMAGE_SUBDIR).is_dir())
+
+
+def _tiffs(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {path.name: path for path in sorted(folder.iterdir()) if path.suffix.lower() in (".tif", ".tiff")}
+
+
+def find_pairs(root: str | Path, allow_unpaired: bool = False) -> tuple[list[dict], list[dict]]:
+    """Pair images and labels by file name under every split folder of ``root``.
+
+    Returns:
+        ``(pairs, unlabelled)``: ``{"image", "label"}`` items and ``{"image"}`` items, sorted by name.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no PENGWIN image folder.
+        ValueError: no image at all, or (unless ``allow_unpaired``) some labels lack an image or, in a
+            labelled root, some images lack a label; every unpaired name is listed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: dataset folder does not exist")
+    folders = _split_folders(root)
+    if not folders:
+        raise FileNotFoundError(f"{root}: no '<split>/{IMAGE_SUBDIR.as_posix()}' folder found (PENGWIN layout)")
+    pairs, unlabelled, unpaired = [], [], []
+    for folder in folders:
+        images, labels = _tiffs(folder / IMAGE_SUBDIR), _tiffs(folder / LABEL_SUBDIR)
+        for name, image in images.items():
+            patient_id(image)
+            if name in labels:
+                pairs.append({"image": str(image.resolve()), "label": str(labels[name].resolve())})
+            else:
+                unlabelled.append({"image": str(image.resolve())})
+        unpaired += [f"label without image: {labels[name]}" for name in sorted(set(labels) - set(images))]
+    if not pairs and not unlabelled:
+        raise ValueError(f"{root}: empty dataset, no .tif image found")
+    if pairs:
+        unpaired += [f"image without label: {item['image']}" for item in unlabelled]
+    if unpaired:
+        message = f"{root}: {len(unpaired)} unpaired file(s):\n  " + "\n  ".join(unpaired)
+        if not allow_unpaired:
+            raise ValueError(message)
+        logger.warning(message)
+    return pairs, unlabelled
+
+
+def split_by_patient(
+    items: Sequence[dict], train_fraction: float = 0.70, test_fraction: float = 0.15
+) -> dict[str, list[dict]]:
+    """Split items by patient, in patient order: first ``train_fraction`` of patients train, the next
+    ``test_fraction`` test, the rest validation. With three or more patients every split gets at least one."""
+    if not (0 < train_fraction and 0 <= test_fraction and train_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 < train, 0 <= test, train + test < 1; got {train_fraction}, {test_fraction}")
+    patients = sorted({patient_id(item["image"]) for item in items})
+    count = len(patients)
+    n_train = max(1, round(train_fraction * count))
+    n_test = round(test_fraction * count)
+    if count >= 3:
+        n_test = max(1, n_test)
+        n_train = min(n_train, count - n_test - 1)
+    n_test = min(n_test, count - n_train)
+    groups = {
+        "training": set(patients[:n_train]),
+        "test": set(patients[n_train : n_train + n_test]),
+        "validation": set(patients[n_train + n_test :]),
+    }
+    return {split: [item for item in items if patient_id(item["image"]) in group] for split, group in groups.items()}
+
+
+def build_datalist(
+    root: str | Path, train_fraction: float = 0.70, test_fraction: float = 0.15, allow_unpaired: bool = False
+) -> dict[str, list[dict]]:
+    """The MONAI datalist of a PENGWIN root: ``training``, ``validation``, ``test`` and ``inference`` lists of
+    items with absolute paths (see :func:`find_pairs` and :func:`split_by_patient`)."""
+    pairs, unlabelled = find_pairs(root, allow_unpaired)
+    datalist = split_by_patient(pairs, train_fraction, test_fraction) if pairs else {}
+    return {
+        "training": datalist.get("training", []),
+        "validation": datalist.get("validation", []),
+        "test": datalist.get("test", []),
+        "inference": unlabelled,
+    }
+
+
+def check_datalist_files(items: Sequence[dict], expected_shape: Sequence[int] | None = None) -> None:
+    """Read and validate every listed file before any work starts; raise once, listing every bad file.
+
+    Checks existence, TIFF readability, dtype, finiteness, label bits and image/label size agreement, so a
+    long run never dies on a bad file hours in.
+    """
+    problems = []
+    for item in items:
+        try:
+            image = read_xray_image(item["image"], expected_shape)
+            if "label" in item:
+                label = read_fragment_label(item["label"], expected_shape)
+                if label.shape != image.shape:
+                    problems.append(f"{item['label']}: label shape {label.shape} != image shape {image.shape}")
+        except (OSError, ValueError) as err:
+            problems.append(str(err))
+    if problems:
+        raise ValueError(f"{len(problems)} bad file(s) of {len(items)}:\n  " + "\n  ".join(problems))
+
+
+def write_json_atomic(path: str | Path, content: object) -> Path:
+    """Write ``content`` as JSON through a temporary file and a rename, so a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        json.dump(content, tmp, indent=2)
+    os.replace(tmp.name, path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console command ``pengwin-datalist ROOT --out datalist.json``."""
+    parser = argparse.ArgumentParser(prog="pengwin-datalist", description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="PENGWIN root folder")
+    parser.add_argument("--out", required=True, help="datalist JSON to write")
+    parser.add_argument("--train-fraction", type=float, default=0.70)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--allow-unpaired", action="store_true", help="warn about unpaired files instead of failing")
+    args = parser.parse_args(argv)
+    datalist = build_datalist(args.root, args.train_fraction, args.test_fraction, args.allow_unpaired)
+    write_json_atomic(args.out, datalist)
+    print(", ".join(f"{key}: {len(items)}" for key, items in datalist.items()), f"-> {args.out}")

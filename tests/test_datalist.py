@@ -1,0 +1,102 @@
+"""Pairing, patient-wise splitting and validation of PENGWIN roots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import write_pair
+from scripts.datalist import build_datalist, check_datalist_files, main, patient_id, split_by_patient
+
+
+def patients_of(items):
+    return {patient_id(item["image"]) for item in items}
+
+
+def test_datalist_splits_by_patient_in_patient_order(pengwin_root):
+    datalist = build_datalist(pengwin_root)
+    assert [len(datalist[k]) for k in ("training", "test", "validation", "inference")] == [14, 4, 2, 0]
+    assert patients_of(datalist["training"]) == {f"{p:03d}" for p in range(1, 8)}
+    assert patients_of(datalist["test"]) == {"008", "009"}
+    assert patients_of(datalist["validation"]) == {"010"}
+
+
+def test_no_patient_appears_in_two_splits_and_every_pair_is_listed(pengwin_root):
+    datalist = build_datalist(pengwin_root)
+    groups = [patients_of(datalist[k]) for k in ("training", "test", "validation")]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert sum(len(datalist[k]) for k in ("training", "test", "validation")) == 20
+
+
+def test_pairs_match_by_file_name(pengwin_root):
+    for item in build_datalist(pengwin_root)["training"]:
+        assert item["image"].replace("/input/", "/output/") == item["label"]
+
+
+@pytest.mark.parametrize("count", [3, 4, 7, 20, 100])
+def test_every_split_is_non_empty_from_three_patients(count):
+    items = [{"image": f"/r/{p:03d}_0000.tif"} for p in range(count)]
+    splits = split_by_patient(items)
+    assert all(splits[k] for k in splits) and sum(map(len, splits.values())) == count
+
+
+def test_split_is_deterministic():
+    items = [{"image": f"/r/{p:03d}_{j:04d}.tif"} for p in range(30) for j in range(3)]
+    assert split_by_patient(items) == split_by_patient(list(reversed(items))[::-1])
+
+
+def test_unlabelled_root_is_listed_for_inference(tmp_path):
+    for patient in (101, 102):
+        write_pair(tmp_path, f"{patient}_0000.tif", split="test", label=False)
+    datalist = build_datalist(tmp_path)
+    assert len(datalist["inference"]) == 2 and not datalist["training"]
+
+
+def test_unpaired_files_are_reported_by_name(pengwin_root):
+    write_pair(pengwin_root, "011_0000.tif", label=False)
+    (pengwin_root / "train/input/images/x-ray/003_0000.tif").unlink()
+    with pytest.raises(ValueError, match=r"2 unpaired(.|\n)*label without image: .*003_0000.tif(.|\n)*image without label: .*011_0000.tif"):
+        build_datalist(pengwin_root)
+    datalist = build_datalist(pengwin_root, allow_unpaired=True)
+    assert [item["image"].endswith("011_0000.tif") for item in datalist["inference"]] == [True]
+
+
+@pytest.mark.parametrize("layout", ["missing", "no image folder", "empty"])
+def test_missing_or_empty_dataset_is_a_clear_error(tmp_path, layout):
+    root = tmp_path / "root"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "empty":
+        (root / "train/input/images/x-ray").mkdir(parents=True)
+    with pytest.raises((FileNotFoundError, ValueError), match="root: (dataset folder does not exist|no '<split>|empty)"):
+        build_datalist(root)
+
+
+def test_file_name_outside_the_pengwin_pattern_is_an_error(tmp_path):
+    write_pair(tmp_path, "scan.tif", label=False)
+    with pytest.raises(ValueError, match="scan.tif.*CCC_PPPP"):
+        build_datalist(tmp_path)
+
+
+def test_check_files_reports_every_bad_file_at_once(pengwin_root):
+    items = build_datalist(pengwin_root)["training"]
+    tifffile.imwrite(items[0]["label"], np.ones((32, 32), np.float32))
+    tifffile.imwrite(items[1]["label"], np.ones((16, 16), np.uint32) << 1)
+    items.append({"image": str(pengwin_root / "gone_0000.tif"), "label": "x"})
+    with pytest.raises(ValueError) as info:
+        check_datalist_files(items)
+    message = str(info.value)
+    assert message.startswith("3 bad file(s) of 15")
+    assert "integer bit map" in message and "label shape (16, 16) != image shape (32, 32)" in message
+    assert "gone_0000.tif: file not found" in message
+
+
+def test_cli_writes_a_monai_datalist(pengwin_root, tmp_path, capsys):
+    out = tmp_path / "lists" / "datalist.json"
+    main([str(pengwin_root), "--out", str(out)])
+    datalist = json.loads(out.read_text())
+    assert set(datalist) == {"training", "validation", "test", "inference"} and len(datalist["training"]) == 14
+    assert "training: 14" in capsys.readouterr().out
