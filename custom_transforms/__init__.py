@@ -21,4 +21,5 @@ from .constants import (
     fragment_name,
 )
 from .intensity import CLAHE, CLAHEd, NegLogWindow, NegLogWindowd
+from .spatial import RandSideFlipd, SwapSideChannels, SwapSideChannelsd
 from .io import PengwinTiffReader, invalid_label_bits, read_fragment_label, read_xray_image
