@@ -32,6 +32,7 @@ from monai.utils import convert_to_numpy, convert_to_tensor
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from custom_transforms.bits import encode_fragment_bits
 from custom_transforms.constants import (
     CATEGORY_NAMES,
     MAX_FRAGMENTS,
@@ -40,7 +41,6 @@ from custom_transforms.constants import (
     fragment_bit,
     fragment_name,
 )
-from custom_transforms.bits import encode_fragment_bits
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from custom_transforms.io import invalid_label_bits
 
