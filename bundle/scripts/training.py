@@ -1,0 +1,147 @@
+"""Pieces the training and evaluation configs call that MONAI does not provide as such."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.inferers import Inferer
+
+from custom_transforms.bits import decode_fragment_bits
+from custom_transforms.constants import CATEGORY_NAMES, MAX_FRAGMENTS, NUM_CHANNELS
+from custom_transforms.io import read_fragment_label
+
+from .datalist import write_json_atomic
+
+__all__ = [
+    "resolve_dataset",
+    "class_balanced_weights",
+    "PengwinInferer",
+    "category_iou_output",
+    "export_running_config",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_dataset(dataset_dir: str, synthetic_dir: str, synthetic: dict[str, int]) -> str:
+    """The PENGWIN root to train on: ``dataset_dir`` when given, else the built-in synthetic dataset.
+
+    The synthetic dataset (``synthetic`` holds patients, projections, size and seed) is generated once into
+    ``synthetic_dir`` and reused while its arguments stay the same.
+    """
+    if dataset_dir:
+        if not Path(dataset_dir).is_dir():
+            raise FileNotFoundError(f"{dataset_dir}: dataset folder does not exist")
+        return str(dataset_dir)
+    from .synth import ensure_synthetic_dataset
+
+    logger.info(f"no dataset_dir given: using the built-in synthetic PENGWIN dataset in {synthetic_dir}")
+    return str(ensure_synthetic_dataset(synthetic_dir, **synthetic))
+
+
+def class_balanced_weights(
+    label_paths: Sequence[str], max_weight: float = 20.0, cache_dir: str | None = None
+) -> list[float]:
+    """Per-channel weights ``w_c = total pixels / pixels of channel c``, capped at ``max_weight``.
+
+    Used as the positive-class weights of the BCE loss. A channel absent from every training label gets
+    weight 1: it has no positive pixel, so its weight would never enter the loss, and 1 keeps it finite.
+    The counts are cached in ``cache_dir`` under a hash of the label files (paths, sizes, times).
+    """
+    if not label_paths:
+        raise ValueError("no training labels to compute class weights from")
+    cache = None
+    if cache_dir is not None:
+        signature = hashlib.sha256()
+        for path in sorted(label_paths):
+            stat = Path(path).stat()
+            signature.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        cache = Path(cache_dir) / f"class_pixels_{signature.hexdigest()[:16]}.json"
+    if cache is not None and cache.is_file():
+        counts = json.loads(cache.read_text())
+    else:
+        positives, total = np.zeros(NUM_CHANNELS, np.int64), 0
+        for path in label_paths:
+            channels = decode_fragment_bits(read_fragment_label(path), source=str(path))
+            positives += channels.flatten(1).sum(1, dtype=torch.int64).numpy()
+            total += channels[0].numel()
+        counts = {"total": int(total), "positives": positives.tolist()}
+        if cache is not None:
+            write_json_atomic(cache, counts)
+    positives = np.asarray(counts["positives"], np.float64)
+    weights = np.where(positives > 0, counts["total"] / np.maximum(positives, 1), 1.0)
+    return np.minimum(weights, max_weight).round(4).tolist()
+
+
+class PengwinInferer(Inferer):
+    """Run the network at a fixed input size and optional CPU bf16 autocast; return logits at the input size.
+
+    MONAI's engines autocast only on CUDA; on CPUs with bf16 support, autocast halves the BasicUNet step.
+    With ``spatial_size`` (e.g. 224 for the VGG16 U-Net on 448 images), inputs are resized bilinearly and
+    logits brought back to the input size, so losses, metrics and outputs always live at the label size.
+
+    Args:
+        spatial_size: network input size ``(H, W)``, or ``None`` to use the input as it is.
+        cpu_bf16: autocast to bfloat16 when running on the CPU.
+    """
+
+    def __init__(self, spatial_size: Sequence[int] | None = None, cpu_bf16: bool = False) -> None:
+        super().__init__()
+        self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
+        self.cpu_bf16 = cpu_bf16
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        size = tuple(inputs.shape[2:])
+        resize = self.spatial_size is not None and self.spatial_size != size
+        if resize:
+            inputs = F.interpolate(inputs, size=self.spatial_size, mode="bilinear", align_corners=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16 and inputs.device.type == "cpu"):
+            logits = network(inputs, *args, **kwargs)
+        logits = logits.float()
+        if resize:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+
+def category_iou_output(category: str, pred_key: str = "pred", label_key: str = "label") -> Callable:
+    """An ignite ``output_transform`` giving one bone's masks (the union of its 10 fragment channels).
+
+    Feeds MONAI's ``MeanIoUHandler`` for the per-category (SA, LI, RI) IoU.
+    """
+    index = CATEGORY_NAMES.index(category)
+    channels = slice(index * MAX_FRAGMENTS, (index + 1) * MAX_FRAGMENTS)
+
+    def transform(output: Sequence[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        preds = [item[pred_key][channels].amax(0, keepdim=True) for item in output]
+        labels = [item[label_key][channels].amax(0, keepdim=True) for item in output]
+        return preds, labels
+
+    return transform
+
+
+def export_running_config(path: str) -> str:
+    """Write the fully merged config of the running ``monai.bundle`` workflow to ``path``; return ``path``.
+
+    MONAI exports the executed config only under ``--tracking``; here MLflow tracking is on by default, so the
+    config is taken from the workflow that is evaluating this expression (found on the call stack).
+    """
+    for frame in inspect.stack():
+        workflow = frame.frame.f_locals.get("self")
+        if isinstance(workflow, ConfigWorkflow):
+            content = workflow.parser.get()
+            break
+    else:
+        raise RuntimeError("export_running_config must be called from a monai.bundle ConfigWorkflow")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ConfigParser.export_config_file(content, path, fmt="json", indent=2)
+    return path
