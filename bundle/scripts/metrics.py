@@ -1,7 +1,8 @@
 """The official PENGWIN Task 2 (X-ray) metrics, the ``pengwin-eval`` command and a batch scorer for evaluation.
 
 The numbers follow the organisers' public evaluator (``evaluation_Xray_core.py`` in
-YzzLiu/PENGWIN-example-algorithm, MIT) rule for rule:
+YzzLiu/PENGWIN-example-algorithm, MIT; its later revision, which scores an empty predicted bone 2R / R instead
+of infinity) rule for rule:
 
 * Both bit maps are decoded into their non-empty fragment masks, in bit order (SA-1..SA-10, LI-1.., RI-1..).
 * Matching: each ground-truth fragment takes the predicted fragment of ANY category with the highest IoU; ties
@@ -10,9 +11,10 @@ YzzLiu/PENGWIN-example-algorithm, MIT) rule for rule:
 * A matched fragment (IoU > 0) scores HD95 and ASSD between surface point sets, in pixels. The surface is the
   band ``dilation(mask) & ~erosion(mask)`` with the 4-connected 3x3 cross (about 2 px wide). A surface of more
   than 10,000 points is replaced by 10,000 points drawn with replacement by ``RandomState(2024).randint``, a
-  fresh generator for every surface (what ``sklearn.utils.resample(points, n_samples=10000, random_state=2024)``
-  draws). Nearest distances are rounded to float32 before the reductions, as in the reference. HD95 is the
-  larger of the two directed 95th percentiles (numpy's linear method), ASSD the mean of the two directed means.
+  fresh generator for every surface: what ``sklearn.utils.resample(points, n_samples=10000, random_state=2024)``
+  draws, without depending on scikit-learn. Nearest distances are rounded to float32 before the reductions, as
+  in the reference. HD95 is the larger of the two directed 95th percentiles (numpy's linear method), ASSD the
+  mean of the two directed means.
 * A missed fragment (IoU == 0) scores HD95 = 2R and ASSD = R, R being the largest distance from the fragment's
   pixel centroid to any of its pixels.
 * Anatomy: the fragments of each category are OR-ed into SA/LI/RI bones, the prediction grouped by its own
@@ -30,6 +32,9 @@ Deliberate differences from the reference:
 * Nearest distances come from a k-d tree (``scipy.spatial.cKDTree``) instead of all-pairs distance matrices,
   and the surface band is computed on the mask's bounding box plus one pixel instead of the whole image: same
   points in the same order, same distances, far less time and memory.
+* MONAI's ``HausdorffDistanceMetric`` / ``SurfaceDistanceMetric`` are not used: their surfaces are the inner edge
+  ``mask ^ erosion(mask)`` without the outer ring and without sub-sampling, so they cannot give the challenge's
+  numbers.
 * The extra ``fracture_iou_hungarian`` is not an official metric: one-to-one matching of fragments by
   ``scipy.optimize.linear_sum_assignment`` on IoU, unmatched ground-truth fragments scoring 0, mean over
   ground-truth fragments.
@@ -122,7 +127,7 @@ def subsample_points(
     return points[indices]
 
 
-def _box_points(mask: np.ndarray, margin: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+def _crop_to_box(mask: np.ndarray, margin: int) -> tuple[np.ndarray, tuple[slice, slice]]:
     """The crop of ``mask`` to its bounding box grown by ``margin`` (clipped to the image), and that box."""
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -139,7 +144,7 @@ def surface_points(mask: np.ndarray) -> np.ndarray:
     The band is computed on the bounding box plus one pixel: outside it the band is empty, and at an image edge
     the crop edge is the image edge, so the points and their order equal those of the whole-image band.
     """
-    crop, box = _box_points(np.asarray(mask, dtype=bool), margin=1)
+    crop, box = _crop_to_box(np.asarray(mask, dtype=bool), margin=1)
     points = np.argwhere(surface_band(crop)) + np.array([box[0].start, box[1].start])
     return subsample_points(points)
 
@@ -163,7 +168,7 @@ def hd95_assd(points: np.ndarray, other_points: np.ndarray) -> tuple[np.float32,
 
 def miss_radius(mask: np.ndarray) -> np.float64:
     """R of the miss penalty: the largest distance from the pixel centroid of a non-empty mask to its pixels."""
-    crop, box = _box_points(np.asarray(mask, dtype=bool), margin=0)
+    crop, box = _crop_to_box(np.asarray(mask, dtype=bool), margin=0)
     points = np.argwhere(crop) + np.array([box[0].start, box[1].start])
     return np.max(np.linalg.norm(points - points.mean(axis=0), axis=1))
 
