@@ -1,0 +1,300 @@
+"""Batch inference over a folder of raw X-rays: input checks, model formats, the per-image writer and the summary.
+
+``configs/inference.json`` wires these pieces into a MONAI ``SupervisedEvaluator``:
+
+1. :func:`list_inputs` reads every ``*.tif``/``*.tiff`` of the input folder once with the validating reader, so
+   that a bad file is reported with its reason and skipped instead of stopping the run half-way.
+2. :func:`load_network` gives the network in the chosen format: the trained weights on ``network_def`` ("pt"),
+   a TorchScript file ("ts") or an ONNX file run by ONNX Runtime ("onnx", through :class:`OnnxRuntimeNetwork`,
+   a ``torch.nn.Module`` so that the same inferer and evaluator run it).
+3. :class:`PredictionWriter` writes each image's files as its iteration completes; a failed write is recorded,
+   and the next image goes on.
+4. :func:`report_failures` prints the counts at the end and fails the run when any input failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.utils import convert_to_numpy
+
+from custom_transforms.io import read_xray_image
+
+from .outputs import OUTPUT_KINDS, output_stem, write_prediction
+
+__all__ = [
+    "INPUT_SUFFIXES",
+    "MODEL_FORMATS",
+    "as_flag",
+    "InputFailure",
+    "InputScan",
+    "list_inputs",
+    "OnnxRuntimeNetwork",
+    "load_checkpoint",
+    "load_network",
+    "PredictionWriter",
+    "report_failures",
+]
+
+logger = logging.getLogger(__name__)
+
+#: input file suffixes, matched case-insensitively
+INPUT_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+#: "pt": state dict on ``network_def``; "ts": TorchScript; "onnx": ONNX Runtime on the CPU
+MODEL_FORMATS: tuple[str, ...] = ("pt", "ts", "onnx")
+
+
+def as_flag(value: bool | int | str) -> bool:
+    """A command-line switch as a bool: ``--grand_challenge true`` arrives as the string "true" from ``fire``.
+
+    Raises:
+        ValueError: for anything but a bool, 0/1 or "true"/"false"/"1"/"0" (any case).
+    """
+    if isinstance(value, (bool, int)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"expected a switch (true/false), got {value!r}")
+
+
+class InputFailure(NamedTuple):
+    """An input file that could not be processed, and why."""
+
+    path: str
+    reason: str
+
+
+class InputScan(NamedTuple):
+    """The readable inputs as datalist items (``{"image": path, "filename": path}``) and the rejected ones."""
+
+    items: list[dict[str, str]]
+    failures: list[InputFailure]
+
+
+def _reason(err: BaseException, path: str) -> str:
+    """The error message without the leading file name that the readers put there."""
+    message = str(err)
+    return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
+
+
+def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> InputScan:
+    """Find the X-rays directly inside ``dataset_dir`` (not recursive) and check each one before the run.
+
+    Every ``*.tif``/``*.tiff`` file is read with :func:`custom_transforms.read_xray_image`; an unreadable, non-float,
+    NaN/inf or constant image is logged with its reason and listed in ``failures``, and so is a file whose output
+    name (``<stem>.tif``) another input already takes (``a.tif`` and ``a.tiff``).
+
+    Args:
+        dataset_dir: folder of raw PENGWIN X-ray TIFFs.
+        output_dir: the output folder, if known, to refuse writing bit maps over the inputs.
+
+    Raises:
+        FileNotFoundError: when ``dataset_dir`` does not exist or holds no TIFF file.
+        NotADirectoryError: when ``dataset_dir`` is not a folder.
+        ValueError: when ``output_dir`` is ``dataset_dir``, or when no input is readable (the message lists why).
+    """
+    folder = Path(dataset_dir)
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder}: input folder does not exist (set --dataset_dir)")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: dataset_dir must be a folder of X-ray TIFFs")
+    if output_dir is not None and Path(output_dir).resolve() == folder.resolve():
+        raise ValueError(f"{folder}: output_dir is the input folder; the bit maps would overwrite the inputs")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no {'/'.join(INPUT_SUFFIXES)} files in the input folder")
+
+    items: list[dict[str, str]] = []
+    failures: list[InputFailure] = []
+    stems: dict[str, str] = {}
+    for path in map(str, paths):
+        stem = output_stem(path)
+        try:
+            if stem in stems:
+                raise ValueError(f"same output name {stem}.tif as {Path(stems[stem]).name}")
+            read_xray_image(path)
+        except (ValueError, OSError) as err:
+            failures.append(InputFailure(path, _reason(err, path)))
+            logger.warning(f"skipping {path}: {failures[-1].reason}")
+            continue
+        stems[stem] = path
+        items.append({"image": path, "filename": path})
+    if not items:
+        listing = "; ".join(f"{Path(f.path).name}: {f.reason}" for f in failures)
+        raise ValueError(f"{folder}: none of the {len(failures)} input files is usable ({listing})")
+    logger.info(f"{folder}: {len(items)} input(s) to process, {len(failures)} rejected")
+    return InputScan(items, failures)
+
+
+class OnnxRuntimeNetwork(torch.nn.Module):
+    """An ONNX model run by ONNX Runtime, behind the ``torch.nn.Module`` call of the PyTorch network.
+
+    It takes and returns float32 tensors ``[B, C, H, W]`` (the output on the input's device), so MONAI's evaluator
+    and the bundle's inferer run it unchanged. ONNX Runtime computes in float32 whatever autocast says.
+
+    Args:
+        path: the ``.onnx`` file (as written by ``python -m monai.bundle onnx_export``).
+        providers: ONNX Runtime execution providers, in order of preference.
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+        super().__init__()
+        import onnxruntime  # optional dependency: only the "onnx" model format needs it
+
+        self.path = str(path)
+        try:
+            self.session = onnxruntime.InferenceSession(self.path, providers=list(providers))
+        except Exception as err:  # onnxruntime raises its own exception types for unreadable models
+            raise ValueError(f"{self.path}: not a loadable ONNX model ({type(err).__name__}: {err})") from err
+        (model_input,) = self.session.get_inputs()
+        self.input_name = model_input.name
+        self.input_shape = tuple(model_input.shape)  # str or None for dynamic axes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = self.input_shape
+        if x.ndim != len(expected) or any(isinstance(e, int) and e != n for e, n in zip(expected, x.shape)):
+            raise ValueError(
+                f"{self.path}: the ONNX model takes inputs of shape {list(expected)}, got {list(x.shape)} "
+                "(export it with dynamic axes, or resize with the inferer's spatial_size)"
+            )
+        (output, *_) = self.session.run(None, {self.input_name: convert_to_numpy(x, dtype=np.float32)})
+        return torch.from_numpy(output).to(x.device)
+
+
+def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+    """Load a state dict saved by ``CheckpointSaver`` into ``network``: plain, or wrapped under ``"model"``.
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        ValueError: when the file is not a state dict, or its keys or shapes do not fit ``network``.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (train first, or set --ckpt_path)")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: checkpoint does not fit network_def ({err})") from err
+
+
+def load_network(
+    model_format: str,
+    network_def: torch.nn.Module,
+    ckpt_path: str | os.PathLike,
+    torchscript_path: str | os.PathLike,
+    onnx_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """The network to run, in evaluation mode, for ``model_format`` "pt", "ts" or "onnx".
+
+    "pt" loads ``ckpt_path`` into ``network_def`` on ``device``; "ts" loads ``torchscript_path`` with
+    ``torch.jit.load``; "onnx" wraps ``onnx_path`` in :class:`OnnxRuntimeNetwork` (CPU execution).
+
+    Raises:
+        ValueError: for an unknown ``model_format``.
+        FileNotFoundError: when the file of the chosen format is missing.
+    """
+    if model_format not in MODEL_FORMATS:
+        raise ValueError(f"unknown model_format {model_format!r}; choose from {MODEL_FORMATS}")
+    if model_format == "pt":
+        network = network_def.to(device)
+        load_checkpoint(network, ckpt_path, device)
+        return network.eval()
+    path = torchscript_path if model_format == "ts" else onnx_path
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: no {model_format} model file; export one with "
+            f"`python -m monai.bundle {'ckpt_export' if model_format == 'ts' else 'onnx_export'}`"
+        )
+    if model_format == "ts":
+        return torch.jit.load(str(path), map_location=device).eval()
+    return OnnxRuntimeNetwork(path).eval()
+
+
+class PredictionWriter:
+    """Ignite handler writing each image's PENGWIN files when its iteration completes.
+
+    It reads the decollated ``engine.state.batch``/``engine.state.output`` items: the sigmoid probabilities under
+    ``pred_key``, the raw image under ``raw_key`` and the input path under ``filename_key``, and calls
+    :func:`scripts.outputs.write_prediction`. A write that fails (bad probabilities, a full disk) is logged and
+    recorded in ``failures`` so that the other images are still written; ``written`` lists the inputs done.
+
+    Args:
+        output_dir: folder for the files.
+        threshold: probability threshold of the fragment masks.
+        min_component_size: smaller 8-connected components are dropped.
+        outputs: which of "tif", "json", "png" to write per image.
+        pred_key: key of the probabilities ``[30, h, w]``.
+        raw_key: key of the raw X-ray ``[1, H, W]`` (its size is the bit map's size).
+        filename_key: key of the input path (its name gives the output names).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        threshold: float = 0.5,
+        min_component_size: int = 10,
+        outputs: Sequence[str] = OUTPUT_KINDS,
+        pred_key: str = "pred",
+        raw_key: str = "raw",
+        filename_key: str = "filename",
+    ) -> None:
+        unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
+        if unknown or not outputs:
+            raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
+        self.output_dir = str(output_dir)
+        self.threshold = threshold
+        self.min_component_size = min_component_size
+        self.outputs = tuple(outputs)
+        self.pred_key, self.raw_key, self.filename_key = pred_key, raw_key, filename_key
+        self.written: list[str] = []
+        self.failures: list[InputFailure] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for batch_item, output_item in zip(engine.state.batch, engine.state.output):
+            self.write(output_item[self.pred_key], batch_item[self.raw_key], batch_item[self.filename_key])
+
+    def write(self, probs: Any, raw: Any, filename: str) -> None:
+        """Write one image's files; record the failure instead of raising."""
+        try:
+            paths = write_prediction(
+                probs, raw, filename, self.output_dir, self.threshold, self.min_component_size, self.outputs
+            )
+        except (ValueError, OSError) as err:
+            self.failures.append(InputFailure(filename, f"writing outputs failed: {_reason(err, filename)}"))
+            logger.error(f"{filename}: {self.failures[-1].reason}")
+            return
+        self.written.append(filename)
+        logger.info(f"{filename} -> {', '.join(path.name for path in paths.values())}")
+
+
+def report_failures(failures: Sequence[InputFailure], processed: Sequence[str]) -> None:
+    """Print how many inputs were processed and failed; raise, listing the failed files, if any failed.
+
+    Called at the end of the run, so that every good input is written before the run reports the bad ones and
+    exits with a non-zero status.
+
+    Raises:
+        RuntimeError: when ``failures`` is not empty.
+    """
+    total = len(processed) + len(failures)
+    print(f"PENGWIN inference: {len(processed)} of {total} input(s) processed, {len(failures)} failed", flush=True)
+    for failure in failures:
+        print(f"  FAILED {failure.path}: {failure.reason}", flush=True)
+    if failures:
+        listing = "\n".join(f"  {failure.path}: {failure.reason}" for failure in failures)
+        raise RuntimeError(f"{len(failures)} of {total} input(s) failed:\n{listing}")
