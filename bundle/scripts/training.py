@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.handlers import CheckpointSaver
 from monai.inferers import Inferer
 
 from custom_transforms.bits import decode_fragment_bits
@@ -28,6 +29,8 @@ __all__ = [
     "PengwinInferer",
     "category_iou_output",
     "export_running_config",
+    "AtomicCheckpointSaver",
+    "latest_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -145,3 +148,36 @@ def export_running_config(path: str) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     ConfigParser.export_config_file(content, path, fmt="json", indent=2)
     return path
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` with every file written to a temporary file and renamed into place.
+
+    MONAI switches ignite's atomic saving off (for file permissions, which ignite 0.5 restores itself), so a
+    kill during a save could leave a truncated checkpoint where a good one was. Fixed file names (``model.pt``,
+    ``checkpoint.pt``) are also no longer deleted before their replacement is written: the rename replaces them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is None:
+                continue
+            saver = checkpoint.save_handler
+            saver._atomic = True  # ignite's DiskSaver option, fixed to False by MONAI's subclass
+            if saver.filename is not None:
+                saver.remove = lambda filename: None
+
+
+def latest_checkpoint(ckpt_dir: str, required: bool = True) -> str | None:
+    """The most recent training checkpoint (``checkpoint*.pt``) in ``ckpt_dir``, for resuming.
+
+    Raises:
+        FileNotFoundError: when ``required`` and there is none.
+    """
+    candidates = sorted(Path(ckpt_dir).glob("checkpoint*.pt"), key=lambda path: path.stat().st_mtime_ns)
+    if not candidates:
+        if required:
+            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint*.pt to resume from")
+        return None
+    return str(candidates[-1])

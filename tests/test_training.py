@@ -1,0 +1,267 @@
+"""Training pieces and the training/evaluation workflows through the monai.bundle CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from ignite.engine import Engine
+from monai.bundle import ConfigWorkflow
+from monai.networks.nets import BasicUNet
+
+from conftest import BUNDLE_ROOT
+from scripts.training import (
+    AtomicCheckpointSaver,
+    PengwinInferer,
+    category_iou_output,
+    class_balanced_weights,
+    latest_checkpoint,
+)
+
+TINY_SYNTHETIC = "{'patients': 3, 'projections': 2, 'size': 64, 'seed': 0}"
+
+
+def write_labels(folder: Path, bitmaps: list[np.ndarray]) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, bitmap in enumerate(bitmaps):
+        paths.append(str(folder / f"{index:03d}_0000.tif"))
+        tifffile.imwrite(paths[-1], bitmap.astype(np.uint32))
+    return paths
+
+
+def test_class_weights_are_total_over_positive_pixels_capped_and_one_for_absent_channels(tmp_path):
+    first, second = np.zeros((10, 10), np.uint32), np.zeros((10, 10), np.uint32)
+    first[:5] |= 1 << 1  # channel 0: 50 of 200 pixels -> 4
+    second[0, :2] |= 1 << 11  # channel 10: 2 of 200 -> 100, capped at 20
+    second[:, :] |= 1 << 30  # channel 29: 100 of 200 -> 2
+    weights = class_balanced_weights(write_labels(tmp_path, [first, second]), max_weight=20.0)
+    assert len(weights) == 30 and weights[0] == 4.0 and weights[10] == 20.0 and weights[29] == 2.0
+    assert all(weights[c] == 1.0 for c in range(30) if c not in (0, 10, 29))
+
+
+def test_class_weights_are_cached_per_label_set(tmp_path, monkeypatch):
+    bitmap = np.full((4, 4), 1 << 1, np.uint32)
+    paths = write_labels(tmp_path / "labels", [bitmap])
+    first = class_balanced_weights(paths, cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr("scripts.training.read_fragment_label", lambda path: pytest.fail("cache not used"))
+    assert class_balanced_weights(paths, cache_dir=str(tmp_path / "cache")) == first
+    assert len(list((tmp_path / "cache").glob("class_pixels_*.json"))) == 1
+
+
+def test_class_weights_need_labels():
+    with pytest.raises(ValueError, match="no training labels"):
+        class_balanced_weights([])
+
+
+def test_inferer_runs_the_network_at_its_size_and_returns_logits_at_the_input_size():
+    seen = []
+
+    def network(x):
+        seen.append(tuple(x.shape[2:]))
+        return torch.ones(x.shape[0], 30, *x.shape[2:])
+
+    logits = PengwinInferer(spatial_size=(32, 32))(torch.zeros(2, 3, 64, 64), network)
+    assert seen == [(32, 32)] and logits.shape == (2, 30, 64, 64)
+
+
+@pytest.mark.parametrize("cpu_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_inferer_autocasts_to_bf16_on_cpu_only_when_asked(cpu_bf16, expected):
+    layer = torch.nn.Conv2d(1, 30, 1)
+    dtypes = []
+    logits = PengwinInferer(cpu_bf16=cpu_bf16)(torch.zeros(1, 1, 8, 8), lambda x: dtypes.append(layer(x).dtype) or layer(x))
+    assert dtypes == [expected] and logits.dtype == torch.float32
+
+
+def test_category_output_is_the_union_of_the_ten_fragment_channels():
+    pred, label = torch.zeros(30, 4, 4), torch.zeros(30, 4, 4)
+    pred[10, 0, 0], pred[19, 1, 1], pred[0, 2, 2] = 1, 1, 1
+    label[12, 3, 3] = 1
+    preds, labels = category_iou_output("LI")([{"pred": pred, "label": label}])
+    assert preds[0].shape == (1, 4, 4) and preds[0].sum() == 2 and preds[0][0, 2, 2] == 0
+    assert labels[0][0, 3, 3] == 1
+
+
+def test_atomic_checkpoint_saver_keeps_the_previous_file_when_a_save_dies(tmp_path, monkeypatch):
+    network = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": network}, save_final=True, final_filename="model.pt")
+    engine = Engine(lambda engine, batch: None)
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    good = (tmp_path / "model.pt").read_bytes()
+
+    def dying_save(obj, file, **kwargs):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    engine.state.iteration += 1  # a later state, so the saver does write again
+    with pytest.raises(KeyboardInterrupt):
+        saver._final_checkpoint(engine)
+    assert (tmp_path / "model.pt").read_bytes() == good
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_latest_checkpoint_picks_the_newest_or_explains_its_absence(tmp_path):
+    assert latest_checkpoint(str(tmp_path), required=False) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        latest_checkpoint(str(tmp_path))
+    for epoch in (1, 2):
+        (tmp_path / f"checkpoint_epoch={epoch}.pt").write_bytes(b"x")
+        os.utime(tmp_path / f"checkpoint_epoch={epoch}.pt", ns=(epoch * 10**9, epoch * 10**9))
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=2.pt")
+
+
+def test_train_config_has_every_property_monai_checks(pengwin_root, tmp_path):
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE_ROOT / "configs" / "train.json"),
+        workflow_type="train",
+        dataset_dir=str(pengwin_root),
+        bundle_root=str(tmp_path),
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+    assert len(list((tmp_path / "eval" / "configs").glob("basicunet-*.json"))) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rest(base: str, endpoint: str, body: dict | None = None, **params) -> dict:
+    """Call MLflow's REST API: GET with query parameters, or POST with a JSON body."""
+    url = f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(params)}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real MLflow tracking server on loopback, stopped after the test."""
+    port = free_port()
+    store = tmp_path / "mlflow_server"
+    store.mkdir()
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
+            "--default-artifact-root", str(store / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                os.killpg(server.pid, signal.SIGKILL)
+                pytest.fail("MLflow server did not start")
+            time.sleep(0.5)
+    yield base
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def bundle_run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=BUNDLE_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evaluates(tmp_path, mlflow_server):
+    common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
+    train = bundle_run(
+        "--config_file", "configs/train.json", *common, "--max_epochs", "4", "--learning_rate", "0.01",
+        "--batch_size", "2", "--run_name", "tiny-train",
+        env={"MLFLOW_TRACKING_URI": mlflow_server},
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (tmp_path / "data/synthetic/train/input/images/x-ray/001_0000.tif").is_file()
+
+    experiment = rest(mlflow_server, "experiments/get-by-name", experiment_name="pengwin-xray")["experiment"]
+    runs = rest(mlflow_server, "runs/search", body={"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    run = next(r for r in runs if r["info"]["run_name"] == "tiny-train")
+    assert run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["learning_rate"] == "0.01" and params["synthetic"] == "True" and params["batch_size"] == "2"
+    losses = rest(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="train_loss")
+    values = [m["value"] for m in sorted(losses["metrics"], key=lambda m: m["step"])]
+    assert len(values) >= 4 and np.mean(values[-2:]) < np.mean(values[:2])
+    ious = rest(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_mean_iou")
+    assert len(ious["metrics"]) == 4
+    artifacts = rest(mlflow_server, "artifacts/list", run_id=run["info"]["run_id"])
+    assert {"model.pt", "tiny-train.json"} <= {f["path"] for f in artifacts.get("files", [])}
+
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    BasicUNet(2, 1, 30, features=(32, 32, 64, 128, 256, 32)).load_state_dict(state)
+
+    evaluate = bundle_run(
+        "--config_file", "['configs/train.json','configs/evaluate.json']", *common,
+        env={"MLFLOW_TRACKING_URI": mlflow_server},
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval/evaluation/summary.json").read_text())
+    official = ["fracture_iou", "fracture_hd95", "fracture_assd", "anatomical_iou", "anatomical_hd95", "anatomical_assd"]
+    assert all(np.isfinite(summary[key]) for key in official) and summary["num_images"] == 2
+    assert 0.0 <= summary["val_mean_iou"] <= 1.0
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    args = [
+        "--config_file", "configs/train.json", "--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC,
+        "--num_workers", "0", "--max_epochs", "6", "--batch_size", "2",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=BUNDLE_ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not list((tmp_path / "models").glob("checkpoint_epoch=*.pt")) and time.time() < deadline:
+        assert first.poll() is None, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    state = torch.load(latest_checkpoint(str(tmp_path / "models")), weights_only=True)["trainer"]
+    killed_at = state["iteration"] // state["epoch_length"]
+    assert killed_at < 6 and not (tmp_path / "models" / "checkpoint.pt").exists()
+
+    resumed = bundle_run(*args, "--resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    epochs = [int(line.split("Epoch: ")[1].split("/")[0]) for line in (resumed.stdout + resumed.stderr).splitlines() if "Epoch: " in line]
+    assert epochs[0] == killed_at + 1 and epochs[-1] == 6
+    final = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 6 * state["epoch_length"]
