@@ -1,0 +1,446 @@
+"""Tests for configs/inference.json and scripts.inference: input checks, model formats, writer, summary, CLI runs.
+
+The network is a seeded, randomly initialised BasicUNet with small features: the tests pin the plumbing (files,
+names, sizes, formats, failures), not segmentation quality. Two runs go through the ``monai.bundle`` CLI (for the
+exit status and the printed summary); everything else calls the pieces in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.networks.nets import BasicUNet
+from PIL import Image
+
+from custom_transforms.bits import encode_fragment_bits
+from custom_transforms.constants import NUM_CHANNELS, VALID_BITS_MASK
+from custom_transforms.intensity import CLAHE, NegLogWindow
+from scripts.inference import (
+    InputFailure,
+    OnnxRuntimeNetwork,
+    PredictionWriter,
+    as_flag,
+    list_inputs,
+    load_checkpoint,
+    load_network,
+    report_failures,
+)
+from scripts.outputs import postprocess_probabilities
+from scripts.training import PengwinInferer
+
+from conftest import BUNDLE_ROOT
+
+CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
+TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"
+FEATURES = [8, 8, 16, 32, 64, 8]
+SIZE = 64
+#: formats agree on probabilities to this absolute tolerance (float32 PyTorch against ONNX Runtime kernels) ...
+PROB_TOLERANCE = 1e-4
+#: ... and, since thresholding turns a 1e-6 change at 0.5 into a flipped pixel, on bit maps up to this fraction
+#: of differing pixels (at least one pixel allowed)
+BITMAP_TOLERANCE = 1e-4
+GC_INPUT = "/input/images/pelvic-fracture-x-ray"
+GC_OUTPUT = "/output/images/pelvic-fracture-x-ray-segmentation"
+ZOO_INPUT = "/workspace/data/pengwin/test/input/images/x-ray"
+ALL_OUTPUTS = ["tif", "json", "png"]
+
+
+def small_unet(in_channels: int = 1, seed: int = 0) -> BasicUNet:
+    torch.manual_seed(seed)
+    return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=NUM_CHANNELS, features=FEATURES).eval()
+
+
+def raw_xray(size: int = SIZE, seed: int = 0) -> np.ndarray:
+    """A raw-intensity float32 X-ray: bright air with a darker, noisy disc (positive values, like PENGWIN)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    disc = (rows - size / 2) ** 2 + (cols - size / 2) ** 2 < (size / 3) ** 2
+    return (np.where(disc, 8.0, 50.0) + rng.uniform(0.0, 4.0, (size, size))).astype(np.float32)
+
+
+def bitmap_of(network: torch.nn.Module, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and bit map of one raw image, by the recipe of inference.json (fp32, default post-processing)."""
+    image = torch.as_tensor(np.asarray(CLAHE()(NegLogWindow()(raw[None]))))[None]
+    with torch.no_grad():
+        probs = torch.sigmoid(PengwinInferer(cpu_bf16=False)(image, network))[0].numpy()
+    return probs, encode_fragment_bits(postprocess_probabilities(probs))
+
+
+def allowed_differences(bitmap: np.ndarray) -> int:
+    return max(1, math.floor(BITMAP_TOLERANCE * bitmap.size))
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory) -> Path:
+    """A bundle root whose models/ holds one seeded network as model.pt, model.ts and model.onnx."""
+    root = tmp_path_factory.mktemp("bundle")
+    (root / "models").mkdir()
+    network = small_unet()
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    torch.jit.script(network).save(str(root / "models" / "model.ts"))
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            network,
+            torch.zeros(1, 1, SIZE, SIZE),
+            str(root / "models" / "model.onnx"),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": dynamic, "pred": dynamic},
+        )
+    return root
+
+
+def model_paths(root: Path) -> dict[str, str]:
+    models = root / "models"
+    return {
+        "ckpt_path": str(models / "model.pt"),
+        "torchscript_path": str(models / "model.ts"),
+        "onnx_path": str(models / "model.onnx"),
+    }
+
+
+def run_bundle(*args: str) -> subprocess.CompletedProcess:
+    """Run inference.json through the monai.bundle CLI in the bundle folder, with the small test network."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--network_def#features", json.dumps(FEATURES), "--num_workers", "0", *args]
+    return subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300)
+
+
+# ---------------------------------------------------------------- list_inputs
+
+
+def write_not_a_tiff(path: Path) -> None:
+    path.write_text("not an image")
+
+
+def write_nan_image(path: Path) -> None:
+    image = raw_xray()
+    image[3, 5] = np.nan
+    tifffile.imwrite(path, image)
+
+
+def write_constant_image(path: Path) -> None:
+    tifffile.imwrite(path, np.full((SIZE, SIZE), 7.0, np.float32))
+
+
+def write_integer_image(path: Path) -> None:
+    tifffile.imwrite(path, np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE))
+
+
+@pytest.mark.parametrize(
+    "write_bad, reason",
+    [
+        (write_not_a_tiff, "not a readable TIFF"),
+        (write_nan_image, "NaN/inf"),
+        (write_constant_image, "constant image"),
+        (write_integer_image, "expected a float raw-intensity image"),
+    ],
+)
+def test_list_inputs_rejects_bad_file_with_its_reason_and_keeps_good_one(tmp_path, write_bad, reason):
+    tifffile.imwrite(tmp_path / "good.tif", raw_xray())
+    write_bad(tmp_path / "bad.tif")
+    scan = list_inputs(tmp_path)
+    assert scan.items == [{"image": str(tmp_path / "good.tif"), "filename": str(tmp_path / "good.tif")}]
+    assert len(scan.failures) == 1
+    assert scan.failures[0].path == str(tmp_path / "bad.tif") and reason in scan.failures[0].reason
+
+
+def test_list_inputs_takes_tif_and_tiff_of_any_case_sorted_and_ignores_other_files_and_subfolders(tmp_path):
+    for name in ("c.TIFF", "a.tif", "b.Tif"):
+        tifffile.imwrite(tmp_path / name, raw_xray())
+    (tmp_path / "notes.txt").write_text("ignored")
+    tifffile.imwrite(tmp_path / "image.png.bak", raw_xray())
+    (tmp_path / "nested").mkdir()
+    tifffile.imwrite(tmp_path / "nested" / "deep.tif", raw_xray())
+    scan = list_inputs(tmp_path)
+    assert [Path(item["image"]).name for item in scan.items] == ["a.tif", "b.Tif", "c.TIFF"]
+    assert scan.failures == []
+
+
+def test_list_inputs_rejects_second_file_with_the_same_output_name(tmp_path):
+    tifffile.imwrite(tmp_path / "x.tif", raw_xray())
+    tifffile.imwrite(tmp_path / "x.tiff", raw_xray())
+    scan = list_inputs(tmp_path)
+    assert [Path(item["image"]).name for item in scan.items] == ["x.tif"]
+    assert scan.failures == [InputFailure(str(tmp_path / "x.tiff"), "same output name x.tif as x.tif")]
+
+
+@pytest.mark.parametrize(
+    "name, error, message",
+    [
+        ("missing", FileNotFoundError, "input folder does not exist"),
+        ("empty", FileNotFoundError, "no .tif/.tiff files"),
+        ("image.tif", NotADirectoryError, "must be a folder"),
+    ],
+)
+def test_list_inputs_fails_clearly_on_missing_empty_or_non_folder(tmp_path, name, error, message):
+    folder = tmp_path / name
+    if name == "empty":
+        folder.mkdir()
+        (folder / "readme.txt").write_text("no images here")
+    elif name == "image.tif":
+        tifffile.imwrite(folder, raw_xray())
+    with pytest.raises(error, match=message) as info:
+        list_inputs(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_list_inputs_fails_when_no_file_is_usable_and_names_every_file(tmp_path):
+    write_not_a_tiff(tmp_path / "one.tif")
+    write_nan_image(tmp_path / "two.tif")
+    with pytest.raises(ValueError, match="none of the 2 input files is usable") as info:
+        list_inputs(tmp_path)
+    assert "one.tif: not a readable TIFF" in str(info.value) and "two.tif: image contains" in str(info.value)
+
+
+def test_list_inputs_refuses_output_folder_equal_to_input_folder(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", raw_xray())
+    with pytest.raises(ValueError, match="would overwrite the inputs"):
+        list_inputs(tmp_path, output_dir=tmp_path / "sub" / "..")
+
+
+# ---------------------------------------------------------------- model formats
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["state_dict", "wrapped_under_model"])
+def test_load_network_pt_restores_saved_weights_plain_or_wrapped(tmp_path, wrap):
+    source = small_unet(seed=1)
+    torch.save({"model": source.state_dict()} if wrap else source.state_dict(), tmp_path / "model.pt")
+    network = load_network("pt", small_unet(seed=2), tmp_path / "model.pt", "unused.ts", "unused.onnx")
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(network(x), source(x))
+    assert not network.training
+
+
+def test_load_checkpoint_names_file_when_it_does_not_fit_the_network(tmp_path):
+    other = BasicUNet(spatial_dims=2, in_channels=1, out_channels=NUM_CHANNELS, features=[4, 4, 8, 16, 32, 4])
+    torch.save(other.state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.pt: checkpoint does not fit network_def"):
+        load_checkpoint(small_unet(), tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("model_format", ["pt", "ts", "onnx"])
+def test_load_network_fails_clearly_when_the_format_file_is_missing(tmp_path, model_format):
+    paths = [tmp_path / "model.pt", tmp_path / "model.ts", tmp_path / "model.onnx"]
+    with pytest.raises(FileNotFoundError, match=f"model.{model_format}"):
+        load_network(model_format, small_unet(), *paths)
+
+
+def test_load_network_rejects_unknown_format():
+    with pytest.raises(ValueError, match="unknown model_format 'trt'"):
+        load_network("trt", small_unet(), "a", "b", "c")
+
+
+@pytest.mark.parametrize("model_format", ["ts", "onnx"])
+def test_exported_format_gives_the_same_probabilities_and_bit_map_as_pt(model_root, model_format):
+    raw = raw_xray(96, seed=3)  # another size than the export's: dynamic axes
+    reference = load_network("pt", small_unet(seed=9), **model_paths(model_root))
+    exported = load_network(model_format, small_unet(seed=9), **model_paths(model_root))
+    ref_probs, ref_bitmap = bitmap_of(reference, raw)
+    probs, bitmap = bitmap_of(exported, raw)
+    np.testing.assert_allclose(probs, ref_probs, atol=PROB_TOLERANCE, rtol=0)
+    assert ref_bitmap.any() and np.count_nonzero(bitmap != ref_bitmap) <= allowed_differences(bitmap)
+
+
+def test_onnx_network_reports_the_expected_shape_of_a_fixed_size_model(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(small_unet(), torch.zeros(1, 1, 32, 32), str(tmp_path / "fixed.onnx"), dynamo=False)
+    network = OnnxRuntimeNetwork(tmp_path / "fixed.onnx")
+    assert network(torch.zeros(1, 1, 32, 32)).shape == (1, NUM_CHANNELS, 32, 32)
+    with pytest.raises(ValueError, match=r"fixed\.onnx: the ONNX model takes inputs of shape \[1, 1, 32, 32\]"):
+        network(torch.zeros(1, 1, 64, 64))
+
+
+def test_onnx_network_names_an_unreadable_model_file(tmp_path):
+    (tmp_path / "broken.onnx").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"broken\.onnx: not a loadable ONNX model"):
+        OnnxRuntimeNetwork(tmp_path / "broken.onnx")
+
+
+# ---------------------------------------------------------------- writer and summary
+
+
+def engine_with(items: list[tuple[np.ndarray, np.ndarray, str]]) -> SimpleNamespace:
+    """A stand-in for the evaluator after decollation: per-item batch and output dicts."""
+    batch = [{"raw": torch.as_tensor(raw[None]), "filename": name} for _, raw, name in items]
+    output = [{"pred": torch.as_tensor(probs)} for probs, _, _ in items]
+    return SimpleNamespace(state=SimpleNamespace(batch=batch, output=output))
+
+
+def test_prediction_writer_records_a_failed_item_and_still_writes_the_next(tmp_path):
+    good = np.zeros((NUM_CHANNELS, SIZE, SIZE), np.float32)
+    good[4, 10:30, 10:30] = 0.9
+    bad = good.copy()
+    bad[0, 0, 0] = np.nan
+    writer = PredictionWriter(tmp_path / "out", outputs=["tif", "json"])
+    writer(engine_with([(bad, raw_xray(), "/in/first.tif"), (good, raw_xray(), "/in/second.tif")]))
+    assert writer.written == ["/in/second.tif"]
+    assert len(writer.failures) == 1 and writer.failures[0].path == "/in/first.tif"
+    assert "writing outputs failed" in writer.failures[0].reason and "NaN" in writer.failures[0].reason
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["second.json", "second.tif"]
+    assert (tifffile.imread(tmp_path / "out" / "second.tif")[10:30, 10:30] == 1 << 5).all()
+
+
+@pytest.mark.parametrize("outputs", [[], ["tif", "nii"]])
+def test_prediction_writer_rejects_empty_or_unknown_outputs(tmp_path, outputs):
+    with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
+        PredictionWriter(tmp_path, outputs=outputs)
+
+
+def test_report_failures_prints_counts_and_passes_when_nothing_failed(capsys):
+    report_failures([], ["a.tif", "b.tif"])
+    assert "2 of 2 input(s) processed, 0 failed" in capsys.readouterr().out
+
+
+def test_report_failures_prints_counts_and_raises_listing_every_failed_file(capsys):
+    failures = [InputFailure("/in/x.tif", "not a readable TIFF"), InputFailure("/in/y.tif", "constant image")]
+    with pytest.raises(RuntimeError, match="2 of 3 input") as info:
+        report_failures(failures, ["/in/a.tif"])
+    assert "/in/x.tif: not a readable TIFF" in str(info.value) and "/in/y.tif: constant image" in str(info.value)
+    out = capsys.readouterr().out
+    assert "1 of 3 input(s) processed, 2 failed" in out and "/in/x.tif" in out and "/in/y.tif" in out
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("true", True), ("False", False), (1, True)])
+def test_as_flag_reads_command_line_switches(value, expected):
+    assert as_flag(value) is expected
+
+
+def test_as_flag_rejects_anything_else():
+    with pytest.raises(ValueError, match="expected a switch"):
+        as_flag("yes please")
+
+
+# ---------------------------------------------------------------- the config
+
+
+def parsed(**override) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIG))
+    parser.update(override)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "override, dataset_dir, output_dir, outputs",
+    [
+        ({}, ZOO_INPUT, "./eval", ALL_OUTPUTS),
+        ({"grand_challenge": "true"}, GC_INPUT, GC_OUTPUT, ["tif"]),
+        ({"grand_challenge": True, "output_dir": "/tmp/out"}, GC_INPUT, "/tmp/out", ["tif"]),
+        ({"grand_challenge": "false"}, ZOO_INPUT, "./eval", ALL_OUTPUTS),
+    ],
+    ids=["model_zoo_default", "grand_challenge", "grand_challenge_own_output", "switch_off_as_string"],
+)
+def test_grand_challenge_switch_sets_container_paths_and_submission_only(override, dataset_dir, output_dir, outputs):
+    parser = parsed(**override)
+    assert parser.get_parsed_content("dataset_dir") == dataset_dir
+    assert parser.get_parsed_content("output_dir") == output_dir
+    assert parser.get_parsed_content("outputs") == outputs
+
+
+@pytest.mark.parametrize("key", ["network_def", "inferer", "image_transforms", "use_clahe", "cpu_bf16", "threshold"])
+def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key):
+    assert parsed()[key] == ConfigParser.load_config_file(str(TRAIN_CONFIG))[key]
+
+
+def test_config_network_follows_model_format(model_root):
+    for model_format, kind in (("pt", BasicUNet), ("ts", torch.jit.ScriptModule), ("onnx", OnnxRuntimeNetwork)):
+        parser = parsed(bundle_root=str(model_root), model_format=model_format, **{"network_def#features": FEATURES})
+        assert isinstance(parser.get_parsed_content("network"), kind), model_format
+
+
+def test_three_channel_resizing_override_merges_and_writes_at_input_size(tmp_path):
+    """The shape of the VGG16 override (network_def, inferer#spatial_size, +image_transforms) on this config."""
+    torch.save(small_unet(in_channels=3).state_dict(), tmp_path / "three.pt")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "case.tif", raw_xray())
+    override = {
+        "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 30,
+                        "features": FEATURES},
+        "inferer#spatial_size": [32, 32],
+        "+image_transforms": [{"_target_": "RepeatChanneld", "keys": "image", "repeats": 3}],
+    }
+    override_file = tmp_path / "three_channel.json"
+    override_file.write_text(json.dumps(override))
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIG), str(override_file)],
+        logging_file=False,
+        workflow_type="infer",
+        dataset_dir=str(inputs),
+        output_dir=str(tmp_path / "out"),
+        ckpt_path=str(tmp_path / "three.pt"),
+        num_workers=0,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    bitmap = tifffile.imread(tmp_path / "out" / "case.tif")
+    assert bitmap.shape == (SIZE, SIZE) and bitmap.dtype == np.uint32 and bitmap.any()
+
+
+# ---------------------------------------------------------------- end to end through the CLI
+
+
+@pytest.mark.slow
+def test_cli_writes_bitmap_report_and_overlay_for_a_real_xray(tmp_path, real_data, model_root):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(real_data / "101_0000.tif", inputs / "101_0000.tif")
+    checkpoint = model_root / "models" / "model.pt"
+    result = run_bundle(
+        "--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(checkpoint)
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 1 input(s) processed, 0 failed" in result.stdout
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["101_0000.json", "101_0000.tif", "101_0000_overlay.png"]
+    bitmap = tifffile.imread(out / "101_0000.tif")
+    assert bitmap.dtype == np.uint32 and bitmap.shape == (448, 448) and bitmap.any()
+    assert not (bitmap & ~np.uint32(VALID_BITS_MASK)).any()
+    report = json.loads((out / "101_0000.json").read_text())
+    assert report["image"] == "101_0000.tif" and report["fragments"]
+    bits_present = {bit for bit in range(1, NUM_CHANNELS + 1) if (bitmap & np.uint32(1 << bit)).any()}
+    assert {entry["bit"] for entry in report["fragments"]} == bits_present
+    with Image.open(out / "101_0000_overlay.png") as overlay:
+        assert overlay.mode == "RGB" and overlay.size == (448, 448)
+
+
+@pytest.mark.slow
+def test_cli_grand_challenge_onnx_run_skips_bad_files_writes_good_one_and_fails(tmp_path, model_root):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    raw = raw_xray(SIZE, seed=5)
+    tifffile.imwrite(inputs / "case_good.tif", raw)
+    write_not_a_tiff(inputs / "case_text.tif")
+    write_nan_image(inputs / "case_nan.tiff")
+    out = tmp_path / "submission"
+    result = run_bundle(
+        "--grand_challenge", "true", "--model_format", "onnx", "--cpu_bf16", "False",
+        "--dataset_dir", str(inputs), "--output_dir", str(out), "--bundle_root", str(model_root),
+    )
+    assert result.returncode != 0
+    assert "1 of 3 input(s) processed, 2 failed" in result.stdout
+    assert "case_text.tif: not a readable TIFF" in result.stderr and "case_nan.tiff: image contains" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["case_good.tif"]  # submission only, under the input's name
+    _, reference = bitmap_of(load_network("pt", small_unet(seed=9), **model_paths(model_root)), raw)
+    bitmap = tifffile.imread(out / "case_good.tif")
+    assert bitmap.dtype == np.uint32 and bitmap.shape == (SIZE, SIZE)
+    assert np.count_nonzero(bitmap != reference) <= allowed_differences(bitmap)
