@@ -1,0 +1,153 @@
+"""Pack the bundle into one self-contained model-zoo archive, ``pengwin_xray_v<version>.zip``.
+
+The archive holds a single folder ``pengwin_xray/`` (the MONAI Bundle Specification's archive format) with
+``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present), ``scripts/``, ``docs/``, ``LICENSE``
+and a copy of the ``custom_transforms`` package next to ``scripts/``. ``python -m monai.bundle run`` started in the
+unpacked folder puts that folder first on ``sys.path``, so the configs' ``$import scripts`` and
+``$import custom_transforms`` find the copies in the archive without installing anything.
+
+Usage::
+
+    cd bundle && python -m scripts.package --out dist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import custom_transforms
+
+__all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: name of the archive's top folder and prefix of the archive file name
+BUNDLE_NAME = "pengwin_xray"
+#: model files packed from ``models/``
+MODEL_SUFFIXES: tuple[str, ...] = (".pt", ".ts", ".onnx")
+#: the training resume checkpoint (``train.json``'s ``CheckpointSaver`` final file): it carries the optimizer and
+#: trainer state, which a distributed bundle does not need
+_RESUME_CHECKPOINT = "checkpoint.pt"
+#: folders packed whole, relative to the bundle root
+_PACKED_FOLDERS: tuple[str, ...] = ("configs", "scripts", "docs")
+#: names never packed: byte-code caches, run outputs and datasets
+_EXCLUDED_NAMES = frozenset({"__pycache__", "eval", "data"})
+_EXCLUDED_SUFFIXES: tuple[str, ...] = (".pyc", ".pyo")
+
+
+def bundle_version(bundle_root: str | os.PathLike) -> str:
+    """The ``version`` of ``<bundle_root>/configs/metadata.json``, checked to have a ``changelog`` entry.
+
+    Raises:
+        FileNotFoundError: no metadata file.
+        ValueError: the metadata has no ``version`` string, or its ``changelog`` does not list the version.
+    """
+    meta_file = Path(bundle_root) / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file}: bundle metadata not found")
+    metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+    version = metadata.get("version")
+    if not isinstance(version, str) or not version:
+        raise ValueError(f"{meta_file}: 'version' must be a non-empty string, got {version!r}")
+    if version not in metadata.get("changelog", {}):
+        raise ValueError(f"{meta_file}: version {version} has no entry in 'changelog'")
+    return version
+
+
+def _tree_files(folder: Path) -> Iterator[Path]:
+    """Files under ``folder`` in sorted order, skipping excluded folders and byte code."""
+    for path in sorted(folder.rglob("*")):
+        relative_parts = path.relative_to(folder).parts
+        if any(part in _EXCLUDED_NAMES for part in relative_parts) or path.suffix in _EXCLUDED_SUFFIXES:
+            continue
+        if path.is_file():
+            yield path
+
+
+def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """``(source file, name in the archive)`` for every file the archive holds, in archive order.
+
+    Raises:
+        FileNotFoundError: a required part (``configs/``, ``scripts/``, ``docs/``, ``LICENSE``) is missing.
+    """
+    root = Path(bundle_root).resolve()
+    members: list[tuple[Path, str]] = []
+    for folder in _PACKED_FOLDERS:
+        if not (root / folder).is_dir():
+            raise FileNotFoundError(f"{root / folder}: bundle folder missing")
+        members += [(path, f"{BUNDLE_NAME}/{path.relative_to(root).as_posix()}") for path in _tree_files(root / folder)]
+    license_file = root / "LICENSE"
+    if not license_file.is_file():
+        raise FileNotFoundError(f"{license_file}: bundle licence missing")
+    members.append((license_file, f"{BUNDLE_NAME}/LICENSE"))
+    models = root / "models"
+    model_files = sorted(models.glob("*")) if models.is_dir() else []
+    packed_models = [
+        path
+        for path in model_files
+        if path.is_file() and path.suffix in MODEL_SUFFIXES and path.name != _RESUME_CHECKPOINT
+    ]
+    if not packed_models:
+        logger.warning(f"{models}: no model file ({', '.join(MODEL_SUFFIXES)}); the archive holds no weights")
+    elif not (models / "model.pt").is_file():
+        logger.warning(f"{models}: no model.pt, which the MONAI Bundle Specification requires")
+    members += [(path, f"{BUNDLE_NAME}/models/{path.name}") for path in packed_models]
+    # the installed (or repository) copy of the transform package, whichever this interpreter imports
+    transforms_root = Path(custom_transforms.__file__).resolve().parent
+    members += [
+        (path, f"{BUNDLE_NAME}/custom_transforms/{path.relative_to(transforms_root).as_posix()}")
+        for path in _tree_files(transforms_root)
+    ]
+    return members
+
+
+def package_bundle(out_dir: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> Path:
+    """Write ``<out_dir>/pengwin_xray_v<version>.zip`` from ``bundle_root`` (default: this package's bundle).
+
+    The archive is written to a temporary file in ``out_dir`` and moved into place only when complete.
+
+    Returns:
+        the archive path.
+    """
+    root = Path(bundle_root) if bundle_root is not None else Path(__file__).resolve().parents[1]
+    version = bundle_version(root)
+    members = archive_members(root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"{BUNDLE_NAME}_v{version}.zip"
+    descriptor, temp_name = tempfile.mkstemp(dir=out, prefix=f".{archive.name}.", suffix=".tmp")
+    os.close(descriptor)
+    try:
+        with zipfile.ZipFile(temp_name, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+            for source, name in members:
+                zipped.write(source, name)
+        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; an archive is meant to be shared
+        os.replace(temp_name, archive)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    logger.info(f"wrote {archive} ({len(members)} files)")
+    return archive
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Command line: ``python -m scripts.package --out DIR [--bundle_root DIR]``; prints the archive path."""
+    parser = argparse.ArgumentParser(description="Pack the bundle into a model-zoo archive.")
+    parser.add_argument("--out", required=True, help="folder to write pengwin_xray_v<version>.zip into")
+    parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the one holding this script)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    archive = package_bundle(args.out, args.bundle_root)
+    print(archive)
+    return archive
+
+
+if __name__ == "__main__":
+    main()
