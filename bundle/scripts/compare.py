@@ -1,0 +1,334 @@
+"""Train and evaluate BasicUNet and the VGG16 U-Net on the same data and budget, and tabulate the results.
+
+``python -m scripts.compare --dataset_dir DIR --max_epochs N [--output_dir OUT]`` (``--dataset_dir`` left out: the
+built-in synthetic dataset) trains each model with the bundle's own configs (BasicUNet: ``train.json``; VGG16 U-Net:
+``train.json`` + ``train_vgg16.json``), evaluates its best checkpoint with ``evaluate.json`` merged after them, and
+prints one row per model: parameters, training throughput, peak memory, the IoU per bone (SA, LI, RI) and the mean
+IoU over the 30 channels on the test split, and the official fracture and anatomical IoU. The table is also written
+to ``OUT/compare.json`` and ``OUT/compare.md``; every train and evaluate run goes to one MLflow experiment.
+
+Each model runs in its own child process (``ConfigWorkflow`` train, then evaluate, in that process), so that its
+peak memory is the kernel's maximum resident set size of that process alone (``os.wait4``), with nothing left over
+from the other model. Both children read the same dataset folder, so ``scripts.datalist.build_datalist`` gives
+both the same patient split; the children report their split sizes and a difference is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+from ignite.handlers import Timer
+
+__all__ = ["MODELS", "ThroughputMeter", "run_model", "compare", "format_table", "main"]
+
+#: model name -> the config files that define it, in merge order (``evaluate.json`` is appended to evaluate)
+MODELS: dict[str, tuple[str, ...]] = {
+    "basicunet": ("train.json",),
+    "vgg16unet": ("train.json", "train_vgg16.json"),
+}
+EVALUATE_CONFIG = "evaluate.json"
+#: table columns: (row key, header, format)
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("model", "model", "{}"),
+    ("parameters", "parameters", "{:,}"),
+    ("train_images_per_s", "train images/s", "{:.2f}"),
+    ("peak_rss_mib", "peak RSS (MiB)", "{:.0f}"),
+    ("iou_SA", "IoU SA", "{:.3f}"),
+    ("iou_LI", "IoU LI", "{:.3f}"),
+    ("iou_RI", "IoU RI", "{:.3f}"),
+    ("mean_iou", "mean IoU", "{:.3f}"),
+    ("fracture_iou", "fracture IoU", "{:.3f}"),
+    ("anatomical_iou", "anatomical IoU", "{:.3f}"),
+)
+#: summary.json key -> row key
+SUMMARY_KEYS: dict[str, str] = {
+    "val_iou_SA": "iou_SA",
+    "val_iou_LI": "iou_LI",
+    "val_iou_RI": "iou_RI",
+    "val_mean_iou": "mean_iou",
+    "fracture_iou": "fracture_iou",
+    "anatomical_iou": "anatomical_iou",
+    "num_images": "num_test_images",
+}
+
+
+class ThroughputMeter:
+    """Count the images a trainer consumes and the time spent fetching batches and running training iterations.
+
+    Time runs from each ``GET_BATCH_STARTED`` to the next ``ITERATION_COMPLETED`` (ignite's ``Timer``), so data
+    loading, forward, backward and the optimiser step count; validation and checkpointing between epochs do not.
+    """
+
+    def __init__(self, image_key: str = "image") -> None:
+        self.image_key = image_key
+        self.images = 0
+        self.timer = Timer(average=False)
+
+    def attach(self, engine: Engine) -> None:
+        """Start timing when ``engine`` starts and count the images of every batch it fetches."""
+        self.timer.attach(
+            engine, start=Events.STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.ITERATION_COMPLETED
+        )
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._count)
+
+    def _count(self, engine: Engine) -> None:
+        self.images += len(engine.state.batch[self.image_key])
+
+    @property
+    def seconds(self) -> float:
+        return float(self.timer.value())
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def run_model(config_files: Sequence[str], evaluate_config: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train with ``config_files``, then evaluate with ``evaluate_config`` merged after them, in this process.
+
+    Args:
+        config_files: the training configs in merge order.
+        evaluate_config: the evaluation config merged after them.
+        overrides: config ids and values for both runs (``dataset_dir``, ``output_dir``, ``ckpt_dir``, ...);
+            ``evaluate_run_name`` (when present) names the evaluation's MLflow run.
+
+    Returns:
+        parameters, images, training seconds and throughput, the split sizes, and the evaluation summary.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    from .networks import count_parameters
+
+    overrides = dict(overrides)
+    evaluate_run_name = overrides.pop("evaluate_run_name", None)
+    train = ConfigWorkflow(config_file=list(config_files), workflow_type="train", **overrides)
+    train.initialize()
+    meter = ThroughputMeter()
+    meter.attach(train.trainer)
+    parameters = count_parameters(train.parser.get_parsed_content("network"))
+    datalist = train.parser.get_parsed_content("datalist")
+    train.run()
+    train.finalize()
+
+    if evaluate_run_name is not None:
+        overrides["run_name"] = evaluate_run_name
+    evaluate = ConfigWorkflow(config_file=[*config_files, evaluate_config], workflow_type=None, **overrides)
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    summary_path = Path(evaluate.parser.get_parsed_content("evaluation_dir")) / "summary.json"
+    return {
+        "parameters": parameters,
+        "train_images": meter.images,
+        "train_seconds": meter.seconds,
+        "train_images_per_s": meter.images_per_second,
+        "split": {name: len(datalist[name]) for name in ("training", "validation", "test")},
+        "summary_path": str(summary_path),
+        "summary": json.loads(summary_path.read_text()),
+    }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def _run_child(spec: dict[str, Any], work_dir: Path, bundle_root: Path) -> tuple[dict[str, Any], int]:
+    """Run :func:`run_model` for ``spec`` in a child process; return its result and peak RSS in bytes."""
+    spec_path, result_path, log_path = work_dir / "spec.json", work_dir / "result.json", work_dir / "compare.log"
+    _write_atomic(spec_path, json.dumps({**spec, "result_path": str(result_path)}, indent=2))
+    result_path.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "scripts.compare", "--run_spec", str(spec_path)]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=bundle_root, stdout=log, stderr=subprocess.STDOUT)
+        # os.wait4 rather than Popen.wait: it also returns the child's own resource usage (peak RSS)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0 or not result_path.is_file():
+        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"{spec['model']}: run failed (exit code {process.returncode}), log {log_path}:\n{tail}")
+    return json.loads(result_path.read_text()), usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+
+
+def _bundle_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def _tracking_uri(output_dir: Path) -> str:
+    from monai.utils import path_to_sqlite_uri
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or path_to_sqlite_uri(str(output_dir.resolve() / "mlruns.db"))
+
+
+def compare(
+    dataset_dir: str = "",
+    max_epochs: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    bundle_root: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate every model in :data:`MODELS` on the same data and epochs; write and return the table.
+
+    Args:
+        dataset_dir: PENGWIN root; empty for the built-in synthetic dataset (generated here once, before the runs).
+        max_epochs: training epochs of both models; ``None`` keeps the configs' default.
+        output_dir: where each model's checkpoints, evaluation and logs go (``OUT/<model>/``), with the shared
+            MLflow store (unless ``MLFLOW_TRACKING_URI`` is set) and ``compare.json`` / ``compare.md``.
+        bundle_root: the bundle folder (holding ``configs/``); default: the one this module belongs to.
+        overrides: further config ids and values for both models (e.g. ``{"num_workers": 0}``).
+        model_overrides: config ids and values for one model only, by model name (e.g. ``vgg16_weights``).
+
+    Returns:
+        the content of ``compare.json``: settings, split sizes and one row per model.
+
+    Raises:
+        ValueError: unknown model name in ``model_overrides``, or the models saw different splits.
+        RuntimeError: a run failed (the message ends with its log).
+    """
+    from monai.bundle import ConfigParser
+
+    bundle = Path(bundle_root or _bundle_root()).resolve()
+    output = Path(output_dir or bundle / "eval" / "compare").resolve()
+    model_overrides = model_overrides or {}
+    unknown = sorted(set(model_overrides) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; models are {sorted(MODELS)}")
+    shared: dict[str, Any] = {
+        "bundle_root": str(bundle),
+        "dataset_dir": str(dataset_dir),
+        "tracking_uri": _tracking_uri(output),
+        **(overrides or {}),
+    }
+    if max_epochs is not None:
+        shared["max_epochs"] = int(max_epochs)
+    # resolve (and, for the synthetic default, generate) the data once, so neither run's figures include it
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / MODELS["basicunet"][0]))
+    parser.update(shared)
+    data_root = parser.get_parsed_content("data_root")
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    rows, splits = [], {}
+    for model, files in MODELS.items():
+        model_dir = output / model
+        spec = {
+            "model": model,
+            "config_files": [str(bundle / "configs" / name) for name in files],
+            "evaluate_config": str(bundle / "configs" / EVALUATE_CONFIG),
+            "overrides": {
+                **shared,
+                "output_dir": str(model_dir),
+                "ckpt_dir": str(model_dir / "models"),
+                "run_name": f"{model}-{stamp}",
+                "evaluate_run_name": f"evaluate-{model}-{stamp}",
+                **model_overrides.get(model, {}),
+            },
+        }
+        print(f"{model}: training and evaluating, log in {model_dir / 'compare.log'}", flush=True)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        result, peak_rss = _run_child(spec, model_dir, bundle)
+        splits[model] = result["split"]
+        summary = result["summary"]
+        rows.append(
+            {
+                "model": model,
+                "parameters": result["parameters"],
+                "train_images_per_s": result["train_images_per_s"],
+                "peak_rss_mib": peak_rss / 2**20,
+                **{row_key: summary[key] for key, row_key in SUMMARY_KEYS.items()},
+                "train_images": result["train_images"],
+                "train_seconds": result["train_seconds"],
+                "checkpoint": str(model_dir / "models" / "model.pt"),
+                "summary": result["summary_path"],
+            }
+        )
+    if len({json.dumps(split, sort_keys=True) for split in splits.values()}) != 1:
+        raise ValueError(f"{data_root}: the models were trained on different splits: {splits}")
+    report = {
+        "output_dir": str(output),
+        "dataset": str(data_root),
+        "max_epochs": max_epochs,
+        "split": next(iter(splits.values())),
+        "tracking_uri": shared["tracking_uri"],
+        "experiment_name": parser.get_parsed_content("experiment_name"),
+        "peak_rss": "maximum resident set size of each model's own process (train and evaluate)",
+        "train_images_per_s": "images / seconds of batch loading and training iterations (no validation)",
+        "rows": rows,
+    }
+    _write_atomic(output / "compare.json", json.dumps(report, indent=2) + "\n")
+    _write_atomic(output / "compare.md", format_table(rows) + "\n")
+    return report
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The rows as a Markdown table with the columns of :data:`COLUMNS`."""
+    lines = [
+        "| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` with VALUE as JSON where it parses (``0``, ``[16, 16]``, ``null``), else as a string."""
+    key, separator, value = text.partition("=")
+    if not separator or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Command line: ``python -m scripts.compare --dataset_dir DIR --max_epochs N [--output_dir OUT]``."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset_dir", default="", help="PENGWIN root (default: the built-in synthetic dataset)")
+    parser.add_argument("--max_epochs", type=int, default=None, help="epochs for both models (default: config's)")
+    parser.add_argument("--output_dir", default=None, help="output folder (default: <bundle>/eval/compare)")
+    parser.add_argument("--bundle_root", default=None, help="bundle folder (default: this module's bundle)")
+    parser.add_argument("--vgg16_weights", default=None, help="local torchvision VGG16 state dict (default: none)")
+    parser.add_argument(
+        "--override", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="config override for both models, VALUE in JSON (repeatable), e.g. --override num_workers=0",
+    )
+    parser.add_argument(
+        "--vgg16_override", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="config override for the VGG16 U-Net only (repeatable), e.g. --vgg16_override freeze_encoder_epochs=2",
+    )
+    parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # one model, in a child process
+    args = parser.parse_args(argv)
+    if args.run_spec is not None:
+        spec = json.loads(Path(args.run_spec).read_text())
+        result = run_model(spec["config_files"], spec["evaluate_config"], spec["overrides"])
+        _write_atomic(Path(spec["result_path"]), json.dumps(result, indent=2))
+        return None
+    vgg16 = dict(args.vgg16_override)
+    if args.vgg16_weights is not None:
+        vgg16["vgg16_weights"] = str(Path(args.vgg16_weights).resolve())
+    report = compare(
+        args.dataset_dir, args.max_epochs, args.output_dir, args.bundle_root, dict(args.override), {"vgg16unet": vgg16}
+    )
+    print(format_table(report["rows"]))
+    print(f"written: {Path(report['output_dir']) / 'compare.json'} and compare.md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
