@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
@@ -71,10 +72,17 @@ class OfficialMetricsSaver:
             self.rows.append({"name": name, **score_image(encode_fragment_bits(masks), label, name=name)})
 
     def write(self, engine: Engine) -> None:
-        if not self.rows:
+        rows = self.rows
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:  # each rank scored its shard of the split: every rank gets all rows, rank 0 writes
+            shards: list[list[dict]] = [[] for _ in range(dist.get_world_size())]
+            dist.all_gather_object(shards, rows)
+            rows = sorted((row for shard in shards for row in shard), key=lambda row: row["name"])
+        if not rows:
             raise ValueError("no image was evaluated: the evaluation split is empty")
-        summary: dict[str, float | int] = {key: float(np.mean([row[key] for row in self.rows])) for key in METRICS}
+        summary: dict[str, float | int] = {key: float(np.mean([row[key] for row in rows])) for key in METRICS}
         engine.state.metrics.update(summary)
         summary.update({key: float(value) for key, value in engine.state.metrics.items() if key not in summary})
-        summary["num_images"] = len(self.rows)
-        write_results(self.rows, summary, self.output_dir)
+        summary["num_images"] = len(rows)
+        if not distributed or dist.get_rank() == 0:
+            write_results(rows, summary, self.output_dir)
