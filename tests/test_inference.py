@@ -27,11 +27,11 @@ from PIL import Image
 from custom_transforms.bits import encode_fragment_bits
 from custom_transforms.constants import NUM_CHANNELS, VALID_BITS_MASK
 from custom_transforms.intensity import CLAHE, NegLogWindow
+from scripts.flags import as_flag
 from scripts.inference import (
     InputFailure,
     OnnxRuntimeNetwork,
     PredictionWriter,
-    as_flag,
     list_inputs,
     load_checkpoint,
     load_network,

@@ -203,8 +203,8 @@ def bundle_run(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
 @pytest.mark.slow
 def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evaluates(tmp_path, mlflow_server):
     common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
-    train = bundle_run(
-        "--config_file", "configs/train.json", *common, "--max_epochs", "4", "--learning_rate", "0.01",
+    train = bundle_run(  # the documented command: python -m monai.bundle run training --config_file ...
+        "training", "--config_file", "configs/train.json", *common, "--max_epochs", "4", "--learning_rate", "0.01",
         "--batch_size", "2", "--run_name", "tiny-train",
         env={"MLFLOW_TRACKING_URI": mlflow_server},
     )
@@ -243,7 +243,7 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     args = [
         "--config_file", "configs/train.json", "--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC,
-        "--num_workers", "0", "--max_epochs", "6", "--batch_size", "2",
+        "--num_workers", "0", "--max_epochs", "6", "--batch_size", "2", "--cpu_bf16", "false",
     ]
     first = subprocess.Popen(
         [sys.executable, "-m", "monai.bundle", "run", *args], cwd=BUNDLE_ROOT,

@@ -32,7 +32,6 @@ from .outputs import OUTPUT_KINDS, output_stem, write_prediction
 __all__ = [
     "INPUT_SUFFIXES",
     "MODEL_FORMATS",
-    "as_flag",
     "InputFailure",
     "InputScan",
     "list_inputs",
@@ -49,19 +48,6 @@ logger = logging.getLogger(__name__)
 INPUT_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 #: "pt": state dict on ``network_def``; "ts": TorchScript; "onnx": ONNX Runtime on the CPU
 MODEL_FORMATS: tuple[str, ...] = ("pt", "ts", "onnx")
-
-
-def as_flag(value: bool | int | str) -> bool:
-    """A command-line switch as a bool: ``--grand_challenge true`` arrives as the string "true" from ``fire``.
-
-    Raises:
-        ValueError: for anything but a bool, 0/1 or "true"/"false"/"1"/"0" (any case).
-    """
-    if isinstance(value, (bool, int)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return value.strip().lower() in ("true", "1")
-    raise ValueError(f"expected a switch (true/false), got {value!r}")
 
 
 class InputFailure(NamedTuple):

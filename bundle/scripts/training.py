@@ -22,6 +22,7 @@ from custom_transforms.constants import CATEGORY_NAMES, MAX_FRAGMENTS, NUM_CHANN
 from custom_transforms.io import read_fragment_label
 
 from .datalist import write_json_atomic
+from .flags import as_flag
 
 __all__ = [
     "resolve_dataset",
@@ -98,10 +99,10 @@ class PengwinInferer(Inferer):
         cpu_bf16: autocast to bfloat16 when running on the CPU.
     """
 
-    def __init__(self, spatial_size: Sequence[int] | None = None, cpu_bf16: bool = False) -> None:
+    def __init__(self, spatial_size: Sequence[int] | None = None, cpu_bf16: bool | str = False) -> None:
         super().__init__()
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
-        self.cpu_bf16 = cpu_bf16
+        self.cpu_bf16 = as_flag(cpu_bf16)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         size = tuple(inputs.shape[2:])
