@@ -28,6 +28,11 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 from ignite.handlers import Timer
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.utils import path_to_sqlite_uri
+
+from .datalist import write_json_atomic
+from .networks import count_parameters
 
 __all__ = ["MODELS", "ThroughputMeter", "run_model", "compare", "format_table", "main"]
 
@@ -93,42 +98,43 @@ class ThroughputMeter:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_model(config_files: Sequence[str], evaluate_config: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def run_model(
+    config_files: Sequence[str],
+    evaluate_config: str,
+    overrides: dict[str, Any],
+    evaluate_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train with ``config_files``, then evaluate with ``evaluate_config`` merged after them, in this process.
 
     Args:
         config_files: the training configs in merge order.
         evaluate_config: the evaluation config merged after them.
-        overrides: config ids and values for both runs (``dataset_dir``, ``output_dir``, ``ckpt_dir``, ...);
-            ``evaluate_run_name`` (when present) names the evaluation's MLflow run.
+        overrides: config ids and values for both runs (``dataset_dir``, ``output_dir``, ``ckpt_dir``, ...).
+        evaluate_overrides: further ids and values for the evaluation only (e.g. its ``run_name``).
 
     Returns:
-        parameters, images, training seconds and throughput, the split sizes, and the evaluation summary.
+        parameters, epochs, images, training seconds and throughput, the split sizes, and the evaluation summary.
     """
-    from monai.bundle import ConfigWorkflow
-
-    from .networks import count_parameters
-
-    overrides = dict(overrides)
-    evaluate_run_name = overrides.pop("evaluate_run_name", None)
     train = ConfigWorkflow(config_file=list(config_files), workflow_type="train", **overrides)
     train.initialize()
     meter = ThroughputMeter()
     meter.attach(train.trainer)
     parameters = count_parameters(train.parser.get_parsed_content("network"))
     datalist = train.parser.get_parsed_content("datalist")
+    max_epochs = int(train.parser.get_parsed_content("max_epochs"))
     train.run()
     train.finalize()
 
-    if evaluate_run_name is not None:
-        overrides["run_name"] = evaluate_run_name
-    evaluate = ConfigWorkflow(config_file=[*config_files, evaluate_config], workflow_type=None, **overrides)
+    evaluate = ConfigWorkflow(
+        config_file=[*config_files, evaluate_config], workflow_type=None, **{**overrides, **(evaluate_overrides or {})}
+    )
     evaluate.initialize()
     evaluate.run()
     evaluate.finalize()
     summary_path = Path(evaluate.parser.get_parsed_content("evaluation_dir")) / "summary.json"
     return {
         "parameters": parameters,
+        "max_epochs": max_epochs,
         "train_images": meter.images,
         "train_seconds": meter.seconds,
         "train_images_per_s": meter.images_per_second,
@@ -149,7 +155,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def _run_child(spec: dict[str, Any], work_dir: Path, bundle_root: Path) -> tuple[dict[str, Any], int]:
     """Run :func:`run_model` for ``spec`` in a child process; return its result and peak RSS in bytes."""
     spec_path, result_path, log_path = work_dir / "spec.json", work_dir / "result.json", work_dir / "compare.log"
-    _write_atomic(spec_path, json.dumps({**spec, "result_path": str(result_path)}, indent=2))
+    write_json_atomic(spec_path, {**spec, "result_path": str(result_path)})
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "scripts.compare", "--run_spec", str(spec_path)]
     with open(log_path, "w") as log:
@@ -168,8 +174,6 @@ def _bundle_root() -> Path:
 
 
 def _tracking_uri(output_dir: Path) -> str:
-    from monai.utils import path_to_sqlite_uri
-
     return os.environ.get("MLFLOW_TRACKING_URI") or path_to_sqlite_uri(str(output_dir.resolve() / "mlruns.db"))
 
 
@@ -196,11 +200,9 @@ def compare(
         the content of ``compare.json``: settings, split sizes and one row per model.
 
     Raises:
-        ValueError: unknown model name in ``model_overrides``, or the models saw different splits.
+        ValueError: unknown model name in ``model_overrides``, or the models got different epochs or splits.
         RuntimeError: a run failed (the message ends with its log).
     """
-    from monai.bundle import ConfigParser
-
     bundle = Path(bundle_root or _bundle_root()).resolve()
     output = Path(output_dir or bundle / "eval" / "compare").resolve()
     model_overrides = model_overrides or {}
@@ -222,7 +224,7 @@ def compare(
     data_root = parser.get_parsed_content("data_root")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    rows, splits = [], {}
+    rows, budgets = [], {}
     for model, files in MODELS.items():
         model_dir = output / model
         spec = {
@@ -234,14 +236,14 @@ def compare(
                 "output_dir": str(model_dir),
                 "ckpt_dir": str(model_dir / "models"),
                 "run_name": f"{model}-{stamp}",
-                "evaluate_run_name": f"evaluate-{model}-{stamp}",
                 **model_overrides.get(model, {}),
             },
+            "evaluate_overrides": {"run_name": f"evaluate-{model}-{stamp}"},
         }
         print(f"{model}: training and evaluating, log in {model_dir / 'compare.log'}", flush=True)
         model_dir.mkdir(parents=True, exist_ok=True)
         result, peak_rss = _run_child(spec, model_dir, bundle)
-        splits[model] = result["split"]
+        budgets[model] = {"max_epochs": result["max_epochs"], **result["split"]}
         summary = result["summary"]
         rows.append(
             {
@@ -256,20 +258,22 @@ def compare(
                 "summary": result["summary_path"],
             }
         )
-    if len({json.dumps(split, sort_keys=True) for split in splits.values()}) != 1:
-        raise ValueError(f"{data_root}: the models were trained on different splits: {splits}")
+    if len({json.dumps(budget, sort_keys=True) for budget in budgets.values()}) != 1:
+        raise ValueError(f"{data_root}: the models got different epochs or splits: {budgets}")
+    budget = next(iter(budgets.values()))
     report = {
         "output_dir": str(output),
         "dataset": str(data_root),
-        "max_epochs": max_epochs,
-        "split": next(iter(splits.values())),
+        "max_epochs": budget.pop("max_epochs"),
+        "split": budget,
         "tracking_uri": shared["tracking_uri"],
         "experiment_name": parser.get_parsed_content("experiment_name"),
         "peak_rss": "maximum resident set size of each model's own process (train and evaluate)",
-        "train_images_per_s": "images / seconds of batch loading and training iterations (no validation)",
+        "train_images_per_s": "images / seconds of batch loading and training iterations, the first (warm-up) "
+        "iteration included; validation and checkpointing excluded",
         "rows": rows,
     }
-    _write_atomic(output / "compare.json", json.dumps(report, indent=2) + "\n")
+    write_json_atomic(output / "compare.json", report)
     _write_atomic(output / "compare.md", format_table(rows) + "\n")
     return report
 
@@ -316,8 +320,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     args = parser.parse_args(argv)
     if args.run_spec is not None:
         spec = json.loads(Path(args.run_spec).read_text())
-        result = run_model(spec["config_files"], spec["evaluate_config"], spec["overrides"])
-        _write_atomic(Path(spec["result_path"]), json.dumps(result, indent=2))
+        result = run_model(spec["config_files"], spec["evaluate_config"], spec["overrides"], spec["evaluate_overrides"])
+        write_json_atomic(spec["result_path"], result)
         return None
     vgg16 = dict(args.vgg16_override)
     if args.vgg16_weights is not None:
