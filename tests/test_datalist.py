@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
 from conftest import write_pair
-from scripts.datalist import build_datalist, check_datalist_files, main, patient_id, split_by_patient
+from scripts.datalist import build_datalist, check_datalist_files, load_datalist, main, patient_id, split_by_patient
 
 
 def patients_of(items):
@@ -100,3 +101,27 @@ def test_cli_writes_a_monai_datalist(pengwin_root, tmp_path, capsys):
     datalist = json.loads(out.read_text())
     assert set(datalist) == {"training", "validation", "test", "inference"} and len(datalist["training"]) == 14
     assert "training: 14" in capsys.readouterr().out
+
+
+def test_datalist_json_round_trips_through_the_loader(pengwin_root, tmp_path):
+    main([str(pengwin_root), "--out", str(tmp_path / "datalist.json")])
+    assert load_datalist(tmp_path / "datalist.json") == build_datalist(pengwin_root)
+
+
+def test_datalist_json_naming_missing_files_lists_them_all(pengwin_root, tmp_path):
+    datalist = build_datalist(pengwin_root)
+    Path(datalist["training"][0]["label"]).unlink()
+    Path(datalist["test"][1]["image"]).unlink()
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(FileNotFoundError, match=r"names 2 missing file\(s\):\n  training: .*001_0000.tif\n  test: .*"):
+        load_datalist(tmp_path / "datalist.json")
+
+
+@pytest.mark.parametrize(
+    "content, message", [(None, "datalist file not found"), ("{oops", "not valid JSON"), ("[1, 2]", "expected a JSON object")]
+)
+def test_unreadable_datalist_json_is_a_clear_error(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "datalist.json").write_text(content)
+    with pytest.raises((FileNotFoundError, ValueError), match=f"datalist.json: {message}"):
+        load_datalist(tmp_path / "datalist.json")

@@ -28,6 +28,7 @@ __all__ = [
     "find_pairs",
     "split_by_patient",
     "build_datalist",
+    "load_datalist",
     "check_datalist_files",
     "write_json_atomic",
     "main",
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUBDIR = Path("input", "images", "x-ray")
 LABEL_SUBDIR = Path("output", "images", "x-ray")
+_SPLITS = ("training", "validation", "test", "inference")
 _NAME_PATTERN = re.compile(r"^(\d+)_(\d+)\.tiff?$", re.IGNORECASE)
 
 
@@ -135,6 +137,33 @@ def build_datalist(
         "test": datalist.get("test", []),
         "inference": unlabelled,
     }
+
+
+def load_datalist(path: str | Path) -> dict[str, list[dict]]:
+    """Read a datalist JSON (as written by ``pengwin-datalist``); every file it names must exist.
+
+    Raises:
+        FileNotFoundError: the JSON is missing, or it names missing files (all listed at once).
+        ValueError: the JSON is not a datalist (training/validation/test lists of ``{"image", "label"}``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: datalist file not found")
+    try:
+        datalist = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(datalist, dict) or not all(isinstance(datalist.get(key, []), list) for key in _SPLITS):
+        raise ValueError(f"{path}: expected a JSON object with lists {_SPLITS}")
+    missing = []
+    for split in _SPLITS:
+        for item in datalist.get(split, []):
+            if not isinstance(item, dict) or "image" not in item:
+                raise ValueError(f"{path}: every {split} item needs an 'image' path, got {item!r}")
+            missing += [f"{split}: {item[key]}" for key in ("image", "label") if key in item and not Path(item[key]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path} names {len(missing)} missing file(s):\n  " + "\n  ".join(missing))
+    return {split: datalist.get(split, []) for split in _SPLITS}
 
 
 def check_datalist_files(items: Sequence[dict], expected_shape: Sequence[int] | None = None) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -159,11 +160,18 @@ def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike, device: s
 
     Raises:
         FileNotFoundError: when the file is missing.
-        ValueError: when the file is not a state dict, or its keys or shapes do not fit ``network``.
+        ValueError: when the file is not a state dict, holds arbitrary pickled objects (refused: loading is
+            ``weights_only``), or its keys or shapes do not fit ``network``.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train first, or set --ckpt_path)")
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refused: the file holds pickled Python objects besides tensors, which could run code when "
+            "loaded; save only the state dict (torch.save(model.state_dict(), path))"
+        ) from err
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping):
