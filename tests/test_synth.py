@@ -243,12 +243,12 @@ def test_generator_refuses_a_folder_of_foreign_files(tmp_path):
     assert foreign.exists()
 
 
-def _write_ct(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 2.5), direction=None) -> None:
+def _write_ct(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 2.5), direction=None, origin=(-30.0, -30.0, -40.0)):
     import itk
 
     image = itk.image_from_array(np.ascontiguousarray(array))
     image.SetSpacing(spacing)
-    image.SetOrigin((-30.0, -30.0, -40.0))
+    image.SetOrigin(origin)
     if direction is not None:
         image.SetDirection(itk.matrix_from_array(np.asarray(direction, np.float64)))
     itk.imwrite(image, str(path))
@@ -270,6 +270,30 @@ def test_render_from_ct_projects_a_small_volume(tmp_path, suffix):
     written = read_xray_image(tmp_path / "x.tif")
     assert written.dtype == np.float32 and np.array_equal(written, image)
     assert image[bitmap > 0].mean() < image[bitmap == 0].mean()
+
+
+def test_render_from_ct_follows_the_file_orientation(tmp_path):
+    """The same anatomy stored with flipped index axes (a RAS-like direction) renders identically."""
+    shape = (16, 20, 20)
+    k, j, i = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    labels = np.where((i > 4) & (i < 12) & (j > 6) & (j < 15) & (k > 3) & (k < 12), 21, 0).astype(np.uint8)
+    labels[(i >= 12) & (i < 16) & (j > 6) & (j < 15) & (k > 3) & (k < 12)] = 22
+    hu = np.where(labels > 0, 800, 0).astype(np.int16)
+    spacing = (1.5, 2.0, 2.5)
+    _write_ct(tmp_path / "ct.mha", hu, spacing)
+    _write_ct(tmp_path / "lab.mha", labels, spacing)
+    flipped_origin = (-30.0 + 1.5 * 19, -30.0 + 2.0 * 19, -40.0)  # same world box, i and j reversed
+    flip = np.diag([-1.0, -1.0, 1.0])
+    _write_ct(tmp_path / "ct_f.mha", hu[:, ::-1, ::-1], spacing, flip, flipped_origin)
+    _write_ct(tmp_path / "lab_f.mha", labels[:, ::-1, ::-1], spacing, flip, flipped_origin)
+    outputs = [
+        render_from_ct(tmp_path / f"ct{tag}.mha", tmp_path / f"lab{tag}.mha", tmp_path / f"x{tag}.tif",
+                       tmp_path / f"y{tag}.tif", size=40, seed=2, noise=False)
+        for tag in ("", "_f")
+    ]
+    assert _bits(outputs[0][1]) == {21, 22}
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+    np.testing.assert_allclose(outputs[0][0], outputs[1][0], rtol=1e-5)
 
 
 def test_render_from_ct_rejects_mismatched_or_invalid_labels(tmp_path):

@@ -53,11 +53,6 @@ class Phantom:
     grid: VoxelGrid
     fragments: dict[int, int]
 
-    def label_y_range(self) -> tuple[int, int]:
-        """The slab range ``[first, last)`` along ``y`` that holds labelled voxels."""
-        rows = np.flatnonzero(self.labels.any(axis=(1, 2)))
-        return (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # signed distance primitives on broadcastable coordinate arrays (x: [1,1,X], y: [Y,1,1], z: [1,Z,1])
@@ -287,7 +282,6 @@ class _Canvas:
         if label:
             labels = self.labels[region]
             labels[inside >= 0.5] = label
-        return None
 
 
 def build_phantom(seed: int | Sequence[int] | np.random.Generator, voxel_mm: float = 2.0) -> Phantom:

@@ -132,52 +132,58 @@ def view_geometry(
     )
 
 
-def _slab_planes(grid: VoxelGrid, geometry: ConeBeamGeometry) -> tuple[torch.Tensor, ...]:
+def _slab_planes(grid: VoxelGrid, geometry: ConeBeamGeometry) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Per-pixel affine maps from a slab's ``y`` to normalised ``grid_sample`` coordinates, and step lengths.
 
     A ray ``S + t (P - S)`` crosses the plane ``y`` at ``x = S_x + (y - S_y) Q_x / Q_y`` (``Q = P - S``), so
     the normalised coordinates are ``offset + slope * y`` per pixel; the path length through one slab is
-    ``sy |Q| / |Q_y|``.
+    ``sy |Q| / |Q_y|``. Computed in numpy: small element-wise work gains nothing from torch threads.
     """
-    rays = geometry.pixel_positions() - torch.as_tensor(geometry.source, dtype=torch.float64)
-    if bool((rays[..., 1].abs() < 1e-6 * rays.norm(dim=-1)).any()):
+    rays = geometry.pixel_positions().numpy() - geometry.source
+    lengths = np.linalg.norm(rays, axis=-1)
+    if (np.abs(rays[..., 1]) < 1e-6 * lengths).any():
         raise ValueError("a ray runs parallel to the volume's y slabs: the view must be within ~80 degrees of AP")
     source = geometry.source
     ny, nz, nx = grid.shape
     offsets, slopes = [], []
     for axis, count in ((0, nx), (2, nz)):
         ratio = rays[..., axis] / rays[..., 1]
-        extent = grid.spacing[axis] * max(count - 1, 1)
-        scale = 2.0 / extent
+        scale = 2.0 / (grid.spacing[axis] * max(count - 1, 1))
         offsets.append((source[axis] - source[1] * ratio - grid.origin[axis]) * scale - 1.0)
         slopes.append(ratio * scale)
-    step = grid.spacing[1] * rays.norm(dim=-1) / rays[..., 1].abs()
-    return (
-        torch.stack(offsets, dim=-1).float(),
-        torch.stack(slopes, dim=-1).float(),
-        step.float(),
-    )
+    step = grid.spacing[1] * lengths / np.abs(rays[..., 1])
+    offset = torch.from_numpy(np.stack(offsets, axis=-1).astype(np.float32))
+    slope = torch.from_numpy(np.stack(slopes, axis=-1).astype(np.float32))
+    return offset, slope, step.astype(np.float32)
 
 
-def _slab_grids(grid: VoxelGrid, geometry: ConeBeamGeometry, channels: int, y_range: tuple[int, int] | None = None):
+def _slab_grids(
+    grid: VoxelGrid,
+    planes: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    size: int,
+    channels: int,
+    y_range: tuple[int, int] | None = None,
+):
     """Yield ``(first, last, sample_grid)`` for chunks of slabs; ``sample_grid`` is ``[n, size, size, 2]``.
 
     Chunks are sized to the sampling budget so that memory stays bounded for any detector size.
     """
-    offset, slope, _ = _slab_planes(grid, geometry)
+    offset, slope, _ = planes
     y_axis = torch.as_tensor(grid.axis("y"))
     first, last = y_range if y_range is not None else (0, grid.shape[0])
-    chunk = max(1, _SAMPLES_PER_CHUNK // (geometry.size**2 * (channels + 2)))
+    chunk = max(1, _SAMPLES_PER_CHUNK // (size**2 * (channels + 2)))
     for start in range(first, last, chunk):
         stop = min(start + chunk, last)
         yield start, stop, torch.addcmul(offset, slope, y_axis[start:stop, None, None, None])
 
 
-def _or_label_samples(bits: torch.Tensor, sampled: torch.Tensor) -> None:
-    """OR ``1 << label`` of nearest-neighbour label samples ``[n, 1, H, W]`` into ``bits`` (int32, in place)."""
-    # torch has no OR-reduction along a dimension: OR the slabs one at a time
-    for slab in torch.bitwise_left_shift(1, sampled[:, 0].to(torch.int32)):
-        bits.bitwise_or_(slab)
+def _or_label_samples(bits: np.ndarray, sampled: torch.Tensor) -> None:
+    """OR ``1 << label`` of nearest-neighbour label samples ``[n, 1, H, W]`` into ``bits`` (int32, in place).
+
+    numpy does it: it has an OR-reduction along an axis, torch has none.
+    """
+    labels = sampled[:, 0].numpy().astype(np.int32)
+    bits |= np.bitwise_or.reduce(np.left_shift(np.int32(1), labels), axis=0)
 
 
 def _check_shapes(volume: torch.Tensor, grid: VoxelGrid, what: str) -> None:
@@ -190,8 +196,8 @@ def _check_labels(labels: torch.Tensor) -> None:
         raise ValueError(f"label volume holds bit index {int(labels.max())}; PENGWIN uses 0..{NUM_CHANNELS}")
 
 
-def _bits_to_bitmap(bits: torch.Tensor) -> np.ndarray:
-    return (bits.numpy().astype(np.int64) & VALID_BITS_MASK).astype(np.uint32)
+def _bits_to_bitmap(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.int64) & VALID_BITS_MASK).astype(np.uint32)
 
 
 def line_integrals(
@@ -210,11 +216,12 @@ def line_integrals(
         return line_integrals(volume[None], grid, geometry, y_range, mode)[0]
     _check_shapes(volume, grid, "volume")
     volume = volume.float()
+    planes = _slab_planes(grid, geometry)
     total = torch.zeros(volume.shape[0], geometry.size, geometry.size)
-    for first, last, sample_grid in _slab_grids(grid, geometry, volume.shape[0], y_range):
+    for first, last, sample_grid in _slab_grids(grid, planes, geometry.size, volume.shape[0], y_range):
         slabs = volume[:, first:last].transpose(0, 1)
         total += F.grid_sample(slabs, sample_grid, mode=mode, padding_mode="zeros", align_corners=True).sum(0)
-    return total * _slab_planes(grid, geometry)[2]
+    return total * torch.from_numpy(planes[2])
 
 
 def label_bitmap(
@@ -229,8 +236,8 @@ def label_bitmap(
     _check_shapes(labels, grid, "label volume")
     _check_labels(labels)
     volume = labels.float()[:, None]
-    bits = torch.zeros(geometry.size, geometry.size, dtype=torch.int32)
-    for first, last, sample_grid in _slab_grids(grid, geometry, 1, y_range):
+    bits = np.zeros((geometry.size, geometry.size), np.int32)
+    for first, last, sample_grid in _slab_grids(grid, _slab_planes(grid, geometry), geometry.size, 1, y_range):
         _or_label_samples(bits, F.grid_sample(volume[first:last], sample_grid, mode="nearest", align_corners=True))
     return _bits_to_bitmap(bits)
 
@@ -250,35 +257,36 @@ def project_volume(
     first_label, last_label = (int(labelled[0]), int(labelled[-1]) + 1) if labelled.numel() else (0, 0)
     mu_slabs = mu.float()[:, None]
     label_slabs = labels.float()[:, None]
+    planes = _slab_planes(grid, geometry)
     total = torch.zeros(geometry.size, geometry.size)
-    bits = torch.zeros(geometry.size, geometry.size, dtype=torch.int32)
-    for first, last, sample_grid in _slab_grids(grid, geometry, 2):
+    bits = np.zeros((geometry.size, geometry.size), np.int32)
+    for first, last, sample_grid in _slab_grids(grid, planes, geometry.size, 2):
         sampled = F.grid_sample(mu_slabs[first:last], sample_grid, align_corners=True)
         total += sampled.sum((0, 1))
         lo, hi = max(first, first_label), min(last, last_label)
         if lo < hi:
             label_grid = sample_grid[lo - first : hi - first]
             _or_label_samples(bits, F.grid_sample(label_slabs[lo:hi], label_grid, mode="nearest", align_corners=True))
-    return total * _slab_planes(grid, geometry)[2], _bits_to_bitmap(bits)
+    return total * torch.from_numpy(planes[2]), _bits_to_bitmap(bits)
 
 
 def cylinder_chords(geometry: ConeBeamGeometry, cylinders: list[Cylinder]) -> torch.Tensor:
     """Attenuation ``[size, size]`` of capped cylinders: the sum of ``mu * chord length`` along every ray.
 
     The chord is the overlap of the ray's interval inside the infinite cylinder (a quadratic in the ray
-    parameter) with its interval between the two cap planes, computed in closed form.
+    parameter) with its interval between the two cap planes, in closed form (numpy, float64).
     """
-    total = torch.zeros(geometry.size, geometry.size, dtype=torch.float64)
+    total = np.zeros((geometry.size, geometry.size))
     if not cylinders:
-        return total.float()
-    directions = geometry.ray_directions()
-    source = torch.as_tensor(geometry.source, dtype=torch.float64)
+        return torch.from_numpy(total.astype(np.float32))
+    directions = geometry.ray_directions().numpy()
+    far = 1e9
     for cylinder in cylinders:
-        start = torch.as_tensor(cylinder.start, dtype=torch.float64)
-        axis = torch.as_tensor(cylinder.end, dtype=torch.float64) - start
-        length = float(axis.norm())
-        axis = axis / length
-        offset = source - start
+        start = np.asarray(cylinder.start, np.float64)
+        axis = np.asarray(cylinder.end, np.float64) - start
+        length = float(np.linalg.norm(axis))
+        axis /= length
+        offset = geometry.source - start
         along_dir = directions @ axis
         along_offset = float(offset @ axis)
         perp_dir = directions - along_dir[..., None] * axis
@@ -287,21 +295,19 @@ def cylinder_chords(geometry: ConeBeamGeometry, cylinders: list[Cylinder]) -> to
         b = 2.0 * (perp_dir @ perp_offset)
         c = float(perp_offset @ perp_offset) - cylinder.radius**2
         disc = b * b - 4.0 * a * c
-        safe_a = a.clamp_min(1e-12)
-        root = disc.clamp_min(0.0).sqrt()
-        # a ray parallel to the axis is inside the tube everywhere or nowhere
-        parallel = a < 1e-12
-        t_in = torch.where(parallel, torch.full_like(a, -1e9), (-b - root) / (2 * safe_a))
-        t_out = torch.where(parallel, torch.full_like(a, 1e9), (-b + root) / (2 * safe_a))
-        hits = torch.where(parallel, torch.full_like(a, c < 0.0, dtype=torch.bool), disc > 0.0)
-        safe_along = torch.where(along_dir.abs() < 1e-12, torch.full_like(along_dir, 1e-12), along_dir)
-        cap_a = (0.0 - along_offset) / safe_along
+        root = np.sqrt(np.clip(disc, 0.0, None))
+        parallel = a < 1e-12  # a ray along the axis is inside the tube everywhere or nowhere
+        safe_a = np.where(parallel, 1.0, a)
+        t_in = np.where(parallel, -far, (-b - root) / (2 * safe_a))
+        t_out = np.where(parallel, far, (-b + root) / (2 * safe_a))
+        hits = np.where(parallel, c < 0.0, disc > 0.0)
+        across = np.abs(along_dir) < 1e-12  # a ray across the axis is between the caps everywhere or nowhere
+        safe_along = np.where(across, 1.0, along_dir)
+        cap_a = -along_offset / safe_along
         cap_b = (length - along_offset) / safe_along
-        cap_in = torch.minimum(cap_a, cap_b)
-        cap_out = torch.maximum(cap_a, cap_b)
-        between_caps = 0.0 <= along_offset <= length
-        cap_in = torch.where(along_dir.abs() < 1e-12, torch.full_like(a, -1e9 if between_caps else 1e9), cap_in)
-        cap_out = torch.where(along_dir.abs() < 1e-12, torch.full_like(a, 1e9 if between_caps else -1e9), cap_out)
-        chord = (torch.minimum(t_out, cap_out) - torch.maximum(t_in, cap_in)).clamp_min(0.0)
-        total += cylinder.mu * torch.where(hits, chord, torch.zeros_like(chord))
-    return total.float()
+        between = 0.0 <= along_offset <= length
+        cap_in = np.where(across, -far if between else far, np.minimum(cap_a, cap_b))
+        cap_out = np.where(across, far if between else -far, np.maximum(cap_a, cap_b))
+        chord = np.clip(np.minimum(t_out, cap_out) - np.maximum(t_in, cap_in), 0.0, None)
+        total += cylinder.mu * np.where(hits, chord, 0.0)
+    return torch.from_numpy(total.astype(np.float32))

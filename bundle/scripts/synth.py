@@ -115,8 +115,9 @@ def projection_indices(projections: int) -> list[int]:
 
 
 def default_voxel_mm(size: int) -> float:
-    """Phantom voxel size for a detector of ``size`` pixels: 1.5 mm above 256 pixels, else 2 mm."""
-    return 1.5 if size > 256 else 2.0
+    """Phantom voxel size for a detector of ``size`` pixels: 2 mm (1.5 mm looks a little finer at 448 px but
+    costs about 1.6 times as long per image, which misses the 1 s per image budget on 2 cores)."""
+    return 2.0
 
 
 def draw_geometry(rng: np.random.Generator, scene: Scene, size: int) -> ConeBeamGeometry:
@@ -402,7 +403,9 @@ def _read_volume(path: Path) -> tuple[np.ndarray, VoxelGrid, tuple]:
     world_axis = np.abs(direction).argmax(axis=0)  # world axis of each index axis
     signs = np.sign(direction[world_axis, np.arange(3)])
     if sorted(world_axis) != [0, 1, 2] or not np.allclose(np.abs(direction), np.eye(3)[world_axis].T, atol=1e-3):
-        raise ValueError(f"{path}: oblique orientation {direction.tolist()} is not supported; resample it to axis-aligned")
+        raise ValueError(
+            f"{path}: oblique orientation {direction.tolist()} is not supported; resample it to axis-aligned"
+        )
     numpy_axis = {0: 2, 1: 1, 2: 0}  # itk index axis i, j, k -> numpy axis of array [k, j, i]
     order, world_origin, world_spacing = [], np.zeros(3), np.zeros(3)
     for world in (1, 2, 0):  # [Y, Z, X]

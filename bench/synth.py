@@ -1,0 +1,155 @@
+"""Benchmark of the synthetic PENGWIN generator on 2 CPU threads.
+
+Prints, in one run:
+
+1. the slab-wise projector (``project_volume``: 2D ``grid_sample`` per coronal slab) against a naive
+   baseline that samples the 3D volume trilinearly at points along every ray (3D ``grid_sample``), same
+   phantom, same views, at 224 px so that the baseline stays quick; with their agreement;
+2. end-to-end ``generate_dataset`` throughput (phantom building, views, tools, noise, both TIFFs) at 448 px
+   (the claim: at most 1 s per image and 200 images within 5 minutes) and at 224 px, and the training
+   default ``patients=12, projections=8, size=224``.
+
+``--example-image PATH`` also writes the README picture (a 448 px X-ray beside its fragment overlay).
+
+Run: ``.venv/bin/python bench/synth.py`` (about 3 to 4 minutes; ``--quick`` for a smaller run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from custom_transforms.constants import VALID_BITS_MASK, channel_category_fragment, fragment_name
+from scripts.phantom import build_phantom
+from scripts.projector import ConeBeamGeometry, project_volume, view_geometry
+from scripts.synth import RenderedProjection, Scene, draw_geometry, draw_tools, generate_dataset, render_view
+
+
+def naive_projection(scene: Scene, geometry: ConeBeamGeometry) -> tuple[torch.Tensor, np.ndarray]:
+    """Baseline: trilinear (and nearest, for labels) 3D sampling at one-voxel steps along every ray."""
+    grid = scene.grid
+    step = float(min(grid.spacing))
+    lower = np.array(grid.origin)
+    upper = lower + np.array(grid.spacing) * (np.array(grid.shape)[[2, 0, 1]] - 1)
+    corners = np.array([[c[0], c[1], c[2]] for c in np.array(np.meshgrid(*zip(lower, upper))).reshape(3, -1).T])
+    distances = np.linalg.norm(corners - geometry.source, axis=1)
+    t_values = torch.arange(distances.min(), distances.max(), step, dtype=torch.float32)
+    rays = geometry.ray_directions().float()
+    source = torch.as_tensor(geometry.source, dtype=torch.float32)
+    scale = torch.as_tensor(2.0 / (upper - lower), dtype=torch.float32)
+    low = torch.as_tensor(lower, dtype=torch.float32)
+    mu = scene.mu[None, None]
+    labels = scene.labels[None, None]
+    total = torch.zeros(geometry.size, geometry.size)
+    bits = torch.zeros(geometry.size, geometry.size, dtype=torch.int32)
+    for chunk in torch.split(t_values, 16):
+        points = source + chunk[:, None, None, None] * rays  # [K, H, W, 3] world (x, y, z)
+        normalised = (points - low) * scale - 1.0
+        sample_grid = normalised[..., [0, 2, 1]][None]  # grid_sample wants (W=x, H=z, D=y)
+        total += F.grid_sample(mu, sample_grid, align_corners=True)[0, 0].sum(0)
+        nearest = F.grid_sample(labels, sample_grid, mode="nearest", align_corners=True)[0, 0]
+        for slab in torch.bitwise_left_shift(1, nearest.to(torch.int32)):
+            bits |= slab
+    return total * step, (bits.numpy().astype(np.int64) & VALID_BITS_MASK).astype(np.uint32)
+
+
+def compare_projectors(views: int, size: int) -> None:
+    phantom = build_phantom(np.random.default_rng(0), 2.0)
+    scene = Scene.from_arrays(phantom.mu, phantom.labels, phantom.grid)
+    geometries = [draw_geometry(np.random.default_rng(v), scene, size) for v in range(views)]
+    timings, results = {}, {}
+    for name, project in (("slab-wise 2D", lambda g: project_volume(scene.mu, scene.labels, scene.grid, g)),
+                          ("naive 3D", lambda g: naive_projection(scene, g))):
+        project(geometries[0])  # warm-up
+        start = time.perf_counter()
+        results[name] = [project(g) for g in geometries]
+        timings[name] = (time.perf_counter() - start) / views
+    fast, slow = results["slab-wise 2D"], results["naive 3D"]
+    relative = np.mean([float((a[0] - b[0]).abs().mean() / b[0].abs().mean()) for a, b in zip(fast, slow)])
+    agree = np.mean([float((a[1] == b[1]).mean()) for a, b in zip(fast, slow)])
+    print(f"projector, {size} px, phantom {phantom.mu.shape} at 2 mm, {views} views (line integral + bit map):")
+    for name, seconds in timings.items():
+        print(f"  {name:13s} {seconds:.3f} s/view")
+    print(f"  speed-up {timings['naive 3D'] / timings['slab-wise 2D']:.1f}x; mean |difference| of line integrals "
+          f"{100 * relative:.2f}%; bit maps equal on {100 * agree:.1f}% of pixels")
+
+
+def time_generation(patients: int, projections: int, size: int) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        generate_dataset(folder, patients=patients, projections=projections, size=size, seed=11, progress=False)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    images = patients * projections
+    print(f"generate_dataset(patients={patients}, projections={projections}, size={size}): {seconds:.1f} s, "
+          f"{images / seconds:.2f} images/s, {seconds / images:.3f} s/image "
+          f"(CPU {cpu / images:.3f} s/image over both threads)")
+    return seconds
+
+
+def write_example_image(path: Path) -> None:
+    """A 448 px synthetic X-ray (-log, min-max) beside the same image with one colour per fragment."""
+    from PIL import Image, ImageDraw
+
+    phantom = build_phantom(np.random.default_rng([3, 1]), 2.0)
+    scene = Scene.from_arrays(phantom.mu, phantom.labels, phantom.grid)
+    rng = np.random.default_rng(5)
+    # a near-AP view of the whole pelvis reads better in a README than a random generator view
+    geometry = view_geometry(np.array([0.0, 10.0, -15.0]), np.array([0.1, 1.0, 0.08]), 1100.0, 760.0, 400.0, 448)
+    image, bitmap = render_view(scene, geometry, draw_tools(rng, scene, geometry.isocentre, 3), rng)
+    rendered = RenderedProjection(image, bitmap, geometry, [])
+    shown = -np.log(rendered.image)
+    shown = (shown - shown.min()) / (shown.max() - shown.min())
+    grey = np.repeat(shown[..., None], 3, axis=2)
+    palette = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]]) / 255.0
+    overlay = grey.copy()
+    legend = []
+    bits = [b for b in range(1, 31) if ((rendered.bitmap >> b) & 1).any()]
+    for index, bit in enumerate(bits):
+        mask = ((rendered.bitmap >> bit) & 1).astype(bool)
+        colour = palette[index % len(palette)]
+        overlay[mask] = 0.55 * overlay[mask] + 0.45 * colour
+        legend.append((fragment_name(*channel_category_fragment(bit - 1)), colour))
+    canvas = Image.fromarray((np.concatenate([grey, overlay], axis=1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for row, (name, colour) in enumerate(legend):
+        top = 6 + 16 * row
+        draw.rectangle([454, top, 466, top + 11], fill=tuple(int(255 * c) for c in colour))
+        draw.text((472, top), name, fill=(255, 255, 255))
+    draw.text((6, 6), "synthetic X-ray (-log)", fill=(255, 255, 255))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB), fragments {', '.join(name for name, _ in legend)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller workloads")
+    parser.add_argument("--example-image", type=Path, default=None, help="also write the README picture here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch threads: {torch.get_num_threads()}; load average before the run: {os.getloadavg()[0]:.1f} "
+          "(timings above ~2 are shared with other processes)")
+    compare_projectors(views=3 if args.quick else 6, size=224)
+    if args.quick:
+        time_generation(2, 8, 448)
+        time_generation(2, 8, 224)
+    else:
+        seconds = time_generation(25, 8, 448)
+        verdict = "meets" if seconds / 200 <= 1.0 and seconds <= 300 else "MISSES"
+        print(f"  200 images of 448 px: {seconds:.0f} s ({verdict} the target of <= 1 s/image and <= 300 s)")
+        time_generation(4, 8, 224)
+        time_generation(12, 8, 224)
+    if args.example_image is not None:
+        write_example_image(args.example_image)
+
+
+if __name__ == "__main__":
+    main()
