@@ -224,7 +224,7 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
 
 
 def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
-    bundle = _bundle_copy(tmp_path, ("model.pt", "model.onnx", "checkpoint.pt"))
+    bundle = _bundle_copy(tmp_path, ("model.pt", "model.onnx", "checkpoint.pt", "checkpoint_epoch=3.pt"))
     out = tmp_path / "dist"
 
     archive = main(["--out", str(out), "--bundle_root", str(bundle)])
@@ -239,7 +239,7 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
                      "docs/README.md", "docs/data_license.txt", "LICENSE", "custom_transforms/__init__.py",
                      "custom_transforms/constants.py", "models/model.pt", "models/model.onnx"):
         assert prefix + required in names, required
-    assert prefix + "models/checkpoint.pt" not in names
+    assert not [name for name in names if name.startswith(prefix + "models/checkpoint")]
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
     assert not [name for name in names if name.startswith((prefix + "eval/", prefix + "data/"))]
 

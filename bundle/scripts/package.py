@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 BUNDLE_NAME = "pengwin_xray"
 #: model files packed from ``models/``
 MODEL_SUFFIXES: tuple[str, ...] = (".pt", ".ts", ".onnx")
-#: the training resume checkpoint (``train.json``'s ``CheckpointSaver`` final file): it carries the optimizer and
-#: trainer state, which a distributed bundle does not need
-_RESUME_CHECKPOINT = "checkpoint.pt"
+#: training resume checkpoints (``train.json``'s checkpoint saver: ``checkpoint_epoch=N.pt``, ``checkpoint.pt``):
+#: they carry the optimizer and trainer state, which a distributed bundle does not need
+_RESUME_CHECKPOINTS = "checkpoint*.pt"
 #: folders packed whole, relative to the bundle root
 _PACKED_FOLDERS: tuple[str, ...] = ("configs", "scripts", "docs")
 #: names never packed: byte-code caches, run outputs and datasets
@@ -92,7 +92,7 @@ def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
     packed_models = [
         path
         for path in model_files
-        if path.is_file() and path.suffix in MODEL_SUFFIXES and path.name != _RESUME_CHECKPOINT
+        if path.is_file() and path.suffix in MODEL_SUFFIXES and not path.match(_RESUME_CHECKPOINTS)
     ]
     if not packed_models:
         logger.warning(f"{models}: no model file ({', '.join(MODEL_SUFFIXES)}); the archive holds no weights")
