@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from ignite.handlers import Timer
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import path_to_sqlite_uri
 
-from .datalist import write_json_atomic
+from .atomic import atomic_open, write_json_atomic
 from .networks import count_parameters
 
 __all__ = ["MODELS", "ThroughputMeter", "run_model", "compare", "format_table", "main"]
@@ -142,14 +141,6 @@ def run_model(
         "summary_path": str(summary_path),
         "summary": json.loads(summary_path.read_text()),
     }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
 
 
 def _run_child(spec: dict[str, Any], work_dir: Path, bundle_root: Path) -> tuple[dict[str, Any], int]:
@@ -274,7 +265,8 @@ def compare(
         "rows": rows,
     }
     write_json_atomic(output / "compare.json", report)
-    _write_atomic(output / "compare.md", format_table(rows) + "\n")
+    with atomic_open(output / "compare.md", "w") as handle:
+        handle.write(format_table(rows) + "\n")
     return report
 
 

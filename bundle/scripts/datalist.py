@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from custom_transforms.io import read_fragment_label, read_xray_image
+
+from .atomic import write_json_atomic
 
 __all__ = [
     "IMAGE_SUBDIR",
@@ -30,7 +30,6 @@ __all__ = [
     "build_datalist",
     "load_datalist",
     "check_datalist_files",
-    "write_json_atomic",
     "main",
 ]
 
@@ -184,16 +183,6 @@ def check_datalist_files(items: Sequence[dict], expected_shape: Sequence[int] | 
             problems.append(str(err))
     if problems:
         raise ValueError(f"{len(problems)} bad file(s) of {len(items)}:\n  " + "\n  ".join(problems))
-
-
-def write_json_atomic(path: str | Path, content: object) -> Path:
-    """Write ``content`` as JSON through a temporary file and a rename, so a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(content, tmp, indent=2)
-    os.replace(tmp.name, path)
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -45,9 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +57,8 @@ from scipy.spatial import cKDTree
 from custom_transforms.bits import decode_fragment_bits
 from custom_transforms.constants import NUM_CATEGORIES, channel_category_fragment
 from custom_transforms.io import read_fragment_label
+
+from .atomic import atomic_open, write_json_atomic
 
 __all__ = [
     "OFFICIAL_METRICS",
@@ -330,18 +330,6 @@ def evaluate_folders(
     return rows, summary
 
 
-def _write_atomically(path: Path, write: Callable) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file of the same folder, then ``os.replace`` it."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
-            write(file)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_results(rows: Sequence[dict], summary: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """Write the per-image ``metrics.csv`` and the ``summary.json`` into ``out_dir`` (created if needed).
 
@@ -357,8 +345,9 @@ def write_results(rows: Sequence[dict], summary: dict, out_dir: str | Path) -> t
         writer.writeheader()
         writer.writerows(rows)
 
-    _write_atomically(csv_path, write_csv)
-    _write_atomically(json_path, lambda file: file.write(json.dumps(summary, indent=2) + "\n"))
+    with atomic_open(csv_path, "w") as file:
+        write_csv(file)
+    write_json_atomic(json_path, summary)
     return csv_path, json_path
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -43,6 +41,8 @@ from custom_transforms.constants import (
 )
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from custom_transforms.io import invalid_label_bits
+
+from .atomic import atomic_open
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -259,29 +259,10 @@ def display_image(image: NdarrayOrTensor) -> np.ndarray:
     return np.asarray(CLAHE(clip_limit=4.0, tile_grid_size=(8, 8))(windowed))[0]
 
 
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a binary handle on a temporary file next to ``path``; move it onto ``path`` only on success."""
-    path = Path(path)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)  # reopened by name: tifffile needs a handle whose ``name`` is a path
-    try:
-        with open(temp_name, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; outputs are meant to be read by others
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def _write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    target = Path(path)
-    with _atomic_file(target) as handle:
+    with atomic_open(path) as handle:
         write(handle)
-    return target
+    return Path(path)
 
 
 def write_bitmap_tiff(path: str | os.PathLike, bitmap: NdarrayOrTensor) -> Path:

@@ -17,12 +17,13 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import custom_transforms
+
+from .atomic import atomic_open
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -119,20 +120,10 @@ def package_bundle(out_dir: str | os.PathLike, bundle_root: str | os.PathLike | 
     root = Path(bundle_root) if bundle_root is not None else Path(__file__).resolve().parents[1]
     version = bundle_version(root)
     members = archive_members(root)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    archive = out / f"{BUNDLE_NAME}_v{version}.zip"
-    descriptor, temp_name = tempfile.mkstemp(dir=out, prefix=f".{archive.name}.", suffix=".tmp")
-    os.close(descriptor)
-    try:
-        with zipfile.ZipFile(temp_name, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
-            for source, name in members:
-                zipped.write(source, name)
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; an archive is meant to be shared
-        os.replace(temp_name, archive)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    archive = Path(out_dir) / f"{BUNDLE_NAME}_v{version}.zip"
+    with atomic_open(archive) as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for source, name in members:
+            zipped.write(source, name)
     logger.info(f"wrote {archive} ({len(members)} files)")
     return archive
 

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from custom_transforms.constants import MAX_FRAGMENTS, fragment_bit
-from scripts.projector import VoxelGrid
+from .projector import VoxelGrid
 
 __all__ = ["MU_WATER", "MU_FAT", "MU_CANCELLOUS", "MU_CORTICAL", "Phantom", "build_phantom", "fracture_bone"]
 

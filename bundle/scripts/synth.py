@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,8 +40,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from custom_transforms.constants import NUM_CHANNELS
-from scripts.phantom import MU_WATER, build_phantom
-from scripts.projector import ConeBeamGeometry, Cylinder, VoxelGrid, cylinder_chords, project_volume, view_geometry
+from .atomic import atomic_open, write_json_atomic
+from .phantom import MU_WATER, build_phantom
+from .projector import ConeBeamGeometry, Cylinder, VoxelGrid, cylinder_chords, project_volume, view_geometry
 
 __all__ = [
     "IMAGE_SUBDIR",
@@ -226,24 +226,9 @@ def render_projection(
 
 
 def _write_tiff(path: Path, array: np.ndarray) -> None:
-    """Write a one-page uncompressed TIFF atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        tifffile.imwrite(temporary, array, photometric="minisblack", metadata=None)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, content: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(content, stream, indent=2, sort_keys=True)
-    os.replace(temporary, path)
+    """Write a one-page uncompressed TIFF atomically."""
+    with atomic_open(path) as handle:
+        tifffile.imwrite(handle, array, photometric="minisblack", metadata=None)
 
 
 def _dataset_arguments(patients: int, projections: int, size: int, seed: int, split: str, voxel_mm: float) -> dict:
@@ -319,7 +304,7 @@ def generate_dataset(
     if existing and _read_marker(split_dir) is None:
         raise ValueError(f"{split_dir}: holds .tif files not written by the synthetic generator; use an empty folder")
     arguments = _dataset_arguments(patients, projections, size, seed, split, voxel_mm)
-    _write_json(split_dir / MARKER_NAME, {**arguments, "complete": False})
+    write_json_atomic(split_dir / MARKER_NAME, {**arguments, "complete": False})
     expected = set(_expected_names(patients, projections))
     for stale in existing:
         if _NAME.match(stale.name) and stale.name not in expected:
@@ -338,7 +323,7 @@ def generate_dataset(
                 _write_tiff(image_dir / name, rendered.image)
                 _write_tiff(label_dir / name, rendered.bitmap)
                 bar.update()
-    _write_json(split_dir / MARKER_NAME, {**arguments, "complete": True})
+    write_json_atomic(split_dir / MARKER_NAME, {**arguments, "complete": True})
     return root
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 from monai.handlers import CheckpointSaver
 from monai.inferers import Inferer
 
@@ -21,7 +21,7 @@ from custom_transforms.bits import decode_fragment_bits
 from custom_transforms.constants import CATEGORY_NAMES, MAX_FRAGMENTS, NUM_CHANNELS
 from custom_transforms.io import read_fragment_label
 
-from .datalist import write_json_atomic
+from .atomic import write_json_atomic
 from .flags import as_flag
 
 __all__ = [
@@ -146,8 +146,7 @@ def export_running_config(path: str) -> str:
             break
     else:
         raise RuntimeError("export_running_config must be called from a monai.bundle ConfigWorkflow")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    ConfigParser.export_config_file(content, path, fmt="json", indent=2)
+    write_json_atomic(path, content)
     return path
 
 
