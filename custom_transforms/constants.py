@@ -21,7 +21,9 @@ VALID_BITS_MASK: int = sum(1 << bit for bit in range(1, NUM_CHANNELS + 1))
 def fragment_bit(category: int, fragment: int) -> int:
     """Bit index of ``fragment`` (1..10) of ``category`` (1..3)."""
     if not 1 <= category <= NUM_CATEGORIES or not 1 <= fragment <= MAX_FRAGMENTS:
-        raise ValueError(f"category must be 1..{NUM_CATEGORIES} and fragment 1..{MAX_FRAGMENTS}, got {category}, {fragment}")
+        raise ValueError(
+            f"category must be 1..{NUM_CATEGORIES} and fragment 1..{MAX_FRAGMENTS}, got {category}, {fragment}"
+        )
     return MAX_FRAGMENTS * (category - 1) + fragment
 
 

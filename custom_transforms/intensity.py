@@ -88,7 +88,9 @@ class CLAHE(Transform):
         clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=self.tile_grid_size)
         quantised = np.rint(np.clip(array, 0.0, 1.0) * self.scale).astype(self.dtype)
         equalised = np.stack([clahe.apply(channel) for channel in quantised]).astype(np.float32) / self.scale
-        out, *_ = convert_to_dst_type(equalised, dst=img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)
+        out, *_ = convert_to_dst_type(
+            equalised, dst=img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32
+        )
         return out
 
 

@@ -106,7 +106,8 @@ def test_dictionary_twins_round_trip():
 
 
 @pytest.mark.parametrize(
-    "name, bits", [("081_0000_maskrcnn_pred.tif", {1, 11, 21, 22, 23}), ("081_0025_maskrcnn_pred.tif", {1, 11, 12, 21, 22, 23})]
+    "name, bits",
+    [("081_0000_maskrcnn_pred.tif", {1, 11, 21, 22, 23}), ("081_0025_maskrcnn_pred.tif", {1, 11, 12, 21, 22, 23})],
 )
 def test_real_int32_maskrcnn_predictions_decode_to_their_bits(real_data, name, bits):
     bitmap = read_fragment_label(real_data / name)

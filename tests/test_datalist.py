@@ -59,7 +59,10 @@ def test_unlabelled_root_is_listed_for_inference(tmp_path):
 def test_unpaired_files_are_reported_by_name(pengwin_root):
     write_pair(pengwin_root, "011_0000.tif", label=False)
     (pengwin_root / "train/input/images/x-ray/003_0000.tif").unlink()
-    with pytest.raises(ValueError, match=r"2 unpaired(.|\n)*label without image: .*003_0000.tif(.|\n)*image without label: .*011_0000.tif"):
+    with pytest.raises(
+        ValueError,
+        match=r"2 unpaired(.|\n)*label without image: .*003_0000.tif(.|\n)*image without label: .*011_0000.tif",
+    ):
         build_datalist(pengwin_root)
     datalist = build_datalist(pengwin_root, allow_unpaired=True)
     assert [item["image"].endswith("011_0000.tif") for item in datalist["inference"]] == [True]
@@ -72,7 +75,9 @@ def test_missing_or_empty_dataset_is_a_clear_error(tmp_path, layout):
         root.mkdir()
     if layout == "empty":
         (root / "train/input/images/x-ray").mkdir(parents=True)
-    with pytest.raises((FileNotFoundError, ValueError), match="root: (dataset folder does not exist|no '<split>|empty)"):
+    with pytest.raises(
+        (FileNotFoundError, ValueError), match="root: (dataset folder does not exist|no '<split>|empty)"
+    ):
         build_datalist(root)
 
 
@@ -118,7 +123,8 @@ def test_datalist_json_naming_missing_files_lists_them_all(pengwin_root, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "content, message", [(None, "datalist file not found"), ("{oops", "not valid JSON"), ("[1, 2]", "expected a JSON object")]
+    "content, message",
+    [(None, "datalist file not found"), ("{oops", "not valid JSON"), ("[1, 2]", "expected a JSON object")],
 )
 def test_unreadable_datalist_json_is_a_clear_error(tmp_path, content, message):
     if content is not None:

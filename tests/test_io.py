@@ -16,7 +16,9 @@ def load_pair(image_path, label_path):
     return Compose(
         [
             LoadImaged("image", reader=PengwinTiffReader(), image_only=True, ensure_channel_first=True),
-            LoadImaged("label", reader=PengwinTiffReader(label=True), dtype=None, image_only=True, ensure_channel_first=True),
+            LoadImaged(
+                "label", reader=PengwinTiffReader(label=True), dtype=None, image_only=True, ensure_channel_first=True
+            ),
         ]
     )({"image": str(image_path), "label": str(label_path)})
 

@@ -19,7 +19,11 @@ from test_training import TINY_SYNTHETIC, bundle_run
 
 
 def losses(run) -> list[str]:
-    return [line.split("train_loss: ")[1].strip() for line in (run.stdout + run.stderr).splitlines() if "train_loss: " in line]
+    return [
+        line.split("train_loss: ")[1].strip()
+        for line in (run.stdout + run.stderr).splitlines()
+        if "train_loss: " in line
+    ]
 
 
 @pytest.mark.slow
@@ -29,7 +33,9 @@ def test_training_reports_every_bad_file_before_the_first_iteration(tmp_path):
         write_pair(root, f"{patient:03d}_0000.tif", seed=patient)
     tifffile.imwrite(root / "train/output/images/x-ray/001_0000.tif", np.ones((32, 32), np.float32))
     tifffile.imwrite(root / "train/input/images/x-ray/005_0000.tif", np.full((32, 32), np.nan, np.float32))
-    run = bundle_run("training", "--config_file", "configs/train.json", "--dataset_dir", str(root), "--bundle_root", str(tmp_path))
+    run = bundle_run(
+        "training", "--config_file", "configs/train.json", "--dataset_dir", str(root), "--bundle_root", str(tmp_path)
+    )
     output = run.stdout + run.stderr
     assert run.returncode != 0
     assert "2 bad file(s)" in output and "001_0000.tif: a label must be an integer" in output
@@ -39,8 +45,21 @@ def test_training_reports_every_bad_file_before_the_first_iteration(tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_and_data_give_the_same_losses(tmp_path):
-    args = ["training", "--config_file", "configs/train.json", "--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC,
-            "--num_workers", "0", "--max_epochs", "2", "--batch_size", "1"]
+    args = [
+        "training",
+        "--config_file",
+        "configs/train.json",
+        "--bundle_root",
+        str(tmp_path),
+        "--synthetic",
+        TINY_SYNTHETIC,
+        "--num_workers",
+        "0",
+        "--max_epochs",
+        "2",
+        "--batch_size",
+        "1",
+    ]
     first, second = bundle_run(*args), bundle_run(*args)
     assert first.returncode == 0 and second.returncode == 0, (first.stderr + second.stderr)[-3000:]
     assert len(losses(first)) == 4 and losses(first) == losses(second)
@@ -57,7 +76,9 @@ def test_datalist_file_naming_missing_files_fails_before_anything_runs(pengwin_r
     parser.update({"bundle_root": str(tmp_path), "datalist_file": str(tmp_path / "datalist.json")})
     with pytest.raises(RuntimeError) as info:
         parser.get_parsed_content("datalist")
-    assert "names 1 missing file(s)" in repr(info.value.__cause__) and "nowhere/010_0000.tif" in repr(info.value.__cause__)
+    assert "names 1 missing file(s)" in repr(info.value.__cause__) and "nowhere/010_0000.tif" in repr(
+        info.value.__cause__
+    )
     assert not (tmp_path / "data").exists()  # the synthetic default was not generated
 
 

@@ -81,7 +81,9 @@ def test_inferer_runs_the_network_at_its_size_and_returns_logits_at_the_input_si
 def test_inferer_autocasts_to_bf16_on_cpu_only_when_asked(cpu_bf16, expected):
     layer = torch.nn.Conv2d(1, 30, 1)
     dtypes = []
-    logits = PengwinInferer(cpu_bf16=cpu_bf16)(torch.zeros(1, 1, 8, 8), lambda x: dtypes.append(layer(x).dtype) or layer(x))
+    logits = PengwinInferer(cpu_bf16=cpu_bf16)(
+        torch.zeros(1, 1, 8, 8), lambda x: dtypes.append(layer(x).dtype) or layer(x)
+    )
     assert dtypes == [expected] and logits.dtype == torch.float32
 
 
@@ -163,11 +165,16 @@ def mlflow_server(tmp_path):
         [
             str(Path(sys.executable).parent / "mlflow"),
             "server",
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{store}/mlflow.db",
-            "--default-artifact-root", str(store / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store}/mlflow.db",
+            "--default-artifact-root",
+            str(store / "artifacts"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -204,8 +211,18 @@ def bundle_run(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
 def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evaluates(tmp_path, mlflow_server):
     common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
     train = bundle_run(  # the documented command: python -m monai.bundle run training --config_file ...
-        "training", "--config_file", "configs/train.json", *common, "--max_epochs", "4", "--learning_rate", "0.01",
-        "--batch_size", "2", "--run_name", "tiny-train",
+        "training",
+        "--config_file",
+        "configs/train.json",
+        *common,
+        "--max_epochs",
+        "4",
+        "--learning_rate",
+        "0.01",
+        "--batch_size",
+        "2",
+        "--run_name",
+        "tiny-train",
         env={"MLFLOW_TRACKING_URI": mlflow_server},
     )
     assert train.returncode == 0, train.stderr[-3000:]
@@ -229,12 +246,21 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     BasicUNet(2, 1, 30, features=(32, 32, 64, 128, 256, 32)).load_state_dict(state)
 
     evaluate = bundle_run(
-        "--config_file", "['configs/train.json','configs/evaluate.json']", *common,
+        "--config_file",
+        "['configs/train.json','configs/evaluate.json']",
+        *common,
         env={"MLFLOW_TRACKING_URI": mlflow_server},
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     summary = json.loads((tmp_path / "eval/evaluation/summary.json").read_text())
-    official = ["fracture_iou", "fracture_hd95", "fracture_assd", "anatomical_iou", "anatomical_hd95", "anatomical_assd"]
+    official = [
+        "fracture_iou",
+        "fracture_hd95",
+        "fracture_assd",
+        "anatomical_iou",
+        "anatomical_hd95",
+        "anatomical_assd",
+    ]
     assert all(np.isfinite(summary[key]) for key in official) and summary["num_images"] == 2
     assert 0.0 <= summary["val_mean_iou"] <= 1.0
 
@@ -242,12 +268,26 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     args = [
-        "--config_file", "configs/train.json", "--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC,
-        "--num_workers", "0", "--max_epochs", "6", "--batch_size", "2", "--cpu_bf16", "false",
+        "--config_file",
+        "configs/train.json",
+        "--bundle_root",
+        str(tmp_path),
+        "--synthetic",
+        TINY_SYNTHETIC,
+        "--num_workers",
+        "0",
+        "--max_epochs",
+        "6",
+        "--batch_size",
+        "2",
+        "--cpu_bf16",
+        "false",
     ]
     first = subprocess.Popen(
-        [sys.executable, "-m", "monai.bundle", "run", *args], cwd=BUNDLE_ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=BUNDLE_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not list((tmp_path / "models").glob("checkpoint_epoch=*.pt")) and time.time() < deadline:
@@ -261,7 +301,11 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
 
     resumed = bundle_run(*args, "--resume", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    epochs = [int(line.split("Epoch: ")[1].split("/")[0]) for line in (resumed.stdout + resumed.stderr).splitlines() if "Epoch: " in line]
+    epochs = [
+        int(line.split("Epoch: ")[1].split("/")[0])
+        for line in (resumed.stdout + resumed.stderr).splitlines()
+        if "Epoch: " in line
+    ]
     assert epochs[0] == killed_at + 1 and epochs[-1] == 6
     final = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 6 * state["epoch_length"]

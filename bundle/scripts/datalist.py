@@ -159,7 +159,9 @@ def load_datalist(path: str | Path) -> dict[str, list[dict]]:
         for item in datalist.get(split, []):
             if not isinstance(item, dict) or "image" not in item:
                 raise ValueError(f"{path}: every {split} item needs an 'image' path, got {item!r}")
-            missing += [f"{split}: {item[key]}" for key in ("image", "label") if key in item and not Path(item[key]).is_file()]
+            missing += [
+                f"{split}: {item[key]}" for key in ("image", "label") if key in item and not Path(item[key]).is_file()
+            ]
     if missing:
         raise FileNotFoundError(f"{path} names {len(missing)} missing file(s):\n  " + "\n  ".join(missing))
     return {split: datalist.get(split, []) for split in _SPLITS}
