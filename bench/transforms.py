@@ -51,6 +51,10 @@ OPENCV_BINS = 256
 TILES = 8
 
 
+def load_average() -> str:
+    return "load average (1, 5, 15 min) " + ", ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def bundle_chain() -> Compose:
     """The load, neg-log, CLAHE and decode transforms exactly as ``train.json`` defines them."""
     parser = ConfigParser()
@@ -171,7 +175,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed passes over all pairs (the best is kept)")
     parser.add_argument("--size", type=int, default=448, help="image side; real files are used only at 448")
     args = parser.parse_args()
-    print(f"load average (1, 5, 15 min) at start: {os.getloadavg()} on {os.cpu_count()} CPUs")
+    print(f"{load_average()} at start, {os.cpu_count()} CPUs")
     chain = bundle_chain()
     with tempfile.TemporaryDirectory() as tmp:
         if args.size == 448 and all((REAL_DIR / name).is_file() for name in (REAL_IMAGE, *REAL_LABELS)):
@@ -201,7 +205,7 @@ def main() -> None:
         print(f"  {name:26s} {naive_ms:8.2f} {bundle_ms:8.2f}")
     print(f"agreement: decoded channels identical; neg-log max |diff| {window_diff:.2e}; "
           f"CLAHE mean |diff| {clahe_diff:.3f} on [0, 1] (OpenCV uint8 vs scikit-image)")
-    print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
+    print(f"{load_average()} at end")
 
 
 if __name__ == "__main__":
