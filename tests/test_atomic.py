@@ -1,0 +1,44 @@
+"""Atomic writing: a failed or killed write never replaces a good file with half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from scripts.atomic import atomic_open, write_json_atomic
+
+
+def test_successful_write_creates_folders_and_a_readable_file(tmp_path):
+    target = tmp_path / "a" / "b" / "data.json"
+    write_json_atomic(target, {"x": [1, 2]})
+    assert json.loads(target.read_text()) == {"x": [1, 2]}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data.json"]
+
+
+@pytest.mark.parametrize("mode", ["w", "wb"])
+def test_failure_mid_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, mode):
+    target = tmp_path / "report.txt"
+    target.write_text("good")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, mode) as handle:
+            handle.write("half" if mode == "w" else b"half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+def test_the_target_is_replaced_only_by_the_rename(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    target.write_text("{}")
+
+    def refuse(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="rename failed"):
+        write_json_atomic(target, {"new": True})
+    assert target.read_text() == "{}" and len(list(tmp_path.iterdir())) == 1
