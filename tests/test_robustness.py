@@ -15,7 +15,7 @@ from ignite.engine import Engine
 
 from conftest import BUNDLE_ROOT, write_pair
 from scripts.inference import load_checkpoint
-from test_training import TINY_SYNTHETIC, bundle_run
+from test_training import bundle_run, tiny_training_args
 
 
 def losses(run) -> list[str]:
@@ -45,21 +45,7 @@ def test_training_reports_every_bad_file_before_the_first_iteration(tmp_path):
 
 @pytest.mark.slow
 def test_same_seed_and_data_give_the_same_losses(tmp_path):
-    args = [
-        "training",
-        "--config_file",
-        "configs/train.json",
-        "--bundle_root",
-        str(tmp_path),
-        "--synthetic",
-        TINY_SYNTHETIC,
-        "--num_workers",
-        "0",
-        "--max_epochs",
-        "2",
-        "--batch_size",
-        "1",
-    ]
+    args = tiny_training_args(tmp_path, max_epochs=2, batch_size=1)
     first, second = bundle_run(*args), bundle_run(*args)
     assert first.returncode == 0 and second.returncode == 0, (first.stderr + second.stderr)[-3000:]
     assert len(losses(first)) == 4 and losses(first) == losses(second)
