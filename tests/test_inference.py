@@ -37,7 +37,7 @@ from scripts.inference import (
     load_network,
     report_failures,
 )
-from scripts.outputs import postprocess_probabilities
+from scripts.outputs import postprocess_fragments
 from scripts.training import PengwinInferer
 
 from conftest import BUNDLE_ROOT
@@ -75,7 +75,7 @@ def bitmap_of(network: torch.nn.Module, raw: np.ndarray) -> tuple[np.ndarray, np
     image = torch.as_tensor(np.asarray(CLAHE()(NegLogWindow()(raw[None]))))[None]
     with torch.no_grad():
         probs = torch.sigmoid(PengwinInferer(cpu_bf16=False)(image, network))[0].numpy()
-    return probs, encode_fragment_bits(postprocess_probabilities(probs))
+    return probs, encode_fragment_bits(postprocess_fragments(probs).masks)
 
 
 def allowed_differences(bitmap: np.ndarray) -> int:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 from scipy.spatial.distance import cdist
 
 from custom_transforms.constants import fragment_bit
@@ -24,7 +23,6 @@ from scripts.metrics import (
     hd95_assd,
     main,
     miss_radius,
-    score_batch,
     score_image,
     surface_points,
     write_results,
@@ -364,16 +362,6 @@ def test_real_predictions_score_perfect_against_themselves_and_finite_against_ea
     assert 0 < cross["fracture_iou"] < 1 and 0 < cross["anatomical_iou"] < 1
     assert cross["fracture_hd95"] > 0 and cross["anatomical_assd"] > 0
     _assert_scores_equal(cross, reference_score(second, first))
-
-
-def test_score_batch_scores_each_item_of_a_batched_tensor() -> None:
-    cases = [_random_case(seed) for seed in (11, 12, 13)]
-    predictions = torch.from_numpy(np.stack([p.astype(np.int32) for p, _ in cases]))[:, None]
-    labels = torch.from_numpy(np.stack([lab.astype(np.int32) for _, lab in cases]))[:, None]
-    rows = score_batch(predictions, labels)
-    assert rows == [score_image(p, lab) for p, lab in cases]
-    with pytest.raises(ValueError, match="batch sizes differ"):
-        score_batch(predictions, labels[:2])
 
 
 # ---------------------------------------------------------------- folders, files and the command

@@ -22,7 +22,6 @@ from scripts.outputs import (
     output_stem,
     overlay_image,
     postprocess_fragments,
-    postprocess_probabilities,
     write_bitmap_tiff,
     write_png,
     write_prediction,
@@ -62,7 +61,7 @@ def test_postprocess_drops_3px_blob_and_keeps_50px_blob_per_channel(small_channe
     probs = empty_probs()
     probs[large_channel, 10:15, 10:20] = 0.9  # 50 px
     probs[small_channel, 40, 40:43] = 0.9  # 3 px
-    masks = postprocess_probabilities(probs, threshold=0.5, min_component_size=10)
+    masks = postprocess_fragments(probs, threshold=0.5, min_component_size=10).masks
     assert masks.dtype == bool and masks.shape == probs.shape
     assert not masks[small_channel, 40, 40:43].any()
     assert masks[large_channel].sum() == 50 and masks[large_channel, 10:15, 10:20].all()
@@ -73,7 +72,7 @@ def test_postprocess_size_filter_is_per_channel_even_where_blobs_touch():
     probs = empty_probs()
     probs[3, 10:15, 10:20] = 0.9  # 50 px in channel 3
     probs[4, 15, 10:13] = 0.9  # 3 px in channel 4, touching channel 3's blob
-    masks = postprocess_probabilities(probs, min_component_size=10)
+    masks = postprocess_fragments(probs, min_component_size=10).masks
     assert masks[3].sum() == 50 and masks[4].sum() == 0
 
 
@@ -81,7 +80,7 @@ def test_postprocess_size_filter_is_per_channel_even_where_blobs_touch():
 def test_postprocess_counts_diagonal_neighbours_as_one_component(min_component_size, kept):
     probs = empty_probs()
     probs[7, np.arange(10), np.arange(10)] = 0.9  # 10 px touching only at corners: one 8-connected component
-    masks = postprocess_probabilities(probs, min_component_size=min_component_size, ensure_nonempty=False)
+    masks = postprocess_fragments(probs, min_component_size=min_component_size, ensure_nonempty=False).masks
     assert masks[7].sum() == (10 if kept else 0)
 
 
@@ -89,7 +88,7 @@ def test_postprocess_keeps_strictly_above_threshold_like_encode_fragment_bits():
     probs = empty_probs()
     probs[2, :20, :20] = 0.5
     probs[2, 30:50, 30:50] = 0.51
-    masks = postprocess_probabilities(probs, threshold=0.5, min_component_size=1)
+    masks = postprocess_fragments(probs, threshold=0.5, min_component_size=1).masks
     assert not masks[2, :20, :20].any() and masks[2, 30:50, 30:50].all()
     np.testing.assert_array_equal(encode_fragment_bits(masks), encode_fragment_bits(probs, threshold=0.5))
 
@@ -97,7 +96,7 @@ def test_postprocess_keeps_strictly_above_threshold_like_encode_fragment_bits():
 def test_postprocess_accepts_torch_probabilities():
     probs = empty_probs()
     probs[9, 5:15, 5:15] = 0.8
-    masks = postprocess_probabilities(torch.from_numpy(probs))
+    masks = postprocess_fragments(torch.from_numpy(probs)).masks
     assert isinstance(masks, np.ndarray) and masks[9].sum() == 100
 
 
@@ -113,7 +112,7 @@ def test_postprocess_accepts_torch_probabilities():
 )
 def test_postprocess_rejects_invalid_probabilities(probs, message):
     with pytest.raises(ValueError, match=message):
-        postprocess_probabilities(probs)
+        postprocess_fragments(probs).masks
 
 
 # ---------------------------------------------------------------- never-empty fallback

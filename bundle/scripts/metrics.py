@@ -1,4 +1,4 @@
-"""The official PENGWIN Task 2 (X-ray) metrics, the ``pengwin-eval`` command and a batch scorer for evaluation.
+"""The official PENGWIN Task 2 (X-ray) metrics and the ``pengwin-eval`` command.
 
 The numbers follow the organisers' public evaluator (``evaluation_Xray_core.py`` in
 YzzLiu/PENGWIN-example-algorithm, MIT; its later revision, which scores an empty predicted bone 2R / R instead
@@ -73,7 +73,6 @@ __all__ = [
     "hd95_assd",
     "miss_radius",
     "score_image",
-    "score_batch",
     "evaluate_folders",
     "write_results",
     "main",
@@ -269,23 +268,6 @@ def score_image(
         "anatomical_assd": _reference_mean(bone_assd),
         "fracture_iou_hungarian": float(hungarian_total / len(label_masks)),
     }
-
-
-def score_batch(
-    prediction_bitmaps: Sequence[NdarrayOrTensor] | NdarrayOrTensor,
-    label_bitmaps: Sequence[NdarrayOrTensor] | NdarrayOrTensor,
-) -> list[dict[str, float]]:
-    """Score a batch: sequences of bit maps, or batched arrays ``[B, H, W]`` / ``[B, 1, H, W]``, item by item.
-
-    Made for an ignite ``output_transform`` / evaluation handler: feed it the decollated or batched integer bit
-    maps of a validation step and average the returned rows.
-    """
-    if len(prediction_bitmaps) != len(label_bitmaps):
-        raise ValueError(f"batch sizes differ: {len(prediction_bitmaps)} predictions, {len(label_bitmaps)} labels")
-    return [
-        score_image(prediction, label, name=f"batch item {index}")
-        for index, (prediction, label) in enumerate(zip(prediction_bitmaps, label_bitmaps))
-    ]
 
 
 def _tif_names(folder: Path, role: str) -> set[str]:

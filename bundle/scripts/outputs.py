@@ -49,7 +49,6 @@ __all__ = [
     "FRAGMENT_PALETTE",
     "PostprocessResult",
     "postprocess_fragments",
-    "postprocess_probabilities",
     "fragment_report",
     "overlay_image",
     "display_image",
@@ -159,16 +158,6 @@ def postprocess_fragments(
     if ensure_nonempty and not masks.any():
         return PostprocessResult(_fallback_masks(array), True)
     return PostprocessResult(masks, False)
-
-
-def postprocess_probabilities(
-    probs: NdarrayOrTensor,
-    threshold: float = 0.5,
-    min_component_size: int = 10,
-    ensure_nonempty: bool = True,
-) -> np.ndarray:
-    """The masks of :func:`postprocess_fragments` alone: bool ``[30, H, W]``."""
-    return postprocess_fragments(probs, threshold, min_component_size, ensure_nonempty).masks
 
 
 def _as_masks(masks: NdarrayOrTensor) -> np.ndarray:

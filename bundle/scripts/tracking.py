@@ -32,7 +32,7 @@ def ui_command(store: str | os.PathLike, host: str = "127.0.0.1", port: int = 50
 def main(argv: Sequence[str] | None = None) -> None:
     """Replace this process with the MLflow UI (Ctrl-C stops it)."""
     parser = argparse.ArgumentParser(prog="pengwin-mlflow-ui", description=__doc__)
-    parser.add_argument("--store", default=str(DEFAULT_STORE), help="MLflow SQLite store (default: bundle/eval/mlruns.db)")
+    parser.add_argument("--store", default=str(DEFAULT_STORE), help="SQLite store (default: bundle/eval/mlruns.db)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the UI to the network")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
