@@ -73,7 +73,10 @@ PROJECTIONS_PER_CT = 500
 FIRST_TOOL_PROJECTION = 250
 MAX_TOOLS = 10
 
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
+DETECTOR_MM = (200.0, 280.0)
+SOURCE_TO_ISOCENTRE_FRACTION = (0.42, 0.55)
+CENTRE_OFFSET_MM = 30.0
 _AIR_INTENSITY = 55.5
 _MU_STEEL = 0.45
 _MU_TITANIUM = 0.16
@@ -125,7 +128,7 @@ def draw_geometry(rng: np.random.Generator, scene: Scene, size: int) -> ConeBeam
     bits = sorted(scene.fragment_points)
     points = scene.fragment_points[bits[int(rng.integers(len(bits)))]]
     offset = rng.normal(size=3)
-    offset *= 50.0 * rng.random() ** (1 / 3) / np.linalg.norm(offset)  # uniform in a 50 mm ball
+    offset *= CENTRE_OFFSET_MM * rng.random() ** (1 / 3) / np.linalg.norm(offset)  # uniform in a 50 mm ball
     isocentre = points[int(rng.integers(len(points)))] + offset
     cos_tilt = rng.uniform(np.cos(np.radians(45.0)), 1.0)  # uniform over the 45-degree cap around AP
     azimuth = rng.uniform(0.0, 2 * np.pi)
@@ -136,8 +139,8 @@ def draw_geometry(rng: np.random.Generator, scene: Scene, size: int) -> ConeBeam
         isocentre=isocentre,
         direction=direction,
         source_to_detector=source_to_detector,
-        source_to_isocentre=source_to_detector * rng.uniform(0.62, 0.78),
-        detector_mm=rng.uniform(300.0, 400.0),
+        source_to_isocentre=source_to_detector * rng.uniform(*SOURCE_TO_ISOCENTRE_FRACTION),
+        detector_mm=rng.uniform(*DETECTOR_MM),
         size=size,
     )
 
