@@ -381,5 +381,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"fingerprint JSON written to {args.json}")
     problems = [p for f in prints for p in f["problems"]]
     if problems:
-        print(f"pengwin-fingerprint: {len(problems)} unreadable file(s) left out:", *problems, sep="\n  ", file=sys.stderr)
+        print(f"pengwin-fingerprint: {len(problems)} unreadable file(s) left out:", *problems, sep="\n  ",
+              file=sys.stderr)
         raise SystemExit(1)

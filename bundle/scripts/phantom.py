@@ -6,8 +6,9 @@ cancellous interior come for free, with a one-voxel partial-volume edge that kee
 coarse voxels. Labelled bones: sacrum (SA), left hip (LI, patient's left = +x) and right hip (RI), each
 with iliac wing, acetabulum, pubic and ischial rami. Unlabelled: L4/L5 vertebrae and proximal femora.
 Soft tissue: a body outline with a fat layer and thighs, a bladder and some bowel gas. Sizes vary per
-patient. Each labelled bone is then cut into 1..10 fragments by random planes or curved cuts, with a
-gap and a small displacement; fragment 1 is the largest.
+patient. Each labelled bone is then cut into a few large pieces by random planes or curved cuts, small chips
+break off along the fracture lines, and every piece moves a little away from its gap; a bone has 1..10
+fragments, fragment 1 the largest.
 
 Attenuation values are linear attenuation coefficients in 1/mm at an effective energy near 90 keV
 (water 0.0168/mm), which gives line integrals through the pelvis like those of the real files.
@@ -34,16 +35,21 @@ MU_CANCELLOUS = 0.0225
 MU_CORTICAL = 0.036
 MU_MARROW = 0.0160
 
-#: large pieces per bone are drawn from this distribution (index 0 = one piece, i.e. intact); anatomy: pelvic
-#: ring fractures break a bone into a few large parts, rarely more than four
+# Fracture statistics, calibrated with ``pengwin-fingerprint`` against the real PENGWIN views
+# (bundle/docs/synthetic_data.md).
+#: large pieces per bone are drawn from this distribution (index 0 = one piece: the bone stays whole). Anatomy:
+#: pelvic ring fractures break a bone into a few large parts, rarely more than four; every PENGWIN CT shows a
+#: fractured pelvis, so four bones in five are broken.
 _FRAGMENT_COUNT_PROBABILITIES = np.array([0.2, 0.3, 0.25, 0.13, 0.06, 0.03, 0.015, 0.01, 0.0, 0.005])
-#: small chips broken off along the fracture lines of a fractured bone (inclusive range); measured: 63% of real
-#: PENGWIN fragments cover less than 1% of the view, so most fragments of a fractured bone must be chips
+#: small chips broken off along the fracture lines of a broken bone (inclusive range, capped so that a bone has
+#: at most 10 fragments). Measured: 63% of the fragments of the real PENGWIN training set cover less than 1% of
+#: the image, so most fragments of a broken bone are chips beside a few large pieces.
 CHIPS_PER_FRACTURED_BONE = (4, 9)
-#: chip radius: a chip is the part of a ball of this radius around a point of a fracture surface that lies in
-#: the bone; 3 to 8 mm gives projected chips of about 0.2% to 2% of a PENGWIN close-up view
+#: a chip is the part of a ball of this radius (mm) around a point of a fracture surface that lies in the piece:
+#: about 10 to 400 mm^3, which projects to under 1% of a close-up view
 CHIP_RADIUS_MM = (2.5, 6.0)
-#: how far a piece moves away from its fracture (plus up to 1 mm in any direction)
+#: how far (mm) a piece moves away from its fracture line, plus up to 1 mm in any direction (anatomy: displaced
+#: pelvic fractures move by millimetres to about a centimetre)
 DISPLACEMENT_MM = (1.0, 8.0)
 
 Sdf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -178,7 +184,9 @@ class _Anatomy:
         for (y, z), half_w, half_d, half_h in levels:
             parts.append(_ellipsoid(self.p(0, y, z, jitter=1.5), self.s(half_w, half_d, half_h)))
         for side in (-1, 1):
-            parts.append(_ellipsoid(self.p(side * 34, 32, 30), self.s(24, 20, 21)))  # ala (S1 lateral mass)
+            # ala (S1 lateral mass): the sacral base is about 115 mm wide, and the ala lies in front of the ilium
+            # at the sacroiliac joint, where the two overlap in an AP view
+            parts.append(_ellipsoid(self.p(side * 34, 32, 30), self.s(24, 20, 21)))
             parts.append(_ellipsoid(self.p(side * 28, 43, 10), self.s(18, 14, 16)))
             parts.append(_ellipsoid(self.p(side * 17, 51, -7), self.s(10, 10, 11)))
         return _smooth_union(parts, 10.0)

@@ -14,7 +14,8 @@ data:
 indices ``k * 500 // M`` (``k = 0..M-1``), spread evenly over 0000..0499; as in PENGWIN, projections 0250 and
 above carry 1 to 10 metal K-wires or screws. The views follow the PENGWIN geometry: source-to-detector
 distance 1000 to 1200 mm, view direction within 45 degrees of AP, imaging centre within 50 mm of a
-fragment. A view that would show no fragment is drawn again, so no label is ever empty.
+fragment, and close-ups in which the pelvis fills the detector (the calibrated constants below say where each
+value comes from). A view that would show no fragment is drawn again, so no label is ever empty.
 
 Everything is seeded: the same arguments give byte-identical files. Use different seeds (or splits, which
 are mixed into the seed) for data that must not share phantoms.
@@ -74,8 +75,16 @@ FIRST_TOOL_PROJECTION = 250
 MAX_TOOLS = 10
 
 _GENERATOR_VERSION = 2
+# View geometry, calibrated with ``pengwin-fingerprint`` against the real PENGWIN views (bundle/docs/synthetic_data.md).
+#: detector width (mm) and source-to-isocentre distance as a fraction of the source-to-detector distance (1000 to
+#: 1200 mm, the challenge's C-arm range): a 200-280 mm detector at 1.8-2.4x magnification sees 85-155 mm at the
+#: isocentre. Chosen by measurement so that bone covers 0.6 of a view on average (real: 0.55 and 0.71 on the two
+#: real-layout maps of CT 081) and a main fragment about a fifth of it (real: median 19%): PENGWIN views are
+#: close-ups in which the pelvis fills the detector.
 DETECTOR_MM = (200.0, 280.0)
 SOURCE_TO_ISOCENTRE_FRACTION = (0.42, 0.55)
+#: the imaging centre lies within this distance of a point of a fragment chosen uniformly among the phantom's
+#: fragments (challenge description: within 50 mm of a fragment; 30 mm keeps the pelvis filling the view)
 CENTRE_OFFSET_MM = 30.0
 _AIR_INTENSITY = 55.5
 _MU_STEEL = 0.45
@@ -124,11 +133,12 @@ def default_voxel_mm(size: int) -> float:
 
 
 def draw_geometry(rng: np.random.Generator, scene: Scene, size: int) -> ConeBeamGeometry:
-    """A random PENGWIN-like view: SDD 1000..1200 mm, within 45 degrees of AP, centred near a fragment."""
+    """A random PENGWIN-like close-up: SDD 1000..1200 mm, within 45 degrees of AP, centred within
+    :data:`CENTRE_OFFSET_MM` of a random fragment, :data:`DETECTOR_MM` wide at that magnification."""
     bits = sorted(scene.fragment_points)
     points = scene.fragment_points[bits[int(rng.integers(len(bits)))]]
     offset = rng.normal(size=3)
-    offset *= CENTRE_OFFSET_MM * rng.random() ** (1 / 3) / np.linalg.norm(offset)  # uniform in a 50 mm ball
+    offset *= CENTRE_OFFSET_MM * rng.random() ** (1 / 3) / np.linalg.norm(offset)  # uniform in the ball
     isocentre = points[int(rng.integers(len(points)))] + offset
     cos_tilt = rng.uniform(np.cos(np.radians(45.0)), 1.0)  # uniform over the 45-degree cap around AP
     azimuth = rng.uniform(0.0, 2 * np.pi)
