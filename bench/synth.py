@@ -9,7 +9,8 @@ Prints, in one run:
    (the claim: at most 1 s per image and 200 images within 5 minutes) and at 224 px, and the training
    default ``patients=12, projections=8, size=224``.
 
-``--example-image PATH`` also writes the README picture (a 448 px X-ray beside its fragment overlay).
+``--example-image PATH`` also writes the README picture (the real ``101_0000.tif`` beside a default 448 px
+synthetic view and its fragment overlay).
 
 Run: ``.venv/bin/python bench/synth.py`` (about 3 to 4 minutes; ``--quick`` for a smaller run).
 """
@@ -28,8 +29,13 @@ import torch.nn.functional as F
 
 from custom_transforms.constants import VALID_BITS_MASK, channel_category_fragment, fragment_name
 from scripts.phantom import build_phantom
-from scripts.projector import ConeBeamGeometry, project_volume, view_geometry
-from scripts.synth import RenderedProjection, Scene, draw_geometry, draw_tools, generate_dataset, render_view
+from scripts.projector import ConeBeamGeometry, project_volume
+from custom_transforms import CLAHE, NegLogWindow, read_fragment_label, read_xray_image
+from scripts.synth import IMAGE_SUBDIR, LABEL_SUBDIR, Scene, draw_geometry, generate_dataset
+
+
+_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]]) / 255.0
 
 
 def naive_projection(scene: Scene, geometry: ConeBeamGeometry) -> tuple[torch.Tensor, np.ndarray]:
@@ -93,46 +99,52 @@ def time_generation(patients: int, projections: int, size: int) -> float:
     return seconds
 
 
-def write_example_image(path: Path) -> None:
-    """A 448 px synthetic X-ray (-log, min-max) beside the same image with one colour per fragment."""
+def _display(raw: np.ndarray) -> np.ndarray:
+    """The organisers' display of a raw X-ray: neg-log window, uint8, CLAHE (clip 4, 8x8), as RGB in [0, 1]."""
+    window = np.asarray(NegLogWindow()(raw))
+    shown = np.asarray(CLAHE()(window[None]))[0]
+    return np.repeat(shown[..., None], 3, axis=2)
+
+
+def write_example_image(path: Path, real_image: Path) -> None:
+    """The README picture: a real PENGWIN X-ray beside a default-generator 448 px view and its fragments, both
+    shown as the organisers displayed them."""
     from PIL import Image, ImageDraw
 
-    phantom = build_phantom(np.random.default_rng([3, 1]), 2.0)
-    scene = Scene.from_arrays(phantom.mu, phantom.labels, phantom.grid)
-    rng = np.random.default_rng(5)
-    # a near-AP view of the whole pelvis reads better in a README than a random generator view
-    geometry = view_geometry(np.array([0.0, 10.0, -15.0]), np.array([0.1, 1.0, 0.08]), 1100.0, 760.0, 400.0, 448)
-    image, bitmap = render_view(scene, geometry, draw_tools(rng, scene, geometry.isocentre, 3), rng)
-    rendered = RenderedProjection(image, bitmap, geometry, [])
-    shown = -np.log(rendered.image)
-    shown = (shown - shown.min()) / (shown.max() - shown.min())
-    grey = np.repeat(shown[..., None], 3, axis=2)
-    palette = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]]) / 255.0
-    overlay = grey.copy()
-    legend = []
-    bits = [b for b in range(1, 31) if ((rendered.bitmap >> b) & 1).any()]
+    with tempfile.TemporaryDirectory() as folder:
+        root = generate_dataset(folder, patients=1, projections=8, size=448, seed=0, progress=False)
+        labels = {path.name: read_fragment_label(path) for path in sorted((root / "train" / LABEL_SUBDIR).iterdir())}
+        # the view with the most fragments (fewest on ties): it shows the chips along the fracture lines
+        name = max(labels, key=lambda n: bin(int(np.bitwise_or.reduce(labels[n], axis=None))).count("1"))
+        raw, bitmap = read_xray_image(root / "train" / IMAGE_SUBDIR / name), labels[name]
+    synthetic = _display(raw)
+    overlay = synthetic.copy()
+    bits = [b for b in range(1, 31) if ((bitmap >> b) & 1).any()]
     for index, bit in enumerate(bits):
-        mask = ((rendered.bitmap >> bit) & 1).astype(bool)
-        colour = palette[index % len(palette)]
-        overlay[mask] = 0.55 * overlay[mask] + 0.45 * colour
-        legend.append((fragment_name(*channel_category_fragment(bit - 1)), colour))
-    canvas = Image.fromarray((np.concatenate([grey, overlay], axis=1) * 255).astype(np.uint8))
+        mask = ((bitmap >> bit) & 1).astype(bool)
+        overlay[mask] = 0.55 * overlay[mask] + 0.45 * _PALETTE[index % len(_PALETTE)]
+    panels = [_display(read_xray_image(real_image)), synthetic, overlay]
+    canvas = Image.fromarray((np.concatenate(panels, axis=1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    for row, (name, colour) in enumerate(legend):
-        top = 6 + 16 * row
-        draw.rectangle([454, top, 466, top + 11], fill=tuple(int(255 * c) for c in colour))
-        draw.text((472, top), name, fill=(255, 255, 255))
-    draw.text((6, 6), "synthetic X-ray (-log)", fill=(255, 255, 255))
+    for column, caption in enumerate([f"real PENGWIN {real_image.name}", f"synthetic {name} (default generator)",
+                                      f"its {len(bits)} fragments"]):
+        draw.text((448 * column + 6, 6), caption, fill=(255, 255, 0))
+    for row, bit in enumerate(bits):
+        top = 24 + 14 * row
+        draw.rectangle([2 * 448 + 6, top, 2 * 448 + 16, top + 10], fill=tuple(int(255 * c) for c in
+                                                                              _PALETTE[row % len(_PALETTE)]))
+        draw.text((2 * 448 + 22, top), fragment_name(*channel_category_fragment(bit - 1)), fill=(255, 255, 255))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, optimize=True)
-    print(f"wrote {path} ({path.stat().st_size // 1024} KB), fragments {', '.join(name for name, _ in legend)}")
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller workloads")
     parser.add_argument("--example-image", type=Path, default=None, help="also write the README picture here")
+    parser.add_argument("--real-image", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" /
+                        "pengwin_real" / "101_0000.tif", help="the real X-ray of that picture")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"torch threads: {torch.get_num_threads()}; load average before the run: {os.getloadavg()[0]:.1f} "
@@ -148,7 +160,7 @@ def main() -> None:
         time_generation(4, 8, 224)
         time_generation(12, 8, 224)
     if args.example_image is not None:
-        write_example_image(args.example_image)
+        write_example_image(args.example_image, args.real_image)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from .flags import as_flag
 __all__ = [
     "resolve_dataset",
     "class_balanced_weights",
+    "native_cpu_bf16",
     "PengwinInferer",
     "category_iou_output",
     "export_running_config",
@@ -87,10 +89,25 @@ def class_balanced_weights(
     return np.minimum(weights, max_weight).round(4).tolist()
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX flags in ``/proc/cpuinfo``).
+
+    The default of the configs' ``cpu_bf16``: where the CPU has no bf16 instructions torch emulates them, and
+    a BasicUNet training step at 224 ran 9x slower in bf16 than in fp32 (AVX2-only EPYC, 2026-12-01), while
+    with AVX-512 BF16 it ran 1.4x faster. Off Linux (no ``/proc/cpuinfo``) it answers ``False``.
+    """
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
 class PengwinInferer(Inferer):
     """Run the network at a fixed input size and optional CPU bf16 autocast; return logits at the input size.
 
-    MONAI's engines autocast only on CUDA; on CPUs with bf16 support, autocast halves the BasicUNet step.
+    MONAI's engines autocast only on CUDA; on CPUs with native bf16 (see :func:`native_cpu_bf16`), autocast
+    makes the BasicUNet step 1.4x (224) to 2x (448) faster.
     With ``spatial_size`` (e.g. 224 for the VGG16 U-Net on 448 images), inputs are resized bilinearly and
     logits brought back to the input size, so losses, metrics and outputs always live at the label size.
 
