@@ -29,6 +29,7 @@ from scripts.training import (
     category_iou_output,
     class_balanced_weights,
     latest_checkpoint,
+    native_cpu_bf16,
 )
 
 TINY_SYNTHETIC = "{'patients': 3, 'projections': 2, 'size': 64, 'seed': 0}"
@@ -76,6 +77,17 @@ def test_inferer_runs_the_network_at_its_size_and_returns_logits_at_the_input_si
 
     logits = PengwinInferer(spatial_size=(32, 32))(torch.zeros(2, 3, 64, 64), network)
     assert seen == [(32, 32)] and logits.shape == (2, 30, 64, 64)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_bf16 amx_tile", True), ("fpu avx2 avx512f", False)],
+)
+def test_cpu_bf16_default_is_on_only_with_native_bf16_instructions(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert native_cpu_bf16(cpuinfo) is expected
+    assert native_cpu_bf16(tmp_path / "missing") is False
 
 
 @pytest.mark.parametrize("cpu_bf16, expected", [(True, torch.bfloat16), (False, torch.float32)])
@@ -226,7 +238,7 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
         "configs/train.json",
         *common,
         "--max_epochs",
-        "4",
+        "8",
         "--learning_rate",
         "0.01",
         "--batch_size",
@@ -246,9 +258,9 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert params["learning_rate"] == "0.01" and params["synthetic"] == "True" and params["batch_size"] == "2"
     losses = rest(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="train_loss")
     values = [m["value"] for m in sorted(losses["metrics"], key=lambda m: m["step"])]
-    assert len(values) >= 4 and np.mean(values[-2:]) < np.mean(values[:2])
+    assert len(values) == 8 and np.mean(values[-2:]) < np.mean(values[:2])
     ious = rest(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_mean_iou")
-    assert len(ious["metrics"]) == 4
+    assert len(ious["metrics"]) == 8
     artifacts = rest(mlflow_server, "artifacts/list", run_id=run["info"]["run_id"])
     assert {"model.pt", "tiny-train.json"} <= {f["path"] for f in artifacts.get("files", [])}
 

@@ -89,18 +89,18 @@ def class_balanced_weights(
     return np.minimum(weights, max_weight).round(4).tolist()
 
 
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX flags in ``/proc/cpuinfo``).
+def native_cpu_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX flags in ``cpuinfo``).
 
     The default of the configs' ``cpu_bf16``: where the CPU has no bf16 instructions torch emulates them, and
     a BasicUNet training step at 224 ran 9x slower in bf16 than in fp32 (AVX2-only EPYC, 2026-12-01), while
     with AVX-512 BF16 it ran 1.4x faster. Off Linux (no ``/proc/cpuinfo``) it answers ``False``.
     """
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
+        flags = Path(cpuinfo).read_text()
     except OSError:
         return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
 class PengwinInferer(Inferer):
