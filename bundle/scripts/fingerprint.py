@@ -50,7 +50,7 @@ FIRST_TOOL_PROJECTION = 250
 _HISTOGRAM_BINS = 10
 _PIXELS_SAMPLED = 2000  # raw intensities sampled (with replacement) per image for the dataset percentiles
 _FILES_PER_CHUNK = 16  # files a worker reads per task batch
-_MIN_FILES_PER_WORKER = 200  # a worker process costs seconds of imports: small folders are read in-process
+_MIN_FILES_PER_WORKER = 5000  # a worker spends seconds importing torch: below this, one process is faster
 _NAME = re.compile(r"^(\d+)_(\d+)")
 _BITS = np.arange(1, NUM_CHANNELS + 1, dtype=np.uint32)
 _BONE_MASKS = [
@@ -148,6 +148,13 @@ def measure_label(path: str | os.PathLike) -> dict:
         "bone_coverage": [float(shares[(values & mask) != 0].sum()) for mask in _BONE_MASKS],
         "fragment_areas": {int(bit): float(area) for bit, area in zip(_BITS, bit_areas) if area > 0},
     }
+
+
+def _single_threaded() -> None:
+    """Worker start: one torch thread per process, so that the workers do not oversubscribe the cores."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _measure(task: tuple[str, str, int]) -> tuple[str, str, dict | str]:
@@ -253,7 +260,7 @@ def fingerprint(
     Args:
         root: a PENGWIN root, a split folder or a flat folder of ``CCC_PPPP*.tif`` files.
         max_images: measure a seeded random sample of at most this many images and as many labels.
-        workers: processes reading files (default: one per CPU, one per 200 files at most; a worker process
+        workers: processes reading files (default: one per CPU, one per 5,000 files at most; a worker process
             costs a few seconds of imports).
         seed: seed of the sampling.
         progress: show a progress bar.
@@ -277,7 +284,7 @@ def fingerprint(
     with ExitStack() as stack:
         if workers > 1:
             # spawned, not forked: a fork of a process whose torch threads have run can deadlock in the workers
-            pool = stack.enter_context(get_context("spawn").Pool(workers))
+            pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_single_threaded))
             measured = pool.imap_unordered(_measure, tasks, chunksize=_FILES_PER_CHUNK)
         else:
             measured = map(_measure, tasks)
