@@ -13,6 +13,9 @@ NUM_CATEGORIES: int = len(CATEGORY_NAMES)
 MAX_FRAGMENTS: int = 10
 NUM_CHANNELS: int = NUM_CATEGORIES * MAX_FRAGMENTS
 IMAGE_SIZE: int = 448
+#: PENGWIN numbers the projections of a CT 0000..0499; from 0250 on they show simulated K-wires and screws
+PROJECTIONS_PER_CT: int = 500
+FIRST_TOOL_PROJECTION: int = 250
 
 #: every bit a PENGWIN label may carry (bits 1..30; never bit 0 or 31)
 VALID_BITS_MASK: int = sum(1 << bit for bit in range(1, NUM_CHANNELS + 1))

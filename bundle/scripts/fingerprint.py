@@ -34,7 +34,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from custom_transforms.constants import CATEGORY_NAMES, MAX_FRAGMENTS, NUM_CHANNELS, fragment_bit
+from custom_transforms.constants import CATEGORY_NAMES, FIRST_TOOL_PROJECTION, MAX_FRAGMENTS, NUM_CHANNELS, fragment_bit
 from custom_transforms.intensity import NegLogWindow
 from custom_transforms.io import read_fragment_label, read_xray_image
 
@@ -45,8 +45,6 @@ __all__ = ["AREA_THRESHOLDS", "list_files", "measure_image", "measure_label", "f
 
 #: fragment areas (share of the image) the fragment-size distribution is cut at
 AREA_THRESHOLDS = (0.005, 0.01, 0.05)
-#: projections from this index on carry surgical tools in PENGWIN
-FIRST_TOOL_PROJECTION = 250
 _HISTOGRAM_BINS = 10
 _PIXELS_SAMPLED = 2000  # raw intensities sampled (with replacement) per image for the dataset percentiles
 _FILES_PER_CHUNK = 16  # files a worker reads per task batch

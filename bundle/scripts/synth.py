@@ -40,7 +40,7 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from custom_transforms.constants import NUM_CHANNELS
+from custom_transforms.constants import FIRST_TOOL_PROJECTION, NUM_CHANNELS, PROJECTIONS_PER_CT
 from .atomic import atomic_open, write_json_atomic
 from .phantom import MU_WATER, build_phantom
 from .projector import ConeBeamGeometry, Cylinder, VoxelGrid, cylinder_chords, project_volume, view_geometry
@@ -69,9 +69,6 @@ __all__ = [
 IMAGE_SUBDIR = Path("input") / "images" / "x-ray"
 LABEL_SUBDIR = Path("output") / "images" / "x-ray"
 MARKER_NAME = "synthetic_dataset.json"
-#: PENGWIN numbers the projections of a CT 0000..0499; from 0250 on they carry surgical tools
-PROJECTIONS_PER_CT = 500
-FIRST_TOOL_PROJECTION = 250
 MAX_TOOLS = 10
 
 _GENERATOR_VERSION = 2
