@@ -22,4 +22,12 @@ from .constants import (
 )
 from .intensity import CLAHE, CLAHEd, NegLogWindow, NegLogWindowd
 from .spatial import RandSideFlipd, SwapSideChannels, SwapSideChannelsd
-from .io import PengwinTiffReader, invalid_label_bits, read_fragment_label, read_xray_image
+from .io import (
+    TIFF_SUFFIXES,
+    PengwinTiffReader,
+    invalid_label_bits,
+    list_tiffs,
+    read_fragment_label,
+    read_xray_image,
+    tiff_stem,
+)

@@ -20,9 +20,33 @@ from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from .constants import VALID_BITS_MASK
 
-__all__ = ["PengwinTiffReader", "read_xray_image", "read_fragment_label", "invalid_label_bits"]
+__all__ = [
+    "TIFF_SUFFIXES",
+    "list_tiffs",
+    "tiff_stem",
+    "PengwinTiffReader",
+    "read_xray_image",
+    "read_fragment_label",
+    "invalid_label_bits",
+]
 
-_TIFF_SUFFIXES = ("tif", "tiff")
+#: file suffixes read as TIFF, in any case (``a.tif``, ``b.TIFF``)
+TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+
+
+def list_tiffs(folder: str | Path) -> list[Path]:
+    """The files directly in ``folder`` with a TIFF suffix (:data:`TIFF_SUFFIXES`, any case), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
+
+
+def tiff_stem(name: str | Path) -> str:
+    """A file's name without its ``.tif``/``.tiff`` suffix (any case): the key that pairs images, labels and
+    predictions, and the stem of every output written for an input."""
+    name = Path(name).name
+    for suffix in sorted(TIFF_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _read_single_page(path: str | Path) -> np.ndarray:
@@ -105,7 +129,7 @@ class PengwinTiffReader(ImageReader):
         self.expected_shape = expected_shape
 
     def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
-        return all(str(name).lower().rsplit(".", 1)[-1] in _TIFF_SUFFIXES for name in ensure_tuple(filename))
+        return all(Path(name).suffix.lower() in TIFF_SUFFIXES for name in ensure_tuple(filename))
 
     def read(self, data: Sequence[str | Path] | str | Path, **kwargs) -> list[np.ndarray] | np.ndarray:
         read_one = read_fragment_label if self.label else read_xray_image

@@ -10,7 +10,15 @@ import pytest
 import tifffile
 
 from conftest import write_pair
-from scripts.datalist import build_datalist, check_datalist_files, load_datalist, main, patient_id, split_by_patient
+from scripts.datalist import (
+    build_datalist,
+    check_datalist_files,
+    find_pairs,
+    load_datalist,
+    main,
+    patient_id,
+    split_by_patient,
+)
 
 
 def patients_of(items):
@@ -35,6 +43,16 @@ def test_no_patient_appears_in_two_splits_and_every_pair_is_listed(pengwin_root)
 def test_pairs_match_by_file_name(pengwin_root):
     for item in build_datalist(pengwin_root)["training"]:
         assert item["image"].replace("/input/", "/output/") == item["label"]
+
+
+def test_tiff_and_upper_case_suffixes_pair_by_stem(pengwin_root):
+    labels = pengwin_root / "train" / "output" / "images" / "x-ray"
+    (labels / "001_0000.tif").rename(labels / "001_0000.TIFF")
+    images = pengwin_root / "train" / "input" / "images" / "x-ray"
+    (images / "002_0000.tif").rename(images / "002_0000.Tif")
+    pairs = {Path(item["image"]).name: Path(item["label"]).name for item in find_pairs(pengwin_root)[0]}
+    assert len(pairs) == 20
+    assert pairs["001_0000.tif"] == "001_0000.TIFF" and pairs["002_0000.Tif"] == "002_0000.tif"
 
 
 @pytest.mark.parametrize("count", [3, 4, 7, 20, 100])

@@ -409,6 +409,18 @@ def test_write_results_and_cli_write_csv_and_summary(folders: tuple[Path, Path],
     assert json.loads((tmp_path / "cli" / "summary.json").read_text()) == summary
 
 
+def test_tiff_and_upper_case_labels_pair_with_predictions_by_stem(folders: tuple[Path, Path]) -> None:
+    """`.TIF` and `.tiff` labels are scored against `<stem>.tif` predictions, not skipped."""
+    predictions, labels = folders
+    expected, _ = evaluate_folders(predictions, labels)
+    (labels / "a.tif").rename(labels / "a.TIF")
+    (labels / "c.tif").rename(labels / "c.tiff")
+    (predictions / "b.tif").rename(predictions / "b.TIFF")
+    rows, summary = evaluate_folders(predictions, labels)
+    assert [row["name"] for row in rows] == ["a.TIF", "b.tif", "c.tiff"] and summary["num_images"] == 3
+    assert [{k: row[k] for k in METRICS} for row in rows] == [{k: row[k] for k in METRICS} for row in expected]
+
+
 def test_missing_pairs_are_a_clear_error_listing_the_names(folders: tuple[Path, Path], tmp_path: Path) -> None:
     predictions, labels = folders
     (predictions / "a.tif").unlink()

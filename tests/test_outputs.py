@@ -15,11 +15,11 @@ from PIL import Image
 from custom_transforms.bits import decode_fragment_bits, encode_fragment_bits
 from custom_transforms.constants import NUM_CHANNELS, fragment_channel
 from custom_transforms.io import read_xray_image
+from custom_transforms.io import tiff_stem
 from scripts.outputs import (
     FRAGMENT_PALETTE,
     display_image,
     fragment_report,
-    output_stem,
     overlay_image,
     postprocess_fragments,
     write_bitmap_tiff,
@@ -359,7 +359,7 @@ def test_overlay_rejects_display_of_another_size():
     ],
 )
 def test_output_stem_strips_tif_suffix(name, stem):
-    assert output_stem(name) == stem
+    assert tiff_stem(name) == stem
 
 
 def test_write_prediction_on_real_xray_writes_three_named_files(real_data, tmp_path):

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from custom_transforms.io import read_fragment_label, read_xray_image
+from custom_transforms.io import list_tiffs, read_fragment_label, read_xray_image, tiff_stem
 
 from .atomic import write_json_atomic
 
@@ -56,9 +56,8 @@ def _split_folders(root: Path) -> list[Path]:
 
 
 def _tiffs(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {path.name: path for path in sorted(folder.iterdir()) if path.suffix.lower() in (".tif", ".tiff")}
+    """The TIFFs of ``folder`` by stem, so that ``a.tif`` pairs with ``a.TIFF``."""
+    return {tiff_stem(path): path for path in list_tiffs(folder)} if folder.is_dir() else {}
 
 
 def find_pairs(root: str | Path, allow_unpaired: bool = False) -> tuple[list[dict], list[dict]]:

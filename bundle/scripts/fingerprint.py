@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from custom_transforms.constants import CATEGORY_NAMES, FIRST_TOOL_PROJECTION, MAX_FRAGMENTS, NUM_CHANNELS, fragment_bit
 from custom_transforms.intensity import NegLogWindow
-from custom_transforms.io import read_fragment_label, read_xray_image
+from custom_transforms.io import list_tiffs, read_fragment_label, read_xray_image
 
 from .atomic import write_json_atomic
 from .datalist import IMAGE_SUBDIR, LABEL_SUBDIR
@@ -58,9 +58,7 @@ _BONE_MASKS = [
 
 
 def _tiffs(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff") and _NAME.match(p.name))
+    return [p for p in list_tiffs(folder) if _NAME.match(p.name)] if folder.is_dir() else []
 
 
 def list_files(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:

@@ -26,12 +26,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_numpy
 
-from custom_transforms.io import read_xray_image
+from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
 
-from .outputs import OUTPUT_KINDS, output_stem, write_prediction
+from .outputs import OUTPUT_KINDS, write_prediction
 
 __all__ = [
-    "INPUT_SUFFIXES",
     "MODEL_FORMATS",
     "InputFailure",
     "InputScan",
@@ -45,8 +44,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: input file suffixes, matched case-insensitively
-INPUT_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 #: "pt": state dict on ``network_def``; "ts": TorchScript; "onnx": ONNX Runtime on the CPU
 MODEL_FORMATS: tuple[str, ...] = ("pt", "ts", "onnx")
 
@@ -94,15 +91,15 @@ def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | 
         raise NotADirectoryError(f"{folder}: dataset_dir must be a folder of X-ray TIFFs")
     if output_dir is not None and Path(output_dir).resolve() == folder.resolve():
         raise ValueError(f"{folder}: output_dir is the input folder; the bit maps would overwrite the inputs")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+    paths = list_tiffs(folder)
     if not paths:
-        raise FileNotFoundError(f"{folder}: no {'/'.join(INPUT_SUFFIXES)} files in the input folder")
+        raise FileNotFoundError(f"{folder}: no {'/'.join(TIFF_SUFFIXES)} files in the input folder")
 
     items: list[dict[str, str]] = []
     failures: list[InputFailure] = []
     stems: dict[str, str] = {}
     for path in map(str, paths):
-        stem = output_stem(path)
+        stem = tiff_stem(path)
         try:
             if stem in stems:
                 raise ValueError(f"same output name {stem}.tif as {Path(stems[stem]).name}")

@@ -56,7 +56,7 @@ from scipy.spatial import cKDTree
 
 from custom_transforms.bits import decode_fragment_bits
 from custom_transforms.constants import NUM_CATEGORIES, channel_category_fragment
-from custom_transforms.io import read_fragment_label
+from custom_transforms.io import list_tiffs, read_fragment_label, tiff_stem
 
 from .atomic import atomic_open, write_json_atomic
 
@@ -270,43 +270,43 @@ def score_image(
     }
 
 
-def _tif_names(folder: Path, role: str) -> set[str]:
+def _tiffs_by_stem(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: {role} folder not found")
-    return {path.name for path in folder.glob("*.tif")}
+    return {tiff_stem(path): path for path in list_tiffs(folder)}
 
 
 def evaluate_folders(
     predictions_dir: str | Path, labels_dir: str | Path
 ) -> tuple[list[dict[str, float | str]], dict[str, float | int]]:
-    """Score every ``*.tif`` label against the prediction of the same file name.
+    """Score every TIFF label against the prediction of the same stem (``.tif``/``.tiff``, any case).
 
     Returns:
-        per-image rows (``"name"`` plus :data:`METRICS`) in name order, and the summary: the mean of each
-        metric over images plus ``"num_images"``.
+        per-image rows (``"name"``, the label's file name, plus :data:`METRICS`) in name order, and the
+        summary: the mean of each metric over images plus ``"num_images"``.
 
     Raises:
         ValueError: when a label has no prediction or a prediction no label (all such names listed), when the
-            labels folder holds no ``*.tif``, or when a file is not a valid bit map (named).
+            labels folder holds no TIFF, or when a file is not a valid bit map (named).
     """
     predictions_dir, labels_dir = Path(predictions_dir), Path(labels_dir)
-    prediction_names = _tif_names(predictions_dir, "predictions")
-    label_names = _tif_names(labels_dir, "labels")
+    predictions = _tiffs_by_stem(predictions_dir, "predictions")
+    labels = _tiffs_by_stem(labels_dir, "labels")
     problems = []
-    if missing := sorted(label_names - prediction_names):
+    if missing := sorted(labels[stem].name for stem in labels.keys() - predictions.keys()):
         problems.append(f"no prediction in {predictions_dir} for {missing}")
-    if extra := sorted(prediction_names - label_names):
+    if extra := sorted(predictions[stem].name for stem in predictions.keys() - labels.keys()):
         problems.append(f"no label in {labels_dir} for {extra}")
     if problems:
         raise ValueError("; ".join(problems))
-    if not label_names:
-        raise ValueError(f"{labels_dir}: no *.tif label to evaluate")
+    if not labels:
+        raise ValueError(f"{labels_dir}: no .tif/.tiff label to evaluate")
 
     rows: list[dict[str, float | str]] = []
-    for name in sorted(label_names):
-        prediction = read_fragment_label(predictions_dir / name)
-        label = read_fragment_label(labels_dir / name)
-        rows.append({"name": name, **score_image(prediction, label, name=name)})
+    for stem, label_path in sorted(labels.items(), key=lambda item: item[1].name):
+        prediction = read_fragment_label(predictions[stem])
+        label = read_fragment_label(label_path)
+        rows.append({"name": label_path.name, **score_image(prediction, label, name=label_path.name)})
     summary: dict[str, float | int] = {key: float(np.mean([row[key] for row in rows])) for key in METRICS}
     summary["num_images"] = len(rows)
     return rows, summary

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from custom_transforms.bits import encode_fragment_bits
+from custom_transforms.io import tiff_stem
 from custom_transforms.constants import (
     CATEGORY_NAMES,
     MAX_FRAGMENTS,
@@ -55,7 +56,6 @@ __all__ = [
     "write_bitmap_tiff",
     "write_report_json",
     "write_png",
-    "output_stem",
     "write_prediction",
 ]
 
@@ -293,15 +293,6 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return _write_atomically(path, lambda handle: Image.fromarray(array, mode="RGB").save(handle, format="PNG"))
 
 
-def output_stem(image_name: str | os.PathLike) -> str:
-    """The output stem of an input file: its name without a ``.tif``/``.tiff`` suffix (any case)."""
-    name = Path(image_name).name
-    for suffix in (".tiff", ".tif"):
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _resize_to(probs: NdarrayOrTensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinearly resize ``[30, h, w]`` probabilities to ``size`` if needed (same aspect ratio required)."""
     tensor = convert_to_tensor(probs, dtype=torch.float32, track_meta=False)
@@ -358,7 +349,7 @@ def write_prediction(
 
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = output_stem(image_name)
+    stem = tiff_stem(image_name)
     paths: dict[str, Path] = {}
     if "tif" in outputs:
         paths["tif"] = write_bitmap_tiff(folder / f"{stem}.tif", encode_fragment_bits(masks))

@@ -41,6 +41,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from custom_transforms.constants import FIRST_TOOL_PROJECTION, NUM_CHANNELS, PROJECTIONS_PER_CT
+from custom_transforms.io import list_tiffs
 from .atomic import atomic_open, write_json_atomic
 from .phantom import MU_WATER, build_phantom
 from .projector import ConeBeamGeometry, Cylinder, VoxelGrid, cylinder_chords, project_volume, view_geometry
@@ -314,7 +315,7 @@ def generate_dataset(
     root = Path(out_dir)
     split_dir = root / split
     image_dir, label_dir = split_dir / IMAGE_SUBDIR, split_dir / LABEL_SUBDIR
-    existing = [p for folder in (image_dir, label_dir) if folder.is_dir() for p in folder.glob("*.tif")]
+    existing = [p for folder in (image_dir, label_dir) if folder.is_dir() for p in list_tiffs(folder)]
     if existing and _read_marker(split_dir) is None:
         raise ValueError(f"{split_dir}: holds .tif files not written by the synthetic generator; use an empty folder")
     arguments = _dataset_arguments(patients, projections, size, seed, split, voxel_mm)
