@@ -27,15 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from custom_transforms import read_fragment_label, read_xray_image
 from custom_transforms.constants import VALID_BITS_MASK, channel_category_fragment, fragment_name
+from scripts.outputs import FRAGMENT_PALETTE, display_image
 from scripts.phantom import build_phantom
 from scripts.projector import ConeBeamGeometry, project_volume
-from custom_transforms import CLAHE, NegLogWindow, read_fragment_label, read_xray_image
 from scripts.synth import IMAGE_SUBDIR, LABEL_SUBDIR, Scene, draw_geometry, generate_dataset
-
-
-_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212]]) / 255.0
 
 
 def naive_projection(scene: Scene, geometry: ConeBeamGeometry) -> tuple[torch.Tensor, np.ndarray]:
@@ -99,13 +96,6 @@ def time_generation(patients: int, projections: int, size: int) -> float:
     return seconds
 
 
-def _display(raw: np.ndarray) -> np.ndarray:
-    """The organisers' display of a raw X-ray: neg-log window, uint8, CLAHE (clip 4, 8x8), as RGB in [0, 1]."""
-    window = np.asarray(NegLogWindow()(raw))
-    shown = np.asarray(CLAHE()(window[None]))[0]
-    return np.repeat(shown[..., None], 3, axis=2)
-
-
 def write_example_image(path: Path, real_image: Path) -> None:
     """The README picture: a real PENGWIN X-ray beside a default-generator 448 px view and its fragments, both
     shown as the organisers displayed them."""
@@ -114,16 +104,17 @@ def write_example_image(path: Path, real_image: Path) -> None:
     with tempfile.TemporaryDirectory() as folder:
         root = generate_dataset(folder, patients=1, projections=8, size=448, seed=0, progress=False)
         labels = {path.name: read_fragment_label(path) for path in sorted((root / "train" / LABEL_SUBDIR).iterdir())}
-        # the view with the most fragments (fewest on ties): it shows the chips along the fracture lines
+        # the view with the most fragments (the first such on ties): it shows the chips along the fracture lines
         name = max(labels, key=lambda n: bin(int(np.bitwise_or.reduce(labels[n], axis=None))).count("1"))
         raw, bitmap = read_xray_image(root / "train" / IMAGE_SUBDIR / name), labels[name]
-    synthetic = _display(raw)
+    synthetic = np.repeat(display_image(raw)[..., None], 3, axis=2)
     overlay = synthetic.copy()
     bits = [b for b in range(1, 31) if ((bitmap >> b) & 1).any()]
-    for index, bit in enumerate(bits):
+    colours = {bit: FRAGMENT_PALETTE[bit - 1] / 255.0 for bit in bits}  # the inference overlay's colours
+    for bit in bits:
         mask = ((bitmap >> bit) & 1).astype(bool)
-        overlay[mask] = 0.55 * overlay[mask] + 0.45 * _PALETTE[index % len(_PALETTE)]
-    panels = [_display(read_xray_image(real_image)), synthetic, overlay]
+        overlay[mask] = 0.55 * overlay[mask] + 0.45 * colours[bit]
+    panels = [np.repeat(display_image(read_xray_image(real_image))[..., None], 3, axis=2), synthetic, overlay]
     canvas = Image.fromarray((np.concatenate(panels, axis=1) * 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     for column, caption in enumerate([f"real PENGWIN {real_image.name}", f"synthetic {name} (default generator)",
@@ -131,8 +122,7 @@ def write_example_image(path: Path, real_image: Path) -> None:
         draw.text((448 * column + 6, 6), caption, fill=(255, 255, 0))
     for row, bit in enumerate(bits):
         top = 24 + 14 * row
-        draw.rectangle([2 * 448 + 6, top, 2 * 448 + 16, top + 10], fill=tuple(int(255 * c) for c in
-                                                                              _PALETTE[row % len(_PALETTE)]))
+        draw.rectangle([2 * 448 + 6, top, 2 * 448 + 16, top + 10], fill=tuple(int(255 * c) for c in colours[bit]))
         draw.text((2 * 448 + 22, top), fragment_name(*channel_category_fragment(bit - 1)), fill=(255, 255, 255))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, optimize=True)

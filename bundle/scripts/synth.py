@@ -43,6 +43,7 @@ from tqdm import tqdm
 from custom_transforms.constants import FIRST_TOOL_PROJECTION, NUM_CHANNELS, PROJECTIONS_PER_CT
 from custom_transforms.io import list_tiffs
 from .atomic import atomic_open, write_json_atomic
+from .datalist import IMAGE_SUBDIR, LABEL_SUBDIR
 from .phantom import MU_WATER, build_phantom
 from .projector import ConeBeamGeometry, Cylinder, VoxelGrid, cylinder_chords, project_volume, view_geometry
 
@@ -67,8 +68,6 @@ __all__ = [
     "main",
 ]
 
-IMAGE_SUBDIR = Path("input") / "images" / "x-ray"
-LABEL_SUBDIR = Path("output") / "images" / "x-ray"
 MARKER_NAME = "synthetic_dataset.json"
 MAX_TOOLS = 10
 
@@ -85,8 +84,8 @@ SOURCE_TO_ISOCENTRE_FRACTION = (0.42, 0.55)
 #: fragments (challenge description: within 50 mm of a fragment; 30 mm keeps the pelvis filling the view)
 CENTRE_OFFSET_MM = 30.0
 #: photons per pixel in air (quantum noise): measured, the real 101_0000.tif has a high-pass (-log, minus a 2 px
-#: Gaussian blur) noise of 0.0026 where 2.6% of the air intensity passes; 2e6 to 1e7 photons give 0.001 to 0.006
-#: on the phantoms' denser paths (the earlier 2e4 to 1e5 gave 0.03 to 0.07, ten times the real noise)
+#: Gaussian blur) noise of 0.0026 where 2.6% of the air intensity passes; with 2e6 to 1e7 photons the default
+#: views measure 0.003 to 0.009, phantom texture included (the earlier 2e4 to 1e5 gave 0.03 to 0.07)
 PHOTONS_IN_AIR = (2e6, 1e7)
 _AIR_INTENSITY = 55.5
 _MU_STEEL = 0.45
