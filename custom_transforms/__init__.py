@@ -20,6 +20,13 @@ from .constants import (
     fragment_channel,
     fragment_name,
 )
+from .formulation import (
+    MAIN_OTHER_CHANNELS,
+    MainOtherFragments,
+    MainOtherFragmentsd,
+    SplitOtherFragments,
+    SplitOtherFragmentsd,
+)
 from .intensity import CLAHE, CLAHEd, NegLogWindow, NegLogWindowd
 from .spatial import RandSideFlipd, SwapSideChannels, SwapSideChannelsd
 from .io import (

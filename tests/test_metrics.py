@@ -20,6 +20,8 @@ from scripts.metrics import (
     METRICS,
     OFFICIAL_METRICS,
     evaluate_folders,
+    fracture_iou_by_size,
+    fragment_best_ious,
     hd95_assd,
     main,
     miss_radius,
@@ -336,6 +338,39 @@ def test_large_surface_is_subsampled_deterministically_as_the_reference() -> Non
     first, second = score_image(prediction, label), score_image(prediction, label)
     assert first == second
     _assert_scores_equal(first, reference_score(prediction, label))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fragment_best_ious_average_to_the_official_fracture_iou(seed: int) -> None:
+    prediction, label = _random_case(seed)
+    areas, ious = fragment_best_ious(prediction, label)
+    gt, _ = _ref_fragments(label)
+    np.testing.assert_allclose(areas, [mask.mean() for mask in gt])
+    assert float(np.mean(ious)) == pytest.approx(score_image(prediction, label)["fracture_iou"])
+
+
+def test_fragment_best_ious_of_an_empty_prediction_are_zero() -> None:
+    label = _bitmap((20, 20), (1, 1, _rect((20, 20), 0, 0, 5, 5)), (2, 3, _rect((20, 20), 9, 9, 2, 2)))
+    areas, ious = fragment_best_ious(np.zeros((20, 20), np.uint32), label)
+    np.testing.assert_allclose(areas, [25 / 400, 4 / 400])
+    np.testing.assert_array_equal(ious, [0.0, 0.0])
+
+
+def test_fracture_iou_by_size_bins_fragments_by_image_fraction() -> None:
+    areas = [0.001, 0.004, 0.007, 0.02, 0.3, 0.05]
+    ious = [0.0, 0.2, 0.5, 0.6, 0.9, 0.7]
+    by_size = fracture_iou_by_size(areas, ious)
+    assert by_size["fracture_iou_under_0.5pct"] == pytest.approx(0.1)
+    assert by_size["fracture_iou_0.5_1pct"] == pytest.approx(0.5)
+    assert by_size["fracture_iou_1_5pct"] == pytest.approx(0.6)
+    assert by_size["fracture_iou_over_5pct"] == pytest.approx(0.8)  # 0.05 is in the top bin: bins are [lower, upper)
+    assert [by_size[key] for key in by_size if key.startswith("num_")] == [2, 1, 1, 2]
+
+
+def test_fracture_iou_by_size_marks_empty_bins_as_none() -> None:
+    by_size = fracture_iou_by_size([0.2], [1.0])
+    assert by_size["fracture_iou_under_0.5pct"] is None and by_size["num_fragments_under_0.5pct"] == 0
+    assert by_size["fracture_iou_over_5pct"] == 1.0
 
 
 def test_subsampling_draws_what_sklearn_resample_draws() -> None:

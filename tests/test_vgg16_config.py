@@ -160,9 +160,15 @@ def test_vgg16_override_merges_after_an_inference_config_without_a_train_section
     assert names[-2:] == ["RepeatChanneld", "NormalizeIntensityd"]
 
 
-def test_compare_rejects_overrides_for_an_unknown_model(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unet"):
-        compare(str(tmp_path), 1, tmp_path, model_overrides={"unet": {}})
+@pytest.mark.parametrize("recipes, overrides", [(["default", "unet"], {}), (["default"], {"unet": {}}), ([], {})])
+def test_compare_rejects_unknown_or_no_recipes(tmp_path: Path, recipes: list, overrides: dict) -> None:
+    with pytest.raises(ValueError, match="recipe"):
+        compare(str(tmp_path), 1, tmp_path, recipe_overrides=overrides, recipes=recipes)
+
+
+def test_compare_command_names_an_unknown_recipe_in_one_line(capsys) -> None:
+    with pytest.raises(SystemExit, match="unknown or no recipe.*'unet'.*default, vgg16unet, seed, main_other"):
+        compare_main(["--recipes", "default,unet"])
 
 
 @pytest.fixture(scope="module")
@@ -195,28 +201,30 @@ def vgg16_from_config(**overrides: object) -> VGG16UNet:
     return parser.get_parsed_content("network_def")
 
 
-def test_compare_prints_and_writes_one_row_per_model(comparison: dict) -> None:
+def test_compare_prints_and_writes_one_row_per_recipe(comparison: dict) -> None:
     report, output_dir = comparison["report"], comparison["output_dir"]
-    rows = {row["model"]: row for row in report["rows"]}
-    assert list(rows) == ["basicunet", "vgg16unet"]
+    rows = {row["recipe"]: row for row in report["rows"]}
+    assert list(rows) == ["default", "vgg16unet"]
     table = format_table(report["rows"])
     assert table in comparison["stdout"]
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["basicunet", "vgg16unet"]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["default", "vgg16unet"]
     assert (output_dir / "compare.md").read_text() == table + "\n"
     assert json.loads((output_dir / "compare.json").read_text()) == report
     assert report["split"] == {"training": 3, "validation": 1, "test": 1} and report["max_epochs"] == 1
 
     basicunet = merged_parser("train.json").get_parsed_content("network_def")
-    assert rows["basicunet"]["parameters"] == count_parameters(basicunet)
+    assert rows["default"]["parameters"] == count_parameters(basicunet)
     assert rows["vgg16unet"]["parameters"] == count_parameters(vgg16_from_config())
     for row in rows.values():
         assert row["train_images"] == 3  # one epoch over the 3 training images
         assert row["train_seconds"] > 0 and math.isclose(row["train_images_per_s"], 3 / row["train_seconds"])
         assert row["peak_rss_mib"] > 100  # a process that imported torch and trained a network
         summary = json.loads(Path(row["summary"]).read_text())
-        pairs = [("mean_iou", "val_mean_iou"), ("iou_RI", "val_iou_RI"), ("fracture_iou", "fracture_iou")]
+        pairs = [("iou_RI", "val_iou_RI"), ("fracture_iou", "fracture_iou"), ("anatomical_iou", "anatomical_iou")]
         for key, summary_key in pairs:
             assert row[key] == summary[summary_key] and 0.0 <= row[key] <= 1.0, key
+        assert row["fracture_hd95"] == summary["fracture_hd95"] > 0 and row["epochs"] == 1
+    assert "default: best val_fracture_iou" in comparison["stdout"]  # validation echoed while each recipe trains
 
 
 def test_compare_logs_every_run_to_one_mlflow_experiment(comparison: dict) -> None:
@@ -227,7 +235,7 @@ def test_compare_logs_every_run_to_one_mlflow_experiment(comparison: dict) -> No
     experiment = client.get_experiment_by_name(report["experiment_name"])
     runs = client.search_runs([experiment.experiment_id])
     names = sorted(run.info.run_name.rsplit("-", 2)[0] for run in runs)
-    assert names == ["basicunet", "evaluate-basicunet", "evaluate-vgg16unet", "vgg16unet"]
+    assert names == ["default", "evaluate-default", "evaluate-vgg16unet", "vgg16unet"]
     vgg16_run = next(run for run in runs if run.info.run_name.startswith("vgg16unet"))
     assert vgg16_run.data.params["network"] == "VGG16UNet"
     assert vgg16_run.data.params["freeze_encoder_epochs"] == "1"
@@ -245,7 +253,7 @@ def test_vgg16_run_saves_a_model_whose_frozen_encoder_is_the_pretrained_one(comp
 
 
 def test_evaluate_config_merged_after_vgg16_writes_the_summary(comparison: dict) -> None:
-    row = next(row for row in comparison["report"]["rows"] if row["model"] == "vgg16unet")
+    row = next(row for row in comparison["report"]["rows"] if row["recipe"] == "vgg16unet")
     summary = json.loads(Path(row["summary"]).read_text())
     assert Path(row["summary"]).parent == comparison["output_dir"] / "vgg16unet" / "evaluation"
     assert summary["num_images"] == 1

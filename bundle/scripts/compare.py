@@ -1,16 +1,19 @@
-"""Train and evaluate BasicUNet and the VGG16 U-Net on the same data and budget, and tabulate the results.
+"""Train and evaluate several recipes on the same data and budget, and tabulate their official scores.
 
-``python -m scripts.compare --dataset_dir DIR --max_epochs N [--output_dir OUT]`` (``--dataset_dir`` left out: the
-built-in synthetic dataset) trains each model with the bundle's own configs (BasicUNet: ``train.json``; VGG16 U-Net:
-``train.json`` + ``train_vgg16.json``), evaluates its best checkpoint with ``evaluate.json`` merged after them, and
-prints one row per model: parameters, training throughput, peak memory, the IoU per bone (SA, LI, RI) and the mean
-IoU over the 30 channels on the test split, and the official fracture and anatomical IoU. The table is also written
-to ``OUT/compare.json`` and ``OUT/compare.md``; every train and evaluate run goes to one MLflow experiment.
+``python -m scripts.compare --recipes default,seed --max_epochs N [--dataset_dir DIR] [--output_dir OUT]``
+(``--dataset_dir`` left out: the built-in synthetic dataset) trains each recipe of :data:`RECIPES` with the
+bundle's own configs (``train.json`` and the recipe's overlays), evaluates its best checkpoint (chosen on the
+validation split) with ``evaluate.json`` merged after them on the test split, and prints one row per recipe:
+parameters, epochs, training throughput, peak memory, the IoU per bone, the six official metrics, the one-to-one
+fragment IoU and the fracture IoU by fragment size. The table is also written to ``OUT/compare.json`` and
+``OUT/compare.md``; every train and evaluate run goes to one MLflow experiment. The default recipes are the
+two networks: ``default`` (BasicUNet, ``train.json``) and ``vgg16unet``.
 
-Each model runs in its own child process (``ConfigWorkflow`` train, then evaluate, in that process), so that its
+Each recipe runs in its own child process (``ConfigWorkflow`` train, then evaluate, in that process), so that its
 peak memory is the kernel's maximum resident set size of that process alone (``os.wait4``), with nothing left over
-from the other model. Both children read the same dataset folder, so ``scripts.datalist.build_datalist`` gives
-both the same patient split; the children report their split sizes and a difference is an error.
+from the other recipes. All children read the same dataset folder, so ``scripts.datalist.build_datalist`` gives
+all the same patient split; the children report their split sizes and a difference is an error. While a child
+runs, its validation results are echoed, one line per epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -33,37 +37,49 @@ from monai.utils import path_to_sqlite_uri
 from .atomic import atomic_open, write_json_atomic
 from .networks import count_parameters
 
-__all__ = ["MODELS", "ThroughputMeter", "run_model", "compare", "format_table", "main"]
+__all__ = ["RECIPES", "DEFAULT_RECIPES", "ThroughputMeter", "run_recipe", "compare", "format_table", "main"]
 
-#: model name -> the config files that define it, in merge order (``evaluate.json`` is appended to evaluate)
-MODELS: dict[str, tuple[str, ...]] = {
-    "basicunet": ("train.json",),
+#: recipe name -> the config files that define it, in merge order (``evaluate.json`` is appended to evaluate)
+RECIPES: dict[str, tuple[str, ...]] = {
+    "default": ("train.json",),
     "vgg16unet": ("train.json", "train_vgg16.json"),
+    "seed": ("train.json", "train_seed.json"),
+    "main_other": ("train.json", "train_main_other.json"),
 }
+#: what ``python -m scripts.compare`` runs without ``--recipes``: the two networks
+DEFAULT_RECIPES: tuple[str, ...] = ("default", "vgg16unet")
 EVALUATE_CONFIG = "evaluate.json"
 #: table columns: (row key, header, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("model", "model", "{}"),
+    ("recipe", "recipe", "{}"),
     ("parameters", "parameters", "{:,}"),
+    ("epochs", "epochs", "{:g}"),
     ("train_images_per_s", "train images/s", "{:.2f}"),
     ("peak_rss_mib", "peak RSS (MiB)", "{:.0f}"),
     ("iou_SA", "IoU SA", "{:.3f}"),
     ("iou_LI", "IoU LI", "{:.3f}"),
     ("iou_RI", "IoU RI", "{:.3f}"),
-    ("mean_iou", "mean IoU", "{:.3f}"),
     ("fracture_iou", "fracture IoU", "{:.3f}"),
+    ("fracture_hd95", "fracture HD95", "{:.1f}"),
+    ("fracture_assd", "fracture ASSD", "{:.1f}"),
     ("anatomical_iou", "anatomical IoU", "{:.3f}"),
+    ("anatomical_hd95", "anatomical HD95", "{:.1f}"),
+    ("anatomical_assd", "anatomical ASSD", "{:.1f}"),
+    ("fracture_iou_hungarian", "one-to-one IoU", "{:.3f}"),
+    ("fracture_iou_under_0.5pct", "IoU <0.5%", "{:.3f}"),
+    ("fracture_iou_0.5_1pct", "IoU 0.5-1%", "{:.3f}"),
+    ("fracture_iou_1_5pct", "IoU 1-5%", "{:.3f}"),
+    ("fracture_iou_over_5pct", "IoU >5%", "{:.3f}"),
 )
 #: summary.json key -> row key
 SUMMARY_KEYS: dict[str, str] = {
     "val_iou_SA": "iou_SA",
     "val_iou_LI": "iou_LI",
     "val_iou_RI": "iou_RI",
-    "val_mean_iou": "mean_iou",
-    "fracture_iou": "fracture_iou",
-    "anatomical_iou": "anatomical_iou",
+    **{key: key for key, _, _ in COLUMNS[8:]},
     "num_images": "num_test_images",
 }
+_VALIDATION_LINE = re.compile(r"Key metric: (\S+) best value: ([0-9.eE+-]+) at epoch: (\d+)")
 
 
 class ThroughputMeter:
@@ -97,7 +113,7 @@ class ThroughputMeter:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_model(
+def run_recipe(
     config_files: Sequence[str],
     evaluate_config: str,
     overrides: dict[str, Any],
@@ -112,7 +128,8 @@ def run_model(
         evaluate_overrides: further ids and values for the evaluation only (e.g. its ``run_name``).
 
     Returns:
-        parameters, epochs, images, training seconds and throughput, the split sizes, and the evaluation summary.
+        parameters, epochs (maximum and completed), images, training seconds and throughput, the split sizes,
+        and the evaluation summary.
     """
     train = ConfigWorkflow(config_file=list(config_files), workflow_type="train", **overrides)
     train.initialize()
@@ -122,6 +139,7 @@ def run_model(
     datalist = train.parser.get_parsed_content("datalist")
     max_epochs = int(train.parser.get_parsed_content("max_epochs"))
     train.run()
+    epochs = train.trainer.state.iteration / max(train.trainer.state.epoch_length or 1, 1)
     train.finalize()
 
     evaluate = ConfigWorkflow(
@@ -134,6 +152,7 @@ def run_model(
     return {
         "parameters": parameters,
         "max_epochs": max_epochs,
+        "epochs": epochs,
         "train_images": meter.images,
         "train_seconds": meter.seconds,
         "train_images_per_s": meter.images_per_second,
@@ -144,19 +163,34 @@ def run_model(
 
 
 def _run_child(spec: dict[str, Any], work_dir: Path, bundle_root: Path) -> tuple[dict[str, Any], int]:
-    """Run :func:`run_model` for ``spec`` in a child process; return its result and peak RSS in bytes."""
+    """Run :func:`run_recipe` for ``spec`` in a child process; return its result and peak RSS in bytes.
+
+    The child's output goes to ``compare.log`` in ``work_dir``; its validation results are echoed as they come.
+    """
     spec_path, result_path, log_path = work_dir / "spec.json", work_dir / "result.json", work_dir / "compare.log"
     write_json_atomic(spec_path, {**spec, "result_path": str(result_path)})
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "scripts.compare", "--run_spec", str(spec_path)]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=bundle_root, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=bundle_root,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # lines as they come, for the progress echo
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        for line in process.stdout:
+            log.write(line)
+            if match := _VALIDATION_LINE.search(line):
+                print(f"  {spec['recipe']}: best {match[1]} {float(match[2]):.3f} at epoch {match[3]}", flush=True)
         # os.wait4 rather than Popen.wait: it also returns the child's own resource usage (peak RSS)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0 or not result_path.is_file():
         tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{spec['model']}: run failed (exit code {process.returncode}), log {log_path}:\n{tail}")
+        raise RuntimeError(f"{spec['recipe']}: run failed (exit code {process.returncode}), log {log_path}:\n{tail}")
     return json.loads(result_path.read_text()), usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -174,32 +208,34 @@ def compare(
     output_dir: str | os.PathLike | None = None,
     bundle_root: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
-    model_overrides: dict[str, dict[str, Any]] | None = None,
+    recipe_overrides: dict[str, dict[str, Any]] | None = None,
+    recipes: Sequence[str] = DEFAULT_RECIPES,
 ) -> dict[str, Any]:
-    """Train and evaluate every model in :data:`MODELS` on the same data and epochs; write and return the table.
+    """Train and evaluate each of ``recipes`` on the same data and epochs; write and return the table.
 
     Args:
         dataset_dir: PENGWIN root; empty for the built-in synthetic dataset (generated here once, before the runs).
-        max_epochs: training epochs of both models; ``None`` keeps the configs' default.
-        output_dir: where each model's checkpoints, evaluation and logs go (``OUT/<model>/``), with the shared
+        max_epochs: training epochs of every recipe; ``None`` keeps the configs' default.
+        output_dir: where each recipe's checkpoints, evaluation and logs go (``OUT/<recipe>/``), with the shared
             MLflow store (unless ``MLFLOW_TRACKING_URI`` is set) and ``compare.json`` / ``compare.md``.
         bundle_root: the bundle folder (holding ``configs/``); default: the one this module belongs to.
-        overrides: further config ids and values for both models (e.g. ``{"num_workers": 0}``).
-        model_overrides: config ids and values for one model only, by model name (e.g. ``vgg16_weights``).
+        overrides: further config ids and values for every recipe (e.g. ``{"num_workers": 0}``).
+        recipe_overrides: config ids and values for one recipe only, by name (e.g. ``vgg16_weights``).
+        recipes: names from :data:`RECIPES`, run in this order.
 
     Returns:
-        the content of ``compare.json``: settings, split sizes and one row per model.
+        the content of ``compare.json``: settings, split sizes and one row per recipe.
 
     Raises:
-        ValueError: unknown model name in ``model_overrides``, or the models got different epochs or splits.
+        ValueError: an unknown recipe name, or the recipes got different epochs or splits.
         RuntimeError: a run failed (the message ends with its log).
     """
     bundle = Path(bundle_root or _bundle_root()).resolve()
     output = Path(output_dir or bundle / "eval" / "compare").resolve()
-    model_overrides = model_overrides or {}
-    unknown = sorted(set(model_overrides) - set(MODELS))
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; models are {sorted(MODELS)}")
+    recipe_overrides = recipe_overrides or {}
+    unknown = sorted((set(recipes) | set(recipe_overrides)) - set(RECIPES))
+    if unknown or not recipes:
+        raise ValueError(f"unknown or no recipe(s) {unknown}; recipes are {', '.join(RECIPES)}")
     shared: dict[str, Any] = {
         "bundle_root": str(bundle),
         "dataset_dir": str(dataset_dir),
@@ -208,49 +244,51 @@ def compare(
     }
     if max_epochs is not None:
         shared["max_epochs"] = int(max_epochs)
-    # resolve (and, for the synthetic default, generate) the data once, so neither run's figures include it
+    # resolve (and, for the synthetic default, generate) the data once, so no run's figures include it
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / MODELS["basicunet"][0]))
+    parser.read_config(str(bundle / "configs" / RECIPES["default"][0]))
     parser.update(shared)
     data_root = parser.get_parsed_content("data_root")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     rows, budgets = [], {}
-    for model, files in MODELS.items():
-        model_dir = output / model
+    for recipe in recipes:
+        recipe_dir = output / recipe
         spec = {
-            "model": model,
-            "config_files": [str(bundle / "configs" / name) for name in files],
+            "recipe": recipe,
+            "config_files": [str(bundle / "configs" / name) for name in RECIPES[recipe]],
             "evaluate_config": str(bundle / "configs" / EVALUATE_CONFIG),
             "overrides": {
                 **shared,
-                "output_dir": str(model_dir),
-                "ckpt_dir": str(model_dir / "models"),
-                "run_name": f"{model}-{stamp}",
-                **model_overrides.get(model, {}),
+                "output_dir": str(recipe_dir),
+                "ckpt_dir": str(recipe_dir / "models"),
+                "run_name": f"{recipe}-{stamp}",
+                **recipe_overrides.get(recipe, {}),
             },
-            "evaluate_overrides": {"run_name": f"evaluate-{model}-{stamp}"},
+            "evaluate_overrides": {"run_name": f"evaluate-{recipe}-{stamp}"},
         }
-        print(f"{model}: training and evaluating, log in {model_dir / 'compare.log'}", flush=True)
-        model_dir.mkdir(parents=True, exist_ok=True)
-        result, peak_rss = _run_child(spec, model_dir, bundle)
-        budgets[model] = {"max_epochs": result["max_epochs"], **result["split"]}
+        print(f"{recipe}: training and evaluating, log in {recipe_dir / 'compare.log'}", flush=True)
+        recipe_dir.mkdir(parents=True, exist_ok=True)
+        result, peak_rss = _run_child(spec, recipe_dir, bundle)
+        budgets[recipe] = {"max_epochs": result["max_epochs"], **result["split"]}
         summary = result["summary"]
         rows.append(
             {
-                "model": model,
+                "recipe": recipe,
+                "config_files": list(RECIPES[recipe]),
                 "parameters": result["parameters"],
+                "epochs": result["epochs"],
                 "train_images_per_s": result["train_images_per_s"],
                 "peak_rss_mib": peak_rss / 2**20,
-                **{row_key: summary[key] for key, row_key in SUMMARY_KEYS.items()},
+                **{row_key: summary.get(key) for key, row_key in SUMMARY_KEYS.items()},
                 "train_images": result["train_images"],
                 "train_seconds": result["train_seconds"],
-                "checkpoint": str(model_dir / "models" / "model.pt"),
+                "checkpoint": str(recipe_dir / "models" / "model.pt"),
                 "summary": result["summary_path"],
             }
         )
     if len({json.dumps(budget, sort_keys=True) for budget in budgets.values()}) != 1:
-        raise ValueError(f"{data_root}: the models got different epochs or splits: {budgets}")
+        raise ValueError(f"{data_root}: the recipes got different epochs or splits: {budgets}")
     budget = next(iter(budgets.values()))
     report = {
         "output_dir": str(output),
@@ -259,7 +297,7 @@ def compare(
         "split": budget,
         "tracking_uri": shared["tracking_uri"],
         "experiment_name": parser.get_parsed_content("experiment_name"),
-        "peak_rss": "maximum resident set size of each model's own process (train and evaluate)",
+        "peak_rss": "maximum resident set size of each recipe's own process (train and evaluate)",
         "train_images_per_s": "images / seconds of batch loading and training iterations, the first (warm-up) "
         "iteration included; validation and checkpointing excluded",
         "rows": rows,
@@ -277,7 +315,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]) for key, _, fmt in COLUMNS) + " |")
+        cells = ("n/a" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in COLUMNS)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -295,32 +334,41 @@ def _key_value(text: str) -> tuple[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Command line: ``python -m scripts.compare --dataset_dir DIR --max_epochs N [--output_dir OUT]``."""
     parser = argparse.ArgumentParser(prog="python -m scripts.compare", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--recipes", default=",".join(DEFAULT_RECIPES),
+        help=f"comma-separated recipe names, of {', '.join(RECIPES)} (default: {','.join(DEFAULT_RECIPES)})",
+    )
     parser.add_argument("--dataset_dir", default="", help="PENGWIN root (default: the built-in synthetic dataset)")
-    parser.add_argument("--max_epochs", type=int, default=None, help="epochs for both models (default: config's)")
+    parser.add_argument("--max_epochs", type=int, default=None, help="epochs for every recipe (default: config's)")
     parser.add_argument("--output_dir", default=None, help="output folder (default: <bundle>/eval/compare)")
     parser.add_argument("--bundle_root", default=None, help="bundle folder (default: this module's bundle)")
     parser.add_argument("--vgg16_weights", default=None, help="local torchvision VGG16 state dict (default: none)")
     parser.add_argument(
         "--override", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-        help="config override for both models, VALUE in JSON (repeatable), e.g. --override num_workers=0",
+        help="config override for every recipe, VALUE in JSON (repeatable), e.g. --override num_workers=0",
     )
     parser.add_argument(
         "--vgg16_override", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
         help="config override for the VGG16 U-Net only (repeatable), e.g. --vgg16_override freeze_encoder_epochs=2",
     )
-    parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # one model, in a child process
+    parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # one recipe, in a child process
     args = parser.parse_args(argv)
     if args.run_spec is not None:
         spec = json.loads(Path(args.run_spec).read_text())
-        result = run_model(spec["config_files"], spec["evaluate_config"], spec["overrides"], spec["evaluate_overrides"])
+        result = run_recipe(spec["config_files"], spec["evaluate_config"], spec["overrides"], spec["evaluate_overrides"])
         write_json_atomic(spec["result_path"], result)
         return None
     vgg16 = dict(args.vgg16_override)
     if args.vgg16_weights is not None:
         vgg16["vgg16_weights"] = str(Path(args.vgg16_weights).resolve())
-    report = compare(
-        args.dataset_dir, args.max_epochs, args.output_dir, args.bundle_root, dict(args.override), {"vgg16unet": vgg16}
-    )
+    recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
+    try:
+        report = compare(
+            args.dataset_dir, args.max_epochs, args.output_dir, args.bundle_root, dict(args.override),
+            {"vgg16unet": vgg16}, recipes,
+        )  # fmt: skip
+    except ValueError as error:
+        raise SystemExit(f"python -m scripts.compare: {error}") from None
     print(format_table(report["rows"]))
     print(f"written: {Path(report['output_dir']) / 'compare.json'} and compare.md")
     return report

@@ -73,6 +73,9 @@ __all__ = [
     "hd95_assd",
     "miss_radius",
     "score_image",
+    "FRAGMENT_SIZE_BINS",
+    "fragment_best_ious",
+    "fracture_iou_by_size",
     "evaluate_folders",
     "write_results",
     "main",
@@ -268,6 +271,53 @@ def score_image(
         "anatomical_assd": _reference_mean(bone_assd),
         "fracture_iou_hungarian": float(hungarian_total / len(label_masks)),
     }
+
+
+#: upper edges of the fragment-size bins of :func:`fracture_iou_by_size`, as fractions of the image area
+FRAGMENT_SIZE_BINS: tuple[float, ...] = (0.005, 0.01, 0.05)
+
+
+def fragment_best_ious(
+    prediction_bitmap: NdarrayOrTensor, label_bitmap: NdarrayOrTensor, name: str = "image"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Area (fraction of the image) and official best-match IoU of each ground-truth fragment, in bit order.
+
+    The IoU is the one :func:`score_image` averages into ``fracture_iou``; an empty prediction gives zeros.
+    """
+    label_masks, _ = fragment_masks(label_bitmap, source=f"{name} (label)")
+    pred_masks, _ = fragment_masks(prediction_bitmap, source=f"{name} (prediction)")
+    if label_masks.shape[1:] != pred_masks.shape[1:]:
+        raise ValueError(f"{name}: prediction shape {pred_masks.shape[1:]} != label shape {label_masks.shape[1:]}")
+    areas = label_masks.reshape(len(label_masks), -1).mean(axis=1)
+    if not len(pred_masks):
+        return areas, np.zeros(len(label_masks))
+    return areas, _iou_matrix(label_masks, pred_masks).max(axis=1)
+
+
+def _size_bin_name(lower: float, upper: float) -> str:
+    if lower == 0:
+        return f"fracture_iou_under_{100 * upper:g}pct"
+    if upper == np.inf:
+        return f"fracture_iou_over_{100 * lower:g}pct"
+    return f"fracture_iou_{100 * lower:g}_{100 * upper:g}pct"
+
+
+def fracture_iou_by_size(areas: Sequence[float], ious: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean best IoU of the ground-truth fragments in each :data:`FRAGMENT_SIZE_BINS` bin, and their count.
+
+    ``areas`` and ``ious`` list fragments of any number of images (from :func:`fragment_best_ious`); a fragment
+    then weighs the same wherever it lies, which shows how well small fragments are found. Keys such as
+    ``fracture_iou_under_0.5pct`` (``None`` for an empty bin) and ``num_fragments_under_0.5pct``.
+    """
+    areas, ious = np.asarray(areas, dtype=np.float64), np.asarray(ious, dtype=np.float64)
+    edges = (0.0, *FRAGMENT_SIZE_BINS, np.inf)
+    result: dict[str, float | int | None] = {}
+    for lower, upper in zip(edges[:-1], edges[1:]):
+        inside = (areas >= lower) & (areas < upper)
+        key = _size_bin_name(lower, upper)
+        result[key] = float(ious[inside].mean()) if inside.any() else None
+        result[key.replace("fracture_iou", "num_fragments")] = int(inside.sum())
+    return result
 
 
 def _tiffs_by_stem(folder: Path, role: str) -> dict[str, Path]:

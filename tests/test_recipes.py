@@ -1,0 +1,130 @@
+"""The training recipes as config overlays: what each one trains, selects and outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from ignite.handlers import TimeLimit
+from monai.bundle import ConfigParser
+
+from custom_transforms import MAIN_OTHER_CHANNELS, NUM_CHANNELS, fragment_channel
+from scripts.evaluation import FractureIoU
+from scripts.losses import FragmentDiceBCELoss
+
+from conftest import BUNDLE_ROOT
+
+TINY_SYNTHETIC = "{'patients': 3, 'projections': 2, 'size': 64, 'seed': 0}"
+
+
+def recipe_parser(root: Path, *overlays: str, base: tuple[str, ...] = ("train.json",)) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in (*base, *overlays)])
+    parser.update({"bundle_root": str(root), "dataset_dir": str(root), "num_workers": 0})
+    return parser
+
+
+@pytest.mark.parametrize(
+    "overlays, loss_type, key_metric, channels",
+    [
+        ((), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS),
+        (("train_seed.json",), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
+        (("train_main_other.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
+        (("train_main_other.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
+    ],
+)
+def test_each_recipe_sets_its_loss_model_selection_and_channels(pengwin_root, overlays, loss_type, key_metric, channels):
+    parser = recipe_parser(pengwin_root, *overlays)
+    assert type(parser.get_parsed_content("loss")) is loss_type
+    assert list(parser.get_parsed_content("validate#key_metric")) == [key_metric]
+    assert parser.get_parsed_content("network_def").final_conv.out_channels == channels
+    assert len(parser.get_parsed_content("class_weights")) == channels
+
+
+def test_default_recipe_selects_checkpoints_by_the_official_fracture_iou(pengwin_root):
+    metric = recipe_parser(pengwin_root).get_parsed_content("validate#key_metric")["val_fracture_iou"]
+    assert isinstance(metric, FractureIoU)
+
+
+def test_main_other_trains_on_six_channels_and_validates_on_thirty(pengwin_root):
+    parser = recipe_parser(pengwin_root, "train_main_other.json")
+    parser["train#augmentation"] = []
+    train_item = parser.get_parsed_content("train#dataset")[0]
+    validation_item = parser.get_parsed_content("validate#dataset")[0]
+    assert train_item["label"].shape[0] == MAIN_OTHER_CHANNELS
+    assert validation_item["label"].shape[0] == NUM_CHANNELS
+    # conftest labels: bits 1, 11, 21 are fragment 1 of each bone, so the main channels carry them
+    torch.testing.assert_close(train_item["label"][[0, 2, 4]], validation_item["label"][[0, 10, 20]].float())
+
+
+def test_main_other_postprocessing_turns_six_logits_into_thirty_binary_fragments(pengwin_root):
+    postprocessing = recipe_parser(pengwin_root, "train_main_other.json").get_parsed_content("postprocessing")
+    logits = torch.full((MAIN_OTHER_CHANNELS, 32, 32), -8.0)
+    logits[2, :10] = 8.0  # LI main fragment
+    logits[3, 20:24, 2:6] = 8.0  # two LI other fragments
+    logits[3, 20:30, 20:30] = 8.0
+    pred = postprocessing({"pred": logits})["pred"]
+    assert pred.shape == (NUM_CHANNELS, 32, 32) and set(torch.unique(pred).tolist()) <= {0.0, 1.0}
+    assert pred[fragment_channel(2, 1)].sum() == 320
+    assert pred[fragment_channel(2, 2)].sum() == 100 and pred[fragment_channel(2, 3)].sum() == 16
+
+
+@pytest.mark.parametrize("minutes, limit", [(None, None), (1.5, 90)])
+def test_max_minutes_adds_an_ignite_time_limit(pengwin_root, minutes, limit):
+    parser = recipe_parser(pengwin_root)
+    parser["max_minutes"] = minutes
+    limits = [h for h in parser.get_parsed_content("train#handlers") if isinstance(h, TimeLimit)]
+    assert [h.limit_sec for h in limits] == ([limit] if limit else [])
+
+
+def _bundle_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=BUNDLE_ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_main_other_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path):
+    common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
+    overlay = "'configs/train_main_other.json'"
+    train = _bundle_run(
+        "training", "--config_file", f"['configs/train.json',{overlay}]", *common,
+        "--max_epochs", "2", "--batch_size", "2",
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert state["final_conv.weight"].shape[0] == MAIN_OTHER_CHANNELS
+
+    evaluate = _bundle_run("--config_file", f"['configs/train.json','configs/evaluate.json',{overlay}]", *common)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval/evaluation/summary.json").read_text())
+    assert summary["num_images"] == 2 and 0.0 <= summary["fracture_iou"] <= 1.0
+
+    images = tmp_path / "data/synthetic/train/input/images/x-ray"
+    out = tmp_path / "predictions"
+    infer = _bundle_run(
+        "--config_file", f"['configs/inference.json',{overlay}]", "--bundle_root", str(tmp_path),
+        "--dataset_dir", str(images), "--output_dir", str(out), "--num_workers", "0",
+    )  # fmt: skip
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    names = sorted(path.name for path in images.glob("*.tif"))
+    assert sorted(path.name for path in out.glob("*.tif")) == names
+    for name in names:
+        bitmap = tifffile.imread(out / name)
+        assert bitmap.dtype == np.uint32 and bitmap.shape == (64, 64) and bitmap.any()
+        assert not (bitmap & ~np.uint32(0x7FFFFFFE)).any()  # bits 1..30 only
+        report = json.loads((out / name).with_suffix(".json").read_text())
+        for category in (1, 2, 3):
+            assert sum(f["category"] == category for f in report["fragments"]) <= 10
