@@ -6,8 +6,9 @@ PENGWIN size, by default) into ``--work``; trains with the recipe's own settings
 CUDA) until ``--minutes`` have passed (ignite's ``TimeLimit`` through the recipe's ``max_minutes``); then
 scores the best checkpoint on the test split with ``configs/evaluate.json`` and the official metrics.
 
-It prints: the device, training images/s (iterations x batch size / time in the training loop), the share of
-that time spent waiting for the data loader (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``), peak GPU memory
+It prints: the device, training images/s (``scripts.compare.ThroughputMeter``: images over the time from each
+``GET_BATCH_STARTED`` to its ``ITERATION_COMPLETED``, validation excluded), the share of that time spent waiting
+for the data loader (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``, ignite ``Timer``), peak GPU memory
 (``torch.cuda.max_memory_allocated``) and the six official metrics with the fracture IoU by fragment size.
 A data-wait share above about 10% means the loader, not the GPU, sets the pace: raise ``--num_workers``.
 
@@ -19,43 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import time
 from pathlib import Path
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
+from ignite.handlers import Timer
 from monai.bundle import ConfigWorkflow
+
+from scripts.compare import ThroughputMeter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "bundle"
-
-
-class LoopTimer:
-    """Time spent in the training loop and, within it, waiting for batches."""
-
-    def __init__(self) -> None:
-        self.data_seconds = 0.0
-        self.loop_seconds = 0.0
-        self.iterations = 0
-        self._marks: dict[str, float] = {}
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._mark, "epoch")
-        engine.add_event_handler(Events.GET_BATCH_STARTED, self._mark, "batch")
-        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_done)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._mark, "iteration")
-
-    def _mark(self, engine: Engine, name: str) -> None:
-        now = time.perf_counter()
-        if name == "iteration":  # the loop time runs from each epoch start to its last completed iteration
-            self.loop_seconds += now - self._marks["epoch"]
-            self.iterations += 1
-            name = "epoch"
-        self._marks[name] = now
-
-    def _batch_done(self, engine: Engine) -> None:
-        self.data_seconds += time.perf_counter() - self._marks["batch"]
 
 
 def workflow(config_files: list[str], workflow_type: str, overrides: dict) -> ConfigWorkflow:
@@ -92,12 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device {device}; torch {torch.__version__}; {args.size} px, {args.minutes} min", flush=True)
 
     train = workflow([str(configs / "train.json"), *overlays], "train", overrides)
-    timer = LoopTimer()
-    timer.attach(train.parser.get_parsed_content("train#trainer"))
+    trainer = train.trainer
+    meter = ThroughputMeter()  # batch loading + iterations, as scripts.compare reports them
+    meter.attach(trainer)
+    data_wait = Timer(average=False)
+    data_wait.attach(trainer, start=Events.STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train.run()
-    batch_size = int(train.parser.get_parsed_content("batch_size"))
     amp = bool(train.parser.get_parsed_content("amp"))
     num_workers = int(train.parser.get_parsed_content("num_workers"))
     train.finalize()
@@ -111,15 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device,
         "amp": amp,
         "num_workers": num_workers,
-        "iterations": timer.iterations,
-        "images_per_s": timer.iterations * batch_size / max(timer.loop_seconds, 1e-9),
-        "data_wait_share": timer.data_seconds / max(timer.loop_seconds, 1e-9),
+        "iterations": trainer.state.iteration,
+        "images_per_s": meter.images_per_second,
+        "data_wait_share": data_wait.value() / meter.seconds,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         **summary,
     }
-    logging.getLogger().handlers.clear()
-    print(f"\ntraining: {timer.iterations} iterations of {batch_size}, {figures['images_per_s']:.1f} images/s, "
-          f"data-loader wait {100 * figures['data_wait_share']:.1f}% of the loop (num_workers {num_workers}), "
+    print(f"\ntraining: {trainer.state.iteration} iterations, {meter.images} images, "
+          f"{meter.images_per_second:.1f} images/s, data-loader wait {100 * figures['data_wait_share']:.1f}% of the loop (num_workers {num_workers}), "
           f"AMP {amp}, peak GPU memory "
           + (f"{figures['peak_gpu_memory_gib']:.2f} GiB" if figures["peak_gpu_memory_gib"] is not None else "n/a"))
     print(f"test split ({summary['num_images']} images): " + ", ".join(

@@ -1,8 +1,8 @@
 """Benchmark: the training recipes at one budget on the same splits, scored with the official metrics on test.
 
 Each recipe is ``bundle/configs/train.json`` with the config overlays a user merges after it (``scripts.compare
-.RECIPES``: ``seed`` = ``train_seed.json``, ``main_other`` = ``train_main_other.json``, ``default`` = nothing,
-``vgg16unet`` = ``train_vgg16.json``). ``scripts.compare`` runs them one after the other, each in its own child
+.RECIPES``: ``default`` = nothing (main/other formulation), ``seed`` = ``train_seed.json``, ``slots`` =
+``train_slots.json`` (30 fixed slots, default loss), ``vgg16unet`` = ``train_vgg16.json``). ``scripts.compare`` runs them one after the other, each in its own child
 process, on the built-in synthetic dataset (generated once, so the phantom-disjoint training, validation and
 test splits are the same for all) with the same ``--seed``, ``--epochs`` and optional ``--max-minutes``:
 training, then the best checkpoint (chosen on the validation split) scored on the test split, which no recipe
@@ -14,7 +14,7 @@ resident set (``os.wait4``). Every recipe's validation results are echoed while 
 It prints the machine, load and budget, one markdown table, and each recipe's difference from the first; all
 figures are in ``<work>/compare.json``.
 
-Run: ``.venv/bin/python bench/recipes.py [--recipes seed,default,main_other] [--epochs 40] [--max-minutes M]``.
+Run: ``.venv/bin/python bench/recipes.py [--recipes seed,slots,default] [--epochs 40] [--max-minutes M]``.
 At the demo budget (``train.json``'s synthetic preset, 40 epochs) a recipe takes about 7 minutes on 2 idle CPU
 cores. The epoch budget fixes the scores whatever else runs; the times and, with ``--max-minutes``, the epochs
 reached need a quiet machine.
@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="seed,default,main_other", help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--recipes", default="seed,slots,default", help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--epochs", type=int, default=40, help="max_epochs of every recipe (default 40, the demo)")
     parser.add_argument("--max-minutes", type=float, default=None, help="training wall-time limit per recipe")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the synthetic data keep their own)")

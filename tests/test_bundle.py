@@ -25,8 +25,11 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
 from monai.data import load_net_with_metadata
 
+from custom_transforms import MAIN_OTHER_CHANNELS
 from custom_transforms.constants import (
+    CATEGORY_NAMES,
     IMAGE_SIZE,
+    NUM_CATEGORIES,
     NUM_CHANNELS,
     VALID_BITS_MASK,
     channel_category_fragment,
@@ -110,14 +113,19 @@ def test_metadata_channels_follow_the_encoding_constants():
     metadata = _metadata()
     label_classes = metadata["label_classes"]
     pred = metadata["network_data_format"]["outputs"]["pred"]
-    assert pred["num_channels"] == NUM_CHANNELS
     assert sorted(label_classes, key=int) == [str(channel) for channel in range(NUM_CHANNELS)]
     for channel in range(NUM_CHANNELS):
         category, fragment = channel_category_fragment(channel)
         description = label_classes[str(channel)]
         assert description.startswith(f"{fragment_name(category, fragment)}:"), description
         assert f"(label bit {fragment_bit(category, fragment)})" in description, description
-    assert pred["channel_def"] == label_classes
+    # the network predicts the main/other channels of the default recipe: per bone, main then other fragments
+    assert pred["num_channels"] == MAIN_OTHER_CHANNELS
+    for category in range(1, NUM_CATEGORIES + 1):
+        name = CATEGORY_NAMES[category - 1]
+        main, other = pred["channel_def"][str(2 * category - 2)], pred["channel_def"][str(2 * category - 1)]
+        assert main.startswith(f"{name}-main:") and f"(label bit {fragment_bit(category, 1)})" in main
+        assert other.startswith(f"{name}-other:") and f"bits {fragment_bit(category, 2)}..{fragment_bit(category, 10)}" in other
     assert pred["spatial_shape"] == metadata["network_data_format"]["inputs"]["image"]["spatial_shape"]
     assert pred["spatial_shape"] == [IMAGE_SIZE, IMAGE_SIZE]
 
@@ -198,7 +206,7 @@ def test_torchscript_and_onnx_exports_match_eager(tmp_path, case):
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     (onnx_output,) = session.run(["pred"], {"image": image.numpy()})
 
-    assert eager.shape == (check_shape[0], NUM_CHANNELS, *check_shape[2:])
+    assert eager.shape == (check_shape[0], MAIN_OTHER_CHANNELS, *check_shape[2:])
     np.testing.assert_allclose(scripted, eager, rtol=0, atol=EXPORT_ATOL)
     np.testing.assert_allclose(onnx_output, eager, rtol=0, atol=EXPORT_ATOL)
     assert meta["version"] == _metadata()["version"]

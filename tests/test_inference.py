@@ -25,6 +25,7 @@ from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from custom_transforms.bits import encode_fragment_bits
+from custom_transforms import MAIN_OTHER_CHANNELS, SplitOtherFragments
 from custom_transforms.constants import NUM_CHANNELS, VALID_BITS_MASK
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from scripts.flags import as_flag
@@ -59,7 +60,8 @@ ALL_OUTPUTS = ["tif", "json", "png"]
 
 def small_unet(in_channels: int = 1, seed: int = 0) -> BasicUNet:
     torch.manual_seed(seed)
-    return BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=NUM_CHANNELS, features=FEATURES).eval()
+    network = BasicUNet(spatial_dims=2, in_channels=in_channels, out_channels=MAIN_OTHER_CHANNELS, features=FEATURES)
+    return network.eval()
 
 
 def raw_xray(size: int = SIZE, seed: int = 0) -> np.ndarray:
@@ -71,11 +73,12 @@ def raw_xray(size: int = SIZE, seed: int = 0) -> np.ndarray:
 
 
 def bitmap_of(network: torch.nn.Module, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and bit map of one raw image, by the recipe of inference.json (fp32, default post-processing)."""
+    """Main/other probabilities and bit map of one raw image, by the recipe of inference.json (fp32, default
+    post-processing: other fragments split into components, threshold, small components dropped)."""
     image = torch.as_tensor(np.asarray(CLAHE()(NegLogWindow()(raw[None]))))[None]
     with torch.no_grad():
         probs = torch.sigmoid(PengwinInferer(cpu_bf16=False)(image, network))[0].numpy()
-    return probs, encode_fragment_bits(postprocess_fragments(probs).masks)
+    return probs, encode_fragment_bits(postprocess_fragments(SplitOtherFragments()(probs)).masks)
 
 
 def allowed_differences(bitmap: np.ndarray) -> int:
@@ -263,7 +266,7 @@ def test_onnx_network_reports_the_expected_shape_of_a_fixed_size_model(tmp_path)
         warnings.simplefilter("ignore")
         torch.onnx.export(small_unet(), torch.zeros(1, 1, 32, 32), str(tmp_path / "fixed.onnx"), dynamo=False)
     network = OnnxRuntimeNetwork(tmp_path / "fixed.onnx")
-    assert network(torch.zeros(1, 1, 32, 32)).shape == (1, NUM_CHANNELS, 32, 32)
+    assert network(torch.zeros(1, 1, 32, 32)).shape == (1, MAIN_OTHER_CHANNELS, 32, 32)
     with pytest.raises(ValueError, match=r"fixed\.onnx: the ONNX model takes inputs of shape \[1, 1, 32, 32\]"):
         network(torch.zeros(1, 1, 64, 64))
 
@@ -373,7 +376,7 @@ def test_three_channel_resizing_override_merges_and_writes_at_input_size(tmp_pat
     inputs.mkdir()
     tifffile.imwrite(inputs / "case.tif", raw_xray())
     override = {
-        "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 30,
+        "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 3, "out_channels": MAIN_OTHER_CHANNELS,
                         "features": FEATURES},
         "inferer#spatial_size": [32, 32],
         "+image_transforms": [{"_target_": "RepeatChanneld", "keys": "image", "repeats": 3}],

@@ -12,16 +12,22 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from ignite.handlers import TimeLimit
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
+from monai.handlers import ValidationHandler
 
 from custom_transforms import MAIN_OTHER_CHANNELS, NUM_CHANNELS, fragment_channel
 from scripts.evaluation import FractureIoU
+from scripts.handlers import EpochTimeLimit
 from scripts.losses import FragmentDiceBCELoss
 
 from conftest import BUNDLE_ROOT
 
 TINY_SYNTHETIC = "{'patients': 3, 'projections': 2, 'size': 64, 'seed': 0}"
+
+
+def network_input_channels(overlays: tuple[str, ...]) -> int:
+    return 3 if "train_vgg16.json" in overlays else 1
 
 
 def recipe_parser(root: Path, *overlays: str, base: tuple[str, ...] = ("train.json",)) -> ConfigParser:
@@ -34,17 +40,18 @@ def recipe_parser(root: Path, *overlays: str, base: tuple[str, ...] = ("train.js
 @pytest.mark.parametrize(
     "overlays, loss_type, key_metric, channels",
     [
-        ((), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS),
+        ((), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
         (("train_seed.json",), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
-        (("train_main_other.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
-        (("train_main_other.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
+        (("train_slots.json",), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS),
+        (("train_vgg16.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
     ],
 )
 def test_each_recipe_sets_its_loss_model_selection_and_channels(pengwin_root, overlays, loss_type, key_metric, channels):
     parser = recipe_parser(pengwin_root, *overlays)
     assert type(parser.get_parsed_content("loss")) is loss_type
     assert list(parser.get_parsed_content("validate#key_metric")) == [key_metric]
-    assert parser.get_parsed_content("network_def").final_conv.out_channels == channels
+    network = parser.get_parsed_content("network_def")
+    assert network(torch.zeros(1, network_input_channels(overlays), 32, 32)).shape[1] == channels
     assert len(parser.get_parsed_content("class_weights")) == channels
 
 
@@ -53,8 +60,8 @@ def test_default_recipe_selects_checkpoints_by_the_official_fracture_iou(pengwin
     assert isinstance(metric, FractureIoU)
 
 
-def test_main_other_trains_on_six_channels_and_validates_on_thirty(pengwin_root):
-    parser = recipe_parser(pengwin_root, "train_main_other.json")
+def test_default_trains_on_six_main_other_channels_and_validates_on_thirty(pengwin_root):
+    parser = recipe_parser(pengwin_root)
     parser["train#augmentation"] = []
     train_item = parser.get_parsed_content("train#dataset")[0]
     validation_item = parser.get_parsed_content("validate#dataset")[0]
@@ -64,24 +71,45 @@ def test_main_other_trains_on_six_channels_and_validates_on_thirty(pengwin_root)
     torch.testing.assert_close(train_item["label"][[0, 2, 4]], validation_item["label"][[0, 10, 20]].float())
 
 
-def test_main_other_postprocessing_turns_six_logits_into_thirty_binary_fragments(pengwin_root):
-    postprocessing = recipe_parser(pengwin_root, "train_main_other.json").get_parsed_content("postprocessing")
+@pytest.mark.parametrize("base", [("train.json",), ("inference.json",)])
+def test_default_postprocessing_turns_six_logits_into_thirty_fragments(pengwin_root, base):
+    postprocessing = recipe_parser(pengwin_root, base=base).get_parsed_content("postprocessing")
     logits = torch.full((MAIN_OTHER_CHANNELS, 32, 32), -8.0)
     logits[2, :10] = 8.0  # LI main fragment
     logits[3, 20:24, 2:6] = 8.0  # two LI other fragments
     logits[3, 20:30, 20:30] = 8.0
-    pred = postprocessing({"pred": logits})["pred"]
-    assert pred.shape == (NUM_CHANNELS, 32, 32) and set(torch.unique(pred).tolist()) <= {0.0, 1.0}
+    pred = postprocessing({"pred": logits})["pred"] > 0.5  # inference keeps probabilities, training thresholds
+    assert pred.shape == (NUM_CHANNELS, 32, 32)
     assert pred[fragment_channel(2, 1)].sum() == 320
     assert pred[fragment_channel(2, 2)].sum() == 100 and pred[fragment_channel(2, 3)].sum() == 16
+    assert pred.sum() == 320 + 100 + 16
 
 
-@pytest.mark.parametrize("minutes, limit", [(None, None), (1.5, 90)])
-def test_max_minutes_adds_an_ignite_time_limit(pengwin_root, minutes, limit):
+@pytest.mark.parametrize("minutes", [None, 1.5])
+def test_max_minutes_adds_a_time_limit_after_validation(pengwin_root, minutes):
     parser = recipe_parser(pengwin_root)
     parser["max_minutes"] = minutes
-    limits = [h for h in parser.get_parsed_content("train#handlers") if isinstance(h, TimeLimit)]
-    assert [h.limit_sec for h in limits] == ([limit] if limit else [])
+    handlers = parser.get_parsed_content("train#handlers")
+    limits = [handler for handler in handlers if isinstance(handler, EpochTimeLimit)]
+    assert [limit.minutes for limit in limits] == ([minutes] if minutes else [])
+    if minutes:  # validated (and checkpointed) before the limit may stop the run
+        assert handlers.index(limits[0]) > handlers.index(next(h for h in handlers if isinstance(h, ValidationHandler)))
+
+
+@pytest.mark.parametrize("minutes, epochs_run", [(1e-9, 1), (60.0, 3)])
+def test_epoch_time_limit_stops_only_at_the_end_of_an_epoch(minutes, epochs_run):
+    engine = Engine(lambda engine, batch: batch)
+    iterations = []
+    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: iterations.append(engine.state.iteration))
+    EpochTimeLimit(minutes).attach(engine)
+    engine.run(range(4), max_epochs=3)
+    assert engine.state.epoch == epochs_run and len(iterations) == 4 * epochs_run
+
+
+@pytest.mark.parametrize("minutes", [0, -1.0, float("nan"), "abc"])
+def test_epoch_time_limit_rejects_a_budget_that_is_not_positive(minutes):
+    with pytest.raises(ValueError, match="max_minutes must be a positive number"):
+        EpochTimeLimit(minutes)
 
 
 def _bundle_run(*args: str) -> subprocess.CompletedProcess:
@@ -96,18 +124,19 @@ def _bundle_run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_main_other_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path):
+@pytest.mark.parametrize("overlays, channels", [((), MAIN_OTHER_CHANNELS), (("train_seed.json",), NUM_CHANNELS)])
+def test_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path, overlays, channels):
     common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
-    overlay = "'configs/train_main_other.json'"
+    overlay = "".join(f",'configs/{name}'" for name in overlays)
     train = _bundle_run(
-        "training", "--config_file", f"['configs/train.json',{overlay}]", *common,
+        "training", "--config_file", f"['configs/train.json'{overlay}]", *common,
         "--max_epochs", "2", "--batch_size", "2",
     )  # fmt: skip
     assert train.returncode == 0, train.stderr[-3000:]
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    assert state["final_conv.weight"].shape[0] == MAIN_OTHER_CHANNELS
+    assert state["final_conv.weight"].shape[0] == channels
 
-    evaluate = _bundle_run("--config_file", f"['configs/train.json','configs/evaluate.json',{overlay}]", *common)
+    evaluate = _bundle_run("--config_file", f"['configs/train.json','configs/evaluate.json'{overlay}]", *common)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     summary = json.loads((tmp_path / "eval/evaluation/summary.json").read_text())
     assert summary["num_images"] == 2 and 0.0 <= summary["fracture_iou"] <= 1.0
@@ -115,7 +144,7 @@ def test_main_other_recipe_trains_evaluates_and_infers_valid_submissions(tmp_pat
     images = tmp_path / "data/synthetic/train/input/images/x-ray"
     out = tmp_path / "predictions"
     infer = _bundle_run(
-        "--config_file", f"['configs/inference.json',{overlay}]", "--bundle_root", str(tmp_path),
+        "--config_file", f"['configs/inference.json'{overlay}]", "--bundle_root", str(tmp_path),
         "--dataset_dir", str(images), "--output_dir", str(out), "--num_workers", "0",
     )  # fmt: skip
     assert infer.returncode == 0, infer.stderr[-3000:]

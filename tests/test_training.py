@@ -22,6 +22,7 @@ from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
 from conftest import BUNDLE_ROOT
+from custom_transforms import MAIN_OTHER_CHANNELS
 from scripts.metrics import OFFICIAL_METRICS
 from scripts.training import (
     AtomicCheckpointSaver,
@@ -265,7 +266,7 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert {"model.pt", "tiny-train.json"} <= {f["path"] for f in artifacts.get("files", [])}
 
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    BasicUNet(2, 1, 30, features=(32, 32, 64, 128, 256, 32)).load_state_dict(state)
+    BasicUNet(2, 1, MAIN_OTHER_CHANNELS, features=(32, 32, 64, 128, 256, 32)).load_state_dict(state)
 
     evaluate = bundle_run(
         "--config_file",

@@ -44,7 +44,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "default": ("train.json",),
     "vgg16unet": ("train.json", "train_vgg16.json"),
     "seed": ("train.json", "train_seed.json"),
-    "main_other": ("train.json", "train_main_other.json"),
+    "slots": ("train.json", "train_slots.json"),
 }
 #: what ``python -m scripts.compare`` runs without ``--recipes``: the two networks
 DEFAULT_RECIPES: tuple[str, ...] = ("default", "vgg16unet")
