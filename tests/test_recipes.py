@@ -43,6 +43,7 @@ def recipe_parser(root: Path, *overlays: str, base: tuple[str, ...] = ("train.js
         ((), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
         (("train_seed.json",), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
         (("train_slots.json",), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS),
+        (("train_vgg16.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
         (("train_vgg16.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
     ],
 )
