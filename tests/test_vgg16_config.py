@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from conftest import BUNDLE_ROOT, write_pair
-from custom_transforms import CLAHEd, NegLogWindowd
+from custom_transforms import MAIN_OTHER_CHANNELS, CLAHEd, NegLogWindowd
 from scripts.compare import compare, format_table
 from scripts.compare import main as compare_main
 from scripts.networks import EncoderFreezeHandler, VGG16Encoder, VGG16UNet, count_parameters
@@ -84,7 +84,7 @@ def test_vgg16_input_is_grey_replicated_to_three_imagenet_normalised_channels(
     torch.testing.assert_close(image, expected, rtol=1e-5, atol=1e-5)
 
     network = vgg16.get_parsed_content("network_def")
-    assert isinstance(network, VGG16UNet) and (network.in_channels, network.out_channels) == (3, 30)
+    assert isinstance(network, VGG16UNet) and (network.in_channels, network.out_channels) == (3, MAIN_OTHER_CHANNELS)
     if state is not None:
         assert_encoder_equals(network, state)
 
@@ -101,7 +101,7 @@ def test_vgg16_inferer_runs_the_network_at_224_and_returns_logits_at_label_size(
     with torch.no_grad():
         logits = inferer(torch.rand(2, 3, 64, 64), recording_network)
     assert seen_sizes == [(2, 3, 224, 224)]
-    assert logits.shape == (2, 30, 64, 64) and logits.dtype == torch.float32
+    assert logits.shape == (2, MAIN_OTHER_CHANNELS, 64, 64) and logits.dtype == torch.float32
 
 
 @pytest.mark.parametrize("freeze_epochs, trainable_per_epoch", [(0, None), (2, [False, False, True])])
@@ -136,7 +136,10 @@ def test_vgg16_override_merges_after_an_inference_config_without_a_train_section
                 {
                     "imports": ["$import custom_transforms", "$import scripts"],
                     "use_clahe": True,
-                    "network_def": {"_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 30},
+                    "out_channels": 30,
+                    "network_def": {
+                        "_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": "@out_channels"
+                    },
                     "inferer": {"_target_": "scripts.training.PengwinInferer", "cpu_bf16": False},
                     "image_transforms": [
                         {"_target_": "custom_transforms.NegLogWindowd", "keys": "image"},
@@ -167,7 +170,7 @@ def test_compare_rejects_unknown_or_no_recipes(tmp_path: Path, recipes: list, ov
 
 
 def test_compare_command_names_an_unknown_recipe_in_one_line(capsys) -> None:
-    with pytest.raises(SystemExit, match="unknown or no recipe.*'unet'.*default, vgg16unet, seed, main_other"):
+    with pytest.raises(SystemExit, match="unknown or no recipe.*'unet'.*default, vgg16unet, seed, slots"):
         compare_main(["--recipes", "default,unet"])
 
 
