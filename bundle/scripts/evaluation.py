@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch.distributed as dist
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.data import MetaTensor

@@ -201,6 +201,23 @@ def _bones(masks: np.ndarray, categories: np.ndarray) -> np.ndarray:
     return bones
 
 
+def _fragments_and_ious(
+    prediction_bitmap: NdarrayOrTensor, label_bitmap: NdarrayOrTensor, name: str
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Label and prediction fragments (:func:`fragment_masks`) and their IoU matrix ``[label, prediction]``.
+
+    An empty prediction acts as one empty predicted fragment (an IoU column of zeros): every label fragment is
+    then missed.
+    """
+    label = fragment_masks(label_bitmap, source=f"{name} (label)")
+    prediction = fragment_masks(prediction_bitmap, source=f"{name} (prediction)")
+    label_masks, pred_masks = label[0], prediction[0]
+    if label_masks.shape[1:] != pred_masks.shape[1:]:
+        raise ValueError(f"{name}: prediction shape {pred_masks.shape[1:]} != label shape {label_masks.shape[1:]}")
+    iou = _iou_matrix(label_masks, pred_masks) if len(pred_masks) else np.zeros((len(label_masks), 1))
+    return label, prediction, iou
+
+
 def score_image(
     prediction_bitmap: NdarrayOrTensor, label_bitmap: NdarrayOrTensor, name: str = "image"
 ) -> dict[str, float]:
@@ -217,15 +234,11 @@ def score_image(
     Raises:
         ValueError: for a label without fragments, mismatched shapes or invalid bit maps.
     """
-    label_masks, label_categories = fragment_masks(label_bitmap, source=f"{name} (label)")
-    pred_masks, pred_categories = fragment_masks(prediction_bitmap, source=f"{name} (prediction)")
-    if label_masks.shape[1:] != pred_masks.shape[1:]:
-        raise ValueError(f"{name}: prediction shape {pred_masks.shape[1:]} != label shape {label_masks.shape[1:]}")
+    (label_masks, label_categories), (pred_masks, pred_categories), iou = _fragments_and_ious(
+        prediction_bitmap, label_bitmap, name
+    )
     if len(label_masks) == 0:
         raise ValueError(f"{name}: the label has no fragment, so there is nothing to score against")
-
-    # an empty prediction acts as one empty predicted fragment: every label fragment is then missed
-    iou = _iou_matrix(label_masks, pred_masks) if len(pred_masks) else np.zeros((len(label_masks), 1))
     best = iou.argmax(axis=1)  # first maximum: ties go to the lowest predicted index, as in the reference
     rows, cols = linear_sum_assignment(iou, maximize=True)
     hungarian_total = iou[rows, cols].sum()
@@ -283,15 +296,12 @@ def fragment_best_ious(
     """Area (fraction of the image) and official best-match IoU of each ground-truth fragment, in bit order.
 
     The IoU is the one :func:`score_image` averages into ``fracture_iou``; an empty prediction gives zeros.
+
+    Raises:
+        ValueError: for mismatched shapes or invalid bit maps.
     """
-    label_masks, _ = fragment_masks(label_bitmap, source=f"{name} (label)")
-    pred_masks, _ = fragment_masks(prediction_bitmap, source=f"{name} (prediction)")
-    if label_masks.shape[1:] != pred_masks.shape[1:]:
-        raise ValueError(f"{name}: prediction shape {pred_masks.shape[1:]} != label shape {label_masks.shape[1:]}")
-    areas = label_masks.reshape(len(label_masks), -1).mean(axis=1)
-    if not len(pred_masks):
-        return areas, np.zeros(len(label_masks))
-    return areas, _iou_matrix(label_masks, pred_masks).max(axis=1)
+    (label_masks, _), _, iou = _fragments_and_ious(prediction_bitmap, label_bitmap, name)
+    return label_masks.reshape(len(label_masks), -1).mean(axis=1), iou.max(axis=1)
 
 
 def _size_bin_name(lower: float, upper: float) -> str:
