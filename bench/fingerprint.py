@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from custom_transforms import NegLogWindow, read_fragment_label, read_xray_image
-from scripts.datalist import IMAGE_SUBDIR, LABEL_SUBDIR
-from scripts.fingerprint import fingerprint, measure_image, measure_label
-from scripts.synth import generate_dataset
+from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR
+from pengwin_xray.fingerprint import fingerprint, measure_image, measure_label
+from pengwin_xray.synthetic import generate_dataset
 
 
 def naive_label(path: Path) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -27,7 +28,10 @@ from ignite.engine import Events
 from ignite.handlers import Timer
 from monai.bundle import ConfigWorkflow
 
-from scripts.compare import ThroughputMeter
+#: the bundle's ``scripts`` are importable from the bundle folder only (as ``python -m monai.bundle`` runs them)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+
+from scripts.compare import ThroughputMeter  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "bundle"

@@ -1,4 +1,4 @@
-"""Benchmark: ``scripts.metrics.score_image`` against a straightforward all-pairs scorer, same rules, same run.
+"""Benchmark: ``pengwin_xray.metrics.score_image`` against a straightforward all-pairs scorer, same rules, same run.
 
 The baseline follows the organisers' evaluator step by step: whole-image morphology per fragment, the same
 surface sub-sampling, one ``scipy.spatial.distance.cdist`` matrix per matched pair (the organisers build it twice,
@@ -21,7 +21,7 @@ from scipy.ndimage import binary_dilation, binary_erosion, generate_binary_struc
 from scipy.spatial.distance import cdist
 
 from custom_transforms.io import read_fragment_label
-from scripts.metrics import METRICS, score_image
+from pengwin_xray.metrics import METRICS, score_image
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pengwin_real"
 CROSS = generate_binary_structure(2, 1)

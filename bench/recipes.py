@@ -26,11 +26,15 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
-from scripts.compare import RECIPES, compare, format_table
+#: the bundle's ``scripts`` are importable from the bundle folder only (as ``python -m monai.bundle`` runs them)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+
+from scripts.compare import RECIPES, compare, format_table  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +30,16 @@ import torch.nn.functional as F
 
 from custom_transforms import read_fragment_label, read_xray_image
 from custom_transforms.constants import VALID_BITS_MASK, channel_category_fragment, fragment_name
-from scripts.outputs import FRAGMENT_PALETTE, display_image
-from scripts.phantom import build_phantom
-from scripts.projector import ConeBeamGeometry, project_volume
-from scripts.synth import IMAGE_SUBDIR, LABEL_SUBDIR, Scene, draw_geometry, generate_dataset
+from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR
+from pengwin_xray.synthetic import generate_dataset
+from pengwin_xray.synthetic.dataset import Scene, draw_geometry
+from pengwin_xray.synthetic.phantom import build_phantom
+from pengwin_xray.synthetic.projector import ConeBeamGeometry, project_volume
+
+#: the bundle's ``scripts`` are importable from the bundle folder only (as ``python -m monai.bundle`` runs them)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
+
+from scripts.writers import FRAGMENT_PALETTE, display_image  # noqa: E402
 
 
 def naive_projection(scene: Scene, geometry: ConeBeamGeometry) -> tuple[torch.Tensor, np.ndarray]:

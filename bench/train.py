@@ -64,7 +64,7 @@ from monai.bundle import ConfigParser
 from monai.engines.utils import IterationEvents
 from monai.utils import set_determinism
 
-from scripts.synth import generate_dataset
+from pengwin_xray.synthetic import generate_dataset
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"
 SEED = 0

@@ -10,6 +10,8 @@ from .bits import (
 )
 from .constants import (
     CATEGORY_NAMES,
+    DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_THRESHOLD,
     IMAGE_SIZE,
     MAX_FRAGMENTS,
     NUM_CATEGORIES,
@@ -36,5 +38,7 @@ from .io import (
     list_tiffs,
     read_fragment_label,
     read_xray_image,
+    tensor_filename,
     tiff_stem,
+    tiffs_by_stem,
 )

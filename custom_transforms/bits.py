@@ -10,7 +10,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
 from .constants import NUM_CHANNELS
-from .io import invalid_label_bits
+from .io import invalid_label_bits, tensor_filename
 
 __all__ = [
     "decode_fragment_bits",
@@ -22,10 +22,6 @@ __all__ = [
 ]
 
 _SHIFTS = torch.arange(1, NUM_CHANNELS + 1, dtype=torch.int32).view(NUM_CHANNELS, 1, 1)
-
-
-def _source_name(img: NdarrayOrTensor) -> str:
-    return str(img.meta.get("filename_or_obj", "bit map")) if isinstance(img, MetaTensor) else "bit map"
 
 
 def decode_fragment_bits(bitmap: NdarrayOrTensor, source: str = "bit map") -> torch.Tensor:
@@ -78,7 +74,7 @@ class DecodeFragmentBits(Transform):
         self.dtype = dtype
 
     def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
-        channels = decode_fragment_bits(img, source=_source_name(img)).to(self.dtype)
+        channels = decode_fragment_bits(img, source=tensor_filename(img) or "bit map").to(self.dtype)
         if isinstance(img, MetaTensor):
             return MetaTensor(channels, meta=img.meta, applied_operations=img.applied_operations)
         return channels

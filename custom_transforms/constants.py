@@ -17,6 +17,11 @@ IMAGE_SIZE: int = 448
 PROJECTIONS_PER_CT: int = 500
 FIRST_TOOL_PROJECTION: int = 250
 
+#: post-processing defaults: a fragment pixel has probability above DEFAULT_THRESHOLD, and 8-connected pieces of
+#: fewer than DEFAULT_MIN_COMPONENT_SIZE pixels are dropped (the configs' ``threshold`` and ``min_component_size``)
+DEFAULT_THRESHOLD: float = 0.5
+DEFAULT_MIN_COMPONENT_SIZE: int = 10
+
 #: every bit a PENGWIN label may carry (bits 1..30; never bit 0 or 31)
 VALID_BITS_MASK: int = sum(1 << bit for bit in range(1, NUM_CHANNELS + 1))
 

@@ -19,10 +19,11 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor
 from scipy import ndimage
 
-from .constants import MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANNELS
+from .constants import DEFAULT_MIN_COMPONENT_SIZE, DEFAULT_THRESHOLD, MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANNELS
 
 __all__ = [
     "MAIN_OTHER_CHANNELS",
+    "EIGHT_CONNECTED",
     "MainOtherFragments",
     "MainOtherFragmentsd",
     "SplitOtherFragments",
@@ -31,7 +32,8 @@ __all__ = [
 
 #: channels of the main/other formulation: ``2 * (category - 1)`` is the main fragment, ``+ 1`` the others
 MAIN_OTHER_CHANNELS: int = 2 * NUM_CATEGORIES
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+#: 8-connectivity in 2D, for every connected-component labelling of fragment masks
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def _like(result: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -71,7 +73,7 @@ class SplitOtherFragments(Transform):
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, threshold: float = 0.5, min_component_size: int = 10) -> None:
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE) -> None:
         self.threshold = threshold
         self.min_component_size = min_component_size
 
@@ -83,7 +85,7 @@ class SplitOtherFragments(Transform):
         for bone in range(NUM_CATEGORIES):
             main, other = probs[2 * bone], probs[2 * bone + 1]
             fragments[bone, 0] = main
-            components, count = ndimage.label(other > self.threshold, structure=_EIGHT_CONNECTED)
+            components, count = ndimage.label(other > self.threshold, structure=EIGHT_CONNECTED)
             sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
             kept = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= self.min_component_size]
             for rank, component in enumerate(kept):
@@ -118,8 +120,8 @@ class SplitOtherFragmentsd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        threshold: float = 0.5,
-        min_component_size: int = 10,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -13,7 +13,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from .bits import _source_name
+from .io import tensor_filename
 
 __all__ = ["NegLogWindow", "CLAHE", "NegLogWindowd", "CLAHEd"]
 
@@ -42,10 +42,10 @@ class NegLogWindow(Transform):
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         image = convert_to_tensor(img, dtype=torch.float32, track_meta=get_track_meta())
         if not torch.isfinite(image).all():
-            raise ValueError(f"{_source_name(img)}: image contains NaN/inf values")
+            raise ValueError(f"{tensor_filename(img) or 'image'}: image contains NaN/inf values")
         shifted = image + image.min() + self.epsilon
         if shifted.min() <= 0:
-            raise ValueError(f"{_source_name(img)}: raw intensities must be positive, minimum is {image.min():g}")
+            raise ValueError(f"{tensor_filename(img) or 'image'}: raw intensities must be positive, minimum is {image.min():g}")
         attenuation = -torch.log(shifted)
         if self.quantiles is not None:
             low, high = torch.quantile(attenuation.flatten().as_tensor(), torch.tensor(self.quantiles))
@@ -83,7 +83,7 @@ class CLAHE(Transform):
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         if array.ndim != 3:
-            raise ValueError(f"{_source_name(img)}: expected a channel-first [C, H, W] image, got {array.shape}")
+            raise ValueError(f"{tensor_filename(img) or 'image'}: expected a channel-first [C, H, W] image, got {array.shape}")
         # cv2.CLAHE objects are not picklable; creating one costs microseconds, so make it per call
         clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=self.tile_grid_size)
         quantised = np.rint(np.clip(array, 0.0, 1.0) * self.scale).astype(self.dtype)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from monai.data import ImageReader
-from monai.data.image_reader import _stack_images
+from monai.config import NdarrayOrTensor
+from monai.data import ImageReader, MetaTensor
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from .constants import VALID_BITS_MASK
@@ -24,10 +24,12 @@ __all__ = [
     "TIFF_SUFFIXES",
     "list_tiffs",
     "tiff_stem",
+    "tiffs_by_stem",
     "PengwinTiffReader",
     "read_xray_image",
     "read_fragment_label",
     "invalid_label_bits",
+    "tensor_filename",
 ]
 
 #: file suffixes read as TIFF, in any case (``a.tif``, ``b.TIFF``)
@@ -37,6 +39,19 @@ TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 def list_tiffs(folder: str | Path) -> list[Path]:
     """The files directly in ``folder`` with a TIFF suffix (:data:`TIFF_SUFFIXES`, any case), sorted by name."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
+
+
+def tiffs_by_stem(folder: str | Path) -> dict[str, Path]:
+    """The TIFFs directly in ``folder`` keyed by :func:`tiff_stem`, so that ``a.tif`` pairs with ``a.TIFF``; ``{}``
+    when the folder does not exist."""
+    return {tiff_stem(path): path for path in list_tiffs(folder)} if Path(folder).is_dir() else {}
+
+
+def tensor_filename(img: NdarrayOrTensor) -> str | None:
+    """The file a MetaTensor was loaded from (its ``filename_or_obj``), or ``None`` for other arrays."""
+    if isinstance(img, MetaTensor) and img.meta.get("filename_or_obj"):
+        return str(img.meta["filename_or_obj"])
+    return None
 
 
 def tiff_stem(name: str | Path) -> str:
@@ -145,4 +160,7 @@ class PengwinTiffReader(ImageReader):
             MetaKeys.AFFINE: np.eye(3),
             MetaKeys.ORIGINAL_AFFINE: np.eye(3),
         }
-        return _stack_images(arrays, meta), meta
+        if len(arrays) == 1:
+            return arrays[0], meta
+        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0  # several files of one item are stacked as channels
+        return np.stack(arrays), meta

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from typing import Any
 
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import Flip, MapTransform, RandomizableTransform, Transform
-from monai.utils import TransformBackends
+from monai.utils import TransformBackends, ensure_tuple
 
 from .constants import MAX_FRAGMENTS, NUM_CHANNELS, fragment_channel
 
@@ -67,14 +68,19 @@ class RandSideFlipd(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.label_keys = set(label_keys if isinstance(label_keys, (list, tuple)) else [label_keys])
+        self.label_keys = set(ensure_tuple(label_keys))
         self.flip = Flip(spatial_axis=1)
         self.swap = SwapSideChannels()
+        self.flip_now = False
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw whether the next call flips (with probability ``prob``)."""
+        self.flip_now = self.R.rand() < self.prob
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         self.randomize(None)
-        if not self._do_transform:
+        if not self.flip_now:
             return d
         for key in self.key_iterator(d):
             d[key] = self.flip(d[key])

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLE_ROOT = REPO_ROOT / "bundle"
-REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "pengwin_real"
+from helpers import REAL_DATA, write_pair
 
 
 @pytest.fixture
@@ -19,22 +15,6 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real PENGWIN files not found at {REAL_DATA}")
     return REAL_DATA
-
-
-def write_pair(root: Path, name: str, size: int = 32, seed: int = 0, split: str = "train", label: bool = True):
-    """Write one raw float32 image (and a uint32 label with bits 1, 11, 21) in the PENGWIN layout."""
-    rng = np.random.default_rng(seed)
-    image_dir = root / split / "input" / "images" / "x-ray"
-    label_dir = root / split / "output" / "images" / "x-ray"
-    image_dir.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(image_dir / name, rng.uniform(0.2, 56.0, (size, size)).astype(np.float32))
-    if label:
-        label_dir.mkdir(parents=True, exist_ok=True)
-        bitmap = np.zeros((size, size), np.uint32)
-        bitmap[: size // 2] |= 1 << 1
-        bitmap[:, : size // 2] |= 1 << 11
-        bitmap[size // 4 :, size // 4 :] |= 1 << 21
-        tifffile.imwrite(label_dir / name, bitmap)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from scripts.atomic import atomic_open, write_json_atomic
+from pengwin_xray.atomic import atomic_open, write_json_atomic
 
 
 def test_successful_write_creates_folders_and_a_readable_file(tmp_path):

@@ -271,13 +271,13 @@ def test_package_refuses_version_missing_from_changelog(tmp_path):
 
 
 #: runs ``python -m monai.bundle <args>`` in this interpreter (cwd first on sys.path, as with ``-m``), then prints
-#: the files of every ``scripts``/``custom_transforms`` module the run imported
+#: the files of every ``scripts``/``custom_transforms``/``pengwin_xray`` module the run imported
 _RUN_AND_REPORT_IMPORTS = """
 import json, runpy, sys
 sys.argv = ["monai.bundle", *sys.argv[1:]]
 runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
 loaded = {name: module.__file__ for name, module in sys.modules.items()
-          if name.split(".")[0] in ("scripts", "custom_transforms") and getattr(module, "__file__", None)}
+          if name.split(".")[0] in ("scripts", "custom_transforms", "pengwin_xray") and getattr(module, "__file__", None)}
 print("LOADED_MODULES=" + json.dumps(loaded))
 """
 
@@ -309,7 +309,7 @@ def test_unpacked_archive_runs_inference_with_its_own_code(tmp_path):
     assert result.returncode == 0, log[-4000:]
     assert "skipping logging" not in log  # configs/logging.conf was found and applied
     loaded = json.loads(re.search(r"^LOADED_MODULES=(.*)$", result.stdout, re.MULTILINE).group(1))
-    assert {"scripts", "scripts.inference", "custom_transforms"} <= set(loaded)
+    assert {"scripts", "scripts.loading", "custom_transforms", "pengwin_xray"} <= set(loaded)
     outside = {name: path for name, path in loaded.items() if not Path(path).resolve().is_relative_to(root.resolve())}
     assert not outside, f"modules imported from outside the unpacked bundle: {outside}"
     bitmap = tifffile.imread(outputs / "001_0000.tif")

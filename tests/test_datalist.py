@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import write_pair
-from scripts.datalist import (
+from helpers import write_pair
+from pengwin_xray.datalist import (
     build_datalist,
     check_datalist_files,
     find_pairs,

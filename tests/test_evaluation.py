@@ -10,7 +10,8 @@ from ignite.engine import Engine
 from monai.handlers import from_engine
 
 from custom_transforms import fragment_channel
-from scripts.evaluation import FractureIoU, OfficialMetricsSaver
+from scripts.handlers import OfficialMetricsSaver
+from scripts.metrics import FractureIoU
 
 
 def _label() -> torch.Tensor:

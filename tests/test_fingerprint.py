@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from scripts.fingerprint import fingerprint, format_table, list_files, main
-from scripts.synth import generate_dataset
+from pengwin_xray.fingerprint import fingerprint, format_table, list_files, main
+from pengwin_xray.synthetic import generate_dataset
 
-from conftest import write_pair
+from helpers import write_pair
 
 REAL_MAPS = ("081_0000_maskrcnn_pred.tif", "081_0025_maskrcnn_pred.tif")
 

@@ -1,4 +1,4 @@
-"""Tests for configs/inference.json and scripts.inference: input checks, model formats, writer, summary, CLI runs.
+"""Tests for configs/inference.json and scripts.loading: input checks, model formats, writer, summary, CLI runs.
 
 The network is a seeded, randomly initialised BasicUNet with small features: the tests pin the plumbing (files,
 names, sizes, formats, failures), not segmentation quality. Two runs go through the ``monai.bundle`` CLI (for the
@@ -29,19 +29,19 @@ from custom_transforms import MAIN_OTHER_CHANNELS, SplitOtherFragments
 from custom_transforms.constants import NUM_CHANNELS, VALID_BITS_MASK
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from scripts.flags import as_flag
-from scripts.inference import (
+from scripts.handlers import PredictionWriter
+from scripts.inferers import PengwinInferer
+from scripts.loading import (
     InputFailure,
     OnnxRuntimeNetwork,
-    PredictionWriter,
     list_inputs,
     load_checkpoint,
     load_network,
     report_failures,
 )
-from scripts.outputs import postprocess_fragments
-from scripts.training import PengwinInferer
+from scripts.postprocessing import postprocess_fragments
 
-from conftest import BUNDLE_ROOT
+from helpers import BUNDLE_ROOT
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"

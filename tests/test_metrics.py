@@ -1,4 +1,4 @@
-"""Tests for the official PENGWIN X-ray metrics (scripts.metrics) against hand-derived answers and an all-pairs
+"""Tests for the official PENGWIN X-ray metrics (pengwin_xray.metrics) against hand-derived answers and an all-pairs
 reference written here from the organisers' published rules."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from scipy.spatial.distance import cdist
 
 from custom_transforms.constants import fragment_bit
 from custom_transforms.io import read_fragment_label
-from scripts.metrics import (
+from pengwin_xray.metrics import (
     METRICS,
     OFFICIAL_METRICS,
     evaluate_folders,

@@ -12,8 +12,8 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from torch import nn
 
+from scripts.handlers import EncoderFreezeHandler
 from scripts.networks import (
-    EncoderFreezeHandler,
     VGG16Encoder,
     VGG16UNet,
     count_parameters,

@@ -1,4 +1,4 @@
-"""Tests for scripts.outputs: fragment clean-up, never-empty fallback, report, overlay and atomic writers."""
+"""Tests for scripts.postprocessing and scripts.writers: fragment clean-up, never-empty fallback, report, overlay and atomic writers."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from custom_transforms.bits import decode_fragment_bits, encode_fragment_bits
 from custom_transforms.constants import NUM_CHANNELS, fragment_channel
 from custom_transforms.io import read_xray_image
 from custom_transforms.io import tiff_stem
-from scripts.outputs import (
+from scripts.postprocessing import postprocess_fragments
+from scripts.writers import (
     FRAGMENT_PALETTE,
     display_image,
     fragment_report,
     overlay_image,
-    postprocess_fragments,
     write_bitmap_tiff,
     write_png,
     write_prediction,

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +14,12 @@ from monai.bundle import ConfigParser
 from monai.handlers import ValidationHandler
 
 from custom_transforms import MAIN_OTHER_CHANNELS, NUM_CHANNELS, fragment_channel
-from scripts.evaluation import FractureIoU
 from scripts.handlers import EpochTimeLimit
 from scripts.losses import FragmentDiceBCELoss
+from scripts.metrics import FractureIoU
 
-from conftest import BUNDLE_ROOT
+from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, bundle_run
 
-TINY_SYNTHETIC = "{'patients': 3, 'projections': 2, 'size': 64, 'seed': 0}"
 
 
 def network_input_channels(overlays: tuple[str, ...]) -> int:
@@ -113,23 +109,12 @@ def test_epoch_time_limit_rejects_a_budget_that_is_not_positive(minutes):
         EpochTimeLimit(minutes)
 
 
-def _bundle_run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args],
-        cwd=BUNDLE_ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("overlays, channels", [((), MAIN_OTHER_CHANNELS), (("train_seed.json",), NUM_CHANNELS)])
 def test_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path, overlays, channels):
     common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
     overlay = "".join(f",'configs/{name}'" for name in overlays)
-    train = _bundle_run(
+    train = bundle_run(
         "training", "--config_file", f"['configs/train.json'{overlay}]", *common,
         "--max_epochs", "2", "--batch_size", "2",
     )  # fmt: skip
@@ -137,14 +122,14 @@ def test_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path, overlays
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert state["final_conv.weight"].shape[0] == channels
 
-    evaluate = _bundle_run("--config_file", f"['configs/train.json','configs/evaluate.json'{overlay}]", *common)
+    evaluate = bundle_run("--config_file", f"['configs/train.json','configs/evaluate.json'{overlay}]", *common)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     summary = json.loads((tmp_path / "eval/evaluation/summary.json").read_text())
     assert summary["num_images"] == 2 and 0.0 <= summary["fracture_iou"] <= 1.0
 
     images = tmp_path / "data/synthetic/train/input/images/x-ray"
     out = tmp_path / "predictions"
-    infer = _bundle_run(
+    infer = bundle_run(
         "--config_file", f"['configs/inference.json'{overlay}]", "--bundle_root", str(tmp_path),
         "--dataset_dir", str(images), "--output_dir", str(out), "--num_workers", "0",
     )  # fmt: skip

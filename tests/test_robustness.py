@@ -13,9 +13,8 @@ from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader
 from ignite.engine import Engine
 
-from conftest import BUNDLE_ROOT, write_pair
-from scripts.inference import load_checkpoint
-from test_training import bundle_run, tiny_training_args
+from helpers import BUNDLE_ROOT, bundle_run, tiny_training_args, write_pair
+from scripts.loading import load_checkpoint
 
 
 def losses(run) -> list[str]:
@@ -52,7 +51,7 @@ def test_same_seed_and_data_give_the_same_losses(tmp_path):
 
 
 def test_datalist_file_naming_missing_files_fails_before_anything_runs(pengwin_root, tmp_path):
-    from scripts.datalist import build_datalist
+    from pengwin_xray.datalist import build_datalist
 
     datalist = build_datalist(pengwin_root)
     datalist["validation"][0]["label"] = str(tmp_path / "nowhere" / "010_0000.tif")

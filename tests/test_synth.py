@@ -12,9 +12,9 @@ import torch
 
 from custom_transforms.constants import VALID_BITS_MASK, fragment_bit
 from custom_transforms.io import read_fragment_label, read_xray_image
-from scripts.phantom import build_phantom
-from scripts.projector import Cylinder, VoxelGrid, cylinder_chords, label_bitmap, line_integrals, view_geometry
-from scripts.synth import (
+from pengwin_xray.synthetic.phantom import build_phantom
+from pengwin_xray.synthetic.projector import Cylinder, VoxelGrid, cylinder_chords, label_bitmap, line_integrals, view_geometry
+from pengwin_xray.synthetic.dataset import (
     FIRST_TOOL_PROJECTION,
     IMAGE_SUBDIR,
     LABEL_SUBDIR,
@@ -218,7 +218,7 @@ def test_ensure_regenerates_only_when_arguments_change(tmp_path, monkeypatch):
     image = root / "train" / IMAGE_SUBDIR / "001_0250.tif"
     stamp = image.stat().st_mtime_ns
 
-    import scripts.synth as synth
+    import pengwin_xray.synthetic.dataset as synth
 
     calls = []
     real_generate = synth.generate_dataset

@@ -15,8 +15,8 @@ import mlflow
 import pytest
 from monai.utils import path_to_sqlite_uri
 
-from scripts.tracking import ui_command
-from test_training import free_port
+from pengwin_xray.tracking import ui_command
+from helpers import free_port
 
 
 def listening_addresses(port: int) -> set[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +16,16 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from ignite.engine import Engine
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
-from conftest import BUNDLE_ROOT
+from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, bundle_run, free_port, tiny_training_args
 from custom_transforms import MAIN_OTHER_CHANNELS
-from scripts.metrics import OFFICIAL_METRICS
-from scripts.training import (
-    AtomicCheckpointSaver,
-    PengwinInferer,
-    category_iou_output,
-    class_balanced_weights,
-    latest_checkpoint,
-    native_cpu_bf16,
-)
-
-TINY_SYNTHETIC = "{'patients': 3, 'projections': 2, 'size': 64, 'seed': 0}"
-
+from pengwin_xray.metrics import OFFICIAL_METRICS
+from scripts.inferers import PengwinInferer, native_cpu_bf16
+from scripts.loading import resume_checkpoint
+from scripts.losses import class_balanced_weights
+from scripts.metrics import category_iou_output
 
 def write_labels(folder: Path, bitmaps: list[np.ndarray]) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,7 +50,7 @@ def test_class_weights_are_cached_per_label_set(tmp_path, monkeypatch):
     bitmap = np.full((4, 4), 1 << 1, np.uint32)
     paths = write_labels(tmp_path / "labels", [bitmap])
     first = class_balanced_weights(paths, cache_dir=str(tmp_path / "cache"))
-    monkeypatch.setattr("scripts.training.read_fragment_label", lambda path: pytest.fail("cache not used"))
+    monkeypatch.setattr("scripts.losses.read_fragment_label", lambda path: pytest.fail("cache not used"))
     assert class_balanced_weights(paths, cache_dir=str(tmp_path / "cache")) == first
     assert len(list((tmp_path / "cache").glob("class_pixels_*.json"))) == 1
 
@@ -110,36 +101,13 @@ def test_category_output_is_the_union_of_the_ten_fragment_channels():
     assert labels[0][0, 3, 3] == 1
 
 
-def test_atomic_checkpoint_saver_keeps_the_previous_file_when_a_save_dies(tmp_path, monkeypatch):
-    network = torch.nn.Linear(2, 2)
-    saver = AtomicCheckpointSaver(str(tmp_path), {"model": network}, save_final=True, final_filename="model.pt")
-    engine = Engine(lambda engine, batch: None)
-    saver.attach(engine)
-    engine.run([0], max_epochs=1)
-    good = (tmp_path / "model.pt").read_bytes()
-
-    def dying_save(obj, file, **kwargs):
-        file.write(b"half a checkpoint")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(torch, "save", dying_save)
-    with torch.no_grad():
-        network.weight.add_(1.0)
-    engine.state.iteration += 1  # a later state, so the saver does write again
-    with pytest.raises(KeyboardInterrupt):
-        saver._final_checkpoint(engine)
-    assert (tmp_path / "model.pt").read_bytes() == good
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt"]
-
-
-def test_latest_checkpoint_picks_the_newest_or_explains_its_absence(tmp_path):
-    assert latest_checkpoint(str(tmp_path), required=False) is None
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        latest_checkpoint(str(tmp_path))
-    for epoch in (1, 2):
-        (tmp_path / f"checkpoint_epoch={epoch}.pt").write_bytes(b"x")
-        os.utime(tmp_path / f"checkpoint_epoch={epoch}.pt", ns=(epoch * 10**9, epoch * 10**9))
-    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=2.pt")
+def test_resume_checkpoint_is_the_training_state_file_or_explains_its_absence(tmp_path):
+    (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"x")  # not what train.json writes: never resumed
+    assert resume_checkpoint(str(tmp_path), required=False) is None
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt: no training checkpoint"):
+        resume_checkpoint(str(tmp_path))
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    assert resume_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint.pt")
 
 
 def test_train_config_has_every_property_monai_checks(pengwin_root, tmp_path):
@@ -151,13 +119,8 @@ def test_train_config_has_every_property_monai_checks(pengwin_root, tmp_path):
     )
     workflow.initialize()
     assert not workflow.check_properties()
-    assert len(list((tmp_path / "eval" / "configs").glob("basicunet-*.json"))) == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    (run_configs,) = (tmp_path / "eval" / "configs").glob("basicunet-*")  # the configs the run started with
+    assert (run_configs / "train.json").read_bytes() == (BUNDLE_ROOT / "configs" / "train.json").read_bytes()
 
 
 def rest(base: str, endpoint: str, body: dict | None = None, **params) -> dict:
@@ -210,26 +173,6 @@ def mlflow_server(tmp_path):
     server.wait(timeout=30)
 
 
-def tiny_training_args(bundle_root: Path, max_epochs: int, batch_size: int) -> list[str]:
-    """``monai.bundle run training`` arguments for a short run on a tiny synthetic dataset in ``bundle_root``."""
-    return [
-        "training", "--config_file", "configs/train.json", "--bundle_root", str(bundle_root),
-        "--synthetic", TINY_SYNTHETIC, "--num_workers", "0",
-        "--max_epochs", str(max_epochs), "--batch_size", str(batch_size),
-    ]  # fmt: skip
-
-
-def bundle_run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", *args],
-        cwd=BUNDLE_ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.mark.slow
 def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evaluates(tmp_path, mlflow_server):
     common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
@@ -265,7 +208,7 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     ious = rest(mlflow_server, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_mean_iou")
     assert len(ious["metrics"]) == 8
     artifacts = rest(mlflow_server, "artifacts/list", run_id=run["info"]["run_id"])
-    assert {"model.pt", "tiny-train.json"} <= {f["path"] for f in artifacts.get("files", [])}
+    assert {"model.pt", "train.json", "evaluate.json"} <= {f["path"] for f in artifacts.get("files", [])}
 
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     BasicUNet(2, 1, MAIN_OTHER_CHANNELS, features=(32, 32, 64, 128, 256, 32)).load_state_dict(state)
@@ -292,14 +235,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not list((tmp_path / "models").glob("checkpoint_epoch=*.pt")) and time.time() < deadline:
+    while not (tmp_path / "models" / "checkpoint.pt").exists() and time.time() < deadline:
         assert first.poll() is None, "training ended before its first checkpoint"
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    state = torch.load(latest_checkpoint(str(tmp_path / "models")), weights_only=True)["trainer"]
+    state = torch.load(resume_checkpoint(str(tmp_path / "models")), weights_only=True)["trainer"]
     killed_at = state["iteration"] // state["epoch_length"]
-    assert killed_at < 6 and not (tmp_path / "models" / "checkpoint.pt").exists()
+    assert killed_at < 6
 
     resumed = bundle_run(*args, "--resume", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

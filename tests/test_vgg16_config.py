@@ -15,11 +15,12 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from conftest import BUNDLE_ROOT, write_pair
+from helpers import BUNDLE_ROOT, write_pair
 from custom_transforms import MAIN_OTHER_CHANNELS, CLAHEd, NegLogWindowd
 from scripts.compare import compare, format_table
 from scripts.compare import main as compare_main
-from scripts.networks import EncoderFreezeHandler, VGG16Encoder, VGG16UNet, count_parameters
+from scripts.handlers import EncoderFreezeHandler
+from scripts.networks import VGG16Encoder, VGG16UNet, count_parameters
 
 #: ImageNet channel statistics, written out here as an independent copy of the config's
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: small decoder and network input for the end-to-end runs, to keep them quick
 SMALL_DECODER = [8, 8, 8, 8]
 SMALL_INPUT = [32, 32]
-FREEZE_TARGET = "scripts.networks.EncoderFreezeHandler"
+FREEZE_TARGET = "scripts.handlers.EncoderFreezeHandler"
 
 
 def merged_parser(*config_names: str, **overrides: object) -> ConfigParser:
@@ -140,7 +141,7 @@ def test_vgg16_override_merges_after_an_inference_config_without_a_train_section
                     "network_def": {
                         "_target_": "BasicUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": "@out_channels"
                     },
-                    "inferer": {"_target_": "scripts.training.PengwinInferer", "cpu_bf16": False},
+                    "inferer": {"_target_": "scripts.inferers.PengwinInferer", "cpu_bf16": False},
                     "image_transforms": [
                         {"_target_": "custom_transforms.NegLogWindowd", "keys": "image"},
                         {"_target_": "custom_transforms.CLAHEd", "_disabled_": "$not @use_clahe", "keys": "image"},

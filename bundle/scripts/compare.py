@@ -11,7 +11,7 @@ two networks: ``default`` (BasicUNet, ``train.json``) and ``vgg16unet``.
 
 Each recipe runs in its own child process (``ConfigWorkflow`` train, then evaluate, in that process), so that its
 peak memory is the kernel's maximum resident set size of that process alone (``os.wait4``), with nothing left over
-from the other recipes. All children read the same dataset folder, so ``scripts.datalist.build_datalist`` gives
+from the other recipes. All children read the same dataset folder, so ``pengwin_xray.datalist.build_datalist`` gives
 all the same patient split; the children report their split sizes and a difference is an error. While a child
 runs, its validation results are echoed, one line per epoch.
 """
@@ -34,7 +34,7 @@ from ignite.handlers import Timer
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import path_to_sqlite_uri
 
-from .atomic import atomic_open, write_json_atomic
+from pengwin_xray.atomic import atomic_open, write_json_atomic
 from .networks import count_parameters
 
 __all__ = ["RECIPES", "DEFAULT_RECIPES", "ThroughputMeter", "run_recipe", "compare", "format_table", "main"]

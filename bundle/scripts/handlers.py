@@ -1,13 +1,35 @@
-"""Ignite event handlers the training config attaches that neither MONAI nor ignite provides as such."""
+"""Ignite event handlers the configs attach: time budget, checkpoint saving, encoder freezing, scoring, writing."""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
+import torch.distributed as dist
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
+from torch import nn
 
-__all__ = ["EpochTimeLimit"]
+from custom_transforms.bits import encode_fragment_bits
+from custom_transforms.constants import DEFAULT_MIN_COMPONENT_SIZE, DEFAULT_THRESHOLD
+from custom_transforms.io import tensor_filename
+from pengwin_xray.metrics import fracture_iou_by_size, fragment_best_ious, score_image, summarise, write_results
+
+from .loading import InputFailure, error_reason
+from .postprocessing import postprocess_fragments
+from .writers import OUTPUT_KINDS, write_prediction
+
+__all__ = [
+    "EpochTimeLimit",
+    "ReplacingDiskSaver",
+    "EncoderFreezeHandler",
+    "OfficialMetricsSaver",
+    "PredictionWriter",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,3 +67,185 @@ class EpochTimeLimit:
         if elapsed >= self.minutes:
             logger.info(f"stopping after epoch {engine.state.epoch}: {elapsed:.1f} of {self.minutes:g} minutes used")
             engine.terminate()
+
+class ReplacingDiskSaver(DiskSaver):
+    """ignite's ``DiskSaver`` for checkpoints with a fixed file name (``model.pt``, ``checkpoint.pt``).
+
+    ignite's ``Checkpoint`` removes the file it retires before it writes the new one; with a fixed name that is
+    the very file being replaced, so a kill between the two steps would leave no model at all. Here ``remove``
+    keeps the file, and the atomic write of its successor (``atomic=True``, a temporary file renamed into
+    place) replaces it in one step. ``tests/test_handlers.py`` checks that ignite still calls ``remove`` with
+    the file it then writes, which is what makes this subclass necessary.
+
+    Args:
+        dirname: folder of the checkpoint (created if missing).
+    """
+
+    def __init__(self, dirname: str | os.PathLike) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False)
+
+    def remove(self, filename: str) -> None:
+        """Keep ``filename``: the next save replaces it atomically."""
+
+class EncoderFreezeHandler:
+    """Keep the network's encoder frozen until ``freeze_epochs`` epochs have completed, then train it.
+
+    Attach to a MONAI ``SupervisedTrainer`` (or any ignite ``Engine`` with a ``network`` attribute whose network,
+    possibly wrapped in ``DistributedDataParallel``, has ``set_encoder_trainable``). The state is set at the
+    start of every epoch from ``engine.state.epoch``, so a run resumed from a checkpoint gets it right.
+
+    With ``DistributedDataParallel`` build the wrapper while the encoder is trainable and pass
+    ``find_unused_parameters=True``: DDP registers only the parameters that require gradients when it is built.
+
+    Args:
+        freeze_epochs: number of epochs to train with the encoder frozen (0: never frozen).
+    """
+
+    def __init__(self, freeze_epochs: int) -> None:
+        if freeze_epochs < 0:
+            raise ValueError(f"freeze_epochs must be >= 0, got {freeze_epochs}")
+        self.freeze_epochs = freeze_epochs
+
+    def attach(self, engine: Engine) -> None:
+        """Register the handler on ``engine``'s ``EPOCH_STARTED`` event."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Freeze or unfreeze the encoder for the epoch now starting."""
+        network = engine.network
+        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            network = network.module
+        completed_epochs = engine.state.epoch - 1
+        network.set_encoder_trainable(completed_epochs >= self.freeze_epochs)
+
+class OfficialMetricsSaver:
+    """Score every evaluated image with the six official metrics and write ``metrics.csv`` and ``summary.json``.
+
+    Predictions go through the same post-processing as inference (threshold, small-component removal, the
+    never-empty fallback), so the scores are those of the files the bundle would submit. At the end of the
+    epoch the means are added to ``engine.state.metrics`` (so MLflow and the stats handler log them) and the
+    files are written, with the engine's other metrics (e.g. ``val_mean_iou``) in the summary, and with the
+    fracture IoU by fragment size (:func:`~pengwin_xray.metrics.fracture_iou_by_size`, over all fragments of the
+    split), which shows whether small fragments are found.
+
+    Args:
+        output_dir: folder for ``metrics.csv`` and ``summary.json``.
+        prob_key: decollated output key of the sigmoid probabilities ``[30, H, W]``.
+        label_key: key of the ``[30, H, W]`` ground-truth channels.
+        threshold: probability threshold.
+        min_component_size: components smaller than this many pixels are dropped.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        prob_key: str = "prob",
+        label_key: str = "label",
+        threshold: float = DEFAULT_THRESHOLD,
+        min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
+    ) -> None:
+        self.output_dir = output_dir
+        self.prob_key = prob_key
+        self.label_key = label_key
+        self.threshold = threshold
+        self.min_component_size = min_component_size
+        self.rows: list[dict] = []
+        self.fragments: list[tuple[float, float]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.score_iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def reset(self, engine: Engine) -> None:
+        self.rows = []
+        self.fragments = []
+
+    def score_iteration(self, engine: Engine) -> None:
+        output: Sequence[dict] = engine.state.output
+        for item in output:
+            probs = item[self.prob_key].detach().float().cpu()
+            masks = postprocess_fragments(probs, self.threshold, self.min_component_size).masks
+            label = encode_fragment_bits(item[self.label_key].detach().cpu())
+            name = Path(tensor_filename(item[self.label_key]) or "").name or f"image_{len(self.rows):05d}"
+            prediction = encode_fragment_bits(masks)
+            self.rows.append({"name": name, **score_image(prediction, label, name=name)})
+            self.fragments.extend(zip(*fragment_best_ious(prediction, label, name=name)))
+
+    def write(self, engine: Engine) -> None:
+        rows, fragments = self.rows, self.fragments
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:  # each rank scored its shard of the split: every rank gets all rows, rank 0 writes
+            shards: list[tuple[list[dict], list]] = [([], []) for _ in range(dist.get_world_size())]
+            dist.all_gather_object(shards, (rows, fragments))
+            rows = sorted((row for shard in shards for row in shard[0]), key=lambda row: row["name"])
+            fragments = [fragment for shard in shards for fragment in shard[1]]
+        if not rows:
+            raise ValueError("no image was evaluated: the evaluation split is empty")
+        summary = summarise(rows)
+        num_images = summary.pop("num_images")
+        engine.state.metrics.update(summary)
+        summary.update({key: float(value) for key, value in engine.state.metrics.items() if key not in summary})
+        summary.update(fracture_iou_by_size(*zip(*fragments)))
+        summary["num_images"] = num_images
+        if not distributed or dist.get_rank() == 0:
+            write_results(rows, summary, self.output_dir)
+
+class PredictionWriter:
+    """Ignite handler writing each image's PENGWIN files when its iteration completes.
+
+    It reads the decollated ``engine.state.batch``/``engine.state.output`` items: the sigmoid probabilities under
+    ``pred_key``, the raw image under ``raw_key`` and the input path under ``filename_key``, and calls
+    :func:`scripts.writers.write_prediction`. A write that fails (bad probabilities, a full disk) is logged and
+    recorded in ``failures`` so that the other images are still written; ``written`` lists the inputs done.
+
+    Args:
+        output_dir: folder for the files.
+        threshold: probability threshold of the fragment masks.
+        min_component_size: smaller 8-connected components are dropped.
+        outputs: which of "tif", "json", "png" to write per image.
+        pred_key: key of the probabilities ``[30, h, w]``.
+        raw_key: key of the raw X-ray ``[1, H, W]`` (its size is the bit map's size).
+        filename_key: key of the input path (its name gives the output names).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
+        outputs: Sequence[str] = OUTPUT_KINDS,
+        pred_key: str = "pred",
+        raw_key: str = "raw",
+        filename_key: str = "filename",
+    ) -> None:
+        unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
+        if unknown or not outputs:
+            raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
+        self.output_dir = str(output_dir)
+        self.threshold = threshold
+        self.min_component_size = min_component_size
+        self.outputs = tuple(outputs)
+        self.pred_key, self.raw_key, self.filename_key = pred_key, raw_key, filename_key
+        self.written: list[str] = []
+        self.failures: list[InputFailure] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for batch_item, output_item in zip(engine.state.batch, engine.state.output):
+            self.write(output_item[self.pred_key], batch_item[self.raw_key], batch_item[self.filename_key])
+
+    def write(self, probs: Any, raw: Any, filename: str) -> None:
+        """Write one image's files; record the failure instead of raising."""
+        try:
+            paths = write_prediction(
+                probs, raw, filename, self.output_dir, self.threshold, self.min_component_size, self.outputs
+            )
+        except (ValueError, OSError) as err:
+            self.failures.append(InputFailure(filename, f"writing outputs failed: {error_reason(err, filename)}"))
+            logger.error(f"{filename}: {self.failures[-1].reason}")
+            return
+        self.written.append(filename)
+        logger.info(f"{filename} -> {', '.join(path.name for path in paths.values())}")

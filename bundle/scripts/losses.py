@@ -1,13 +1,63 @@
-"""Training losses for multi-label fragment channels."""
+"""Training losses for multi-label fragment channels and the class-balanced weights they use."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
 import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-__all__ = ["FragmentDiceBCELoss"]
+from custom_transforms.bits import decode_fragment_bits
+from custom_transforms.io import read_fragment_label
+from pengwin_xray.atomic import write_json_atomic
 
+__all__ = ["class_balanced_weights", "FragmentDiceBCELoss"]
+
+
+def class_balanced_weights(
+    label_paths: Sequence[str],
+    max_weight: float = 20.0,
+    cache_dir: str | None = None,
+    target_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> list[float]:
+    """Per-channel weights ``w_c = total pixels / pixels of channel c``, capped at ``max_weight``.
+
+    Used as the positive-class weights of the BCE loss. The channels are the decoded 30 fragment channels, or
+    what ``target_transform`` makes of them (e.g. ``custom_transforms.MainOtherFragments()``). A channel absent
+    from every training label gets weight 1: it has no positive pixel, so its weight would never enter the
+    loss, and 1 keeps it finite. The counts are cached in ``cache_dir`` under a hash of the label files (paths,
+    sizes, times) and the name of the target transform.
+    """
+    if not label_paths:
+        raise ValueError("no training labels to compute class weights from")
+    cache = None
+    if cache_dir is not None:
+        signature = hashlib.sha256(type(target_transform).__name__.encode())
+        for path in sorted(label_paths):
+            stat = Path(path).stat()
+            signature.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        cache = Path(cache_dir) / f"class_pixels_{signature.hexdigest()[:16]}.json"
+    if cache is not None and cache.is_file():
+        counts = json.loads(cache.read_text())
+    else:
+        positives, total = 0, 0
+        for path in label_paths:
+            channels = decode_fragment_bits(read_fragment_label(path), source=str(path))
+            if target_transform is not None:
+                channels = target_transform(channels)
+            positives = positives + channels.flatten(1).sum(1, dtype=torch.int64).numpy()
+            total += channels[0].numel()
+        counts = {"total": int(total), "positives": np.asarray(positives).tolist()}
+        if cache is not None:
+            write_json_atomic(cache, counts)
+    positives = np.asarray(counts["positives"], np.float64)
+    weights = np.where(positives > 0, counts["total"] / np.maximum(positives, 1), 1.0)
+    return np.minimum(weights, max_weight).round(4).tolist()
 
 class FragmentDiceBCELoss(nn.Module):
     """Class-weighted BCE plus a soft Dice averaged over the fragments present, each fragment weighing the same.

@@ -17,7 +17,6 @@ import pickle
 from collections.abc import Mapping, Sequence
 
 import torch
-from ignite.engine import Engine, Events
 from monai.networks.nets.basic_unet import UpCat
 from torch import nn
 
@@ -28,7 +27,6 @@ __all__ = [
     "VGG16UNet",
     "load_vgg16_encoder_weights",
     "count_parameters",
-    "EncoderFreezeHandler",
 ]
 
 #: VGG16 ("configuration D"): output channels of each 3x3 convolution, "M" for a 2x2 max pool.
@@ -262,34 +260,3 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters of ``model`` (only those with ``requires_grad`` when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
-
-class EncoderFreezeHandler:
-    """Keep the network's encoder frozen until ``freeze_epochs`` epochs have completed, then train it.
-
-    Attach to a MONAI ``SupervisedTrainer`` (or any ignite ``Engine`` with a ``network`` attribute whose network,
-    possibly wrapped in ``DistributedDataParallel``, has ``set_encoder_trainable``). The state is set at the
-    start of every epoch from ``engine.state.epoch``, so a run resumed from a checkpoint gets it right.
-
-    With ``DistributedDataParallel`` build the wrapper while the encoder is trainable and pass
-    ``find_unused_parameters=True``: DDP registers only the parameters that require gradients when it is built.
-
-    Args:
-        freeze_epochs: number of epochs to train with the encoder frozen (0: never frozen).
-    """
-
-    def __init__(self, freeze_epochs: int) -> None:
-        if freeze_epochs < 0:
-            raise ValueError(f"freeze_epochs must be >= 0, got {freeze_epochs}")
-        self.freeze_epochs = freeze_epochs
-
-    def attach(self, engine: Engine) -> None:
-        """Register the handler on ``engine``'s ``EPOCH_STARTED`` event."""
-        engine.add_event_handler(Events.EPOCH_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        """Freeze or unfreeze the encoder for the epoch now starting."""
-        network = engine.network
-        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            network = network.module
-        completed_epochs = engine.state.epoch - 1
-        network.set_encoder_trainable(completed_epochs >= self.freeze_epochs)

@@ -2,9 +2,10 @@
 
 The archive holds a single folder ``pengwin_xray/`` (the MONAI Bundle Specification's archive format) with
 ``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present), ``scripts/``, ``docs/``, ``LICENSE``
-and a copy of the ``custom_transforms`` package next to ``scripts/``. ``python -m monai.bundle run`` started in the
-unpacked folder puts that folder first on ``sys.path``, so the configs' ``$import scripts`` and
-``$import custom_transforms`` find the copies in the archive without installing anything.
+and copies of the ``custom_transforms`` and ``pengwin_xray`` packages next to ``scripts/``. ``python -m monai.bundle
+run`` started in the unpacked folder puts that folder first on ``sys.path``, so the configs' ``$import scripts``
+and ``$import custom_transforms`` (and the scripts' own imports) find the copies in the archive without
+installing anything.
 
 Usage::
 
@@ -22,8 +23,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import custom_transforms
+import pengwin_xray
 
-from .atomic import atomic_open
+from pengwin_xray.atomic import atomic_open
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_NAME = "pengwin_xray"
 #: model files packed from ``models/``
 MODEL_SUFFIXES: tuple[str, ...] = (".pt", ".ts", ".onnx")
-#: training resume checkpoints (``train.json``'s checkpoint saver: ``checkpoint_epoch=N.pt``, ``checkpoint.pt``):
+#: training resume checkpoints (``train.json``'s ``train#checkpoint``: ``checkpoint.pt``, and older ``checkpoint_*.pt``):
 #: they carry the optimizer and trainer state, which a distributed bundle does not need
 _RESUME_CHECKPOINTS = "checkpoint*.pt"
 #: folders packed whole, relative to the bundle root
@@ -100,12 +102,13 @@ def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
     elif not (models / "model.pt").is_file():
         logger.warning(f"{models}: no model.pt, which the MONAI Bundle Specification requires")
     members += [(path, f"{BUNDLE_NAME}/models/{path.name}") for path in packed_models]
-    # the installed (or repository) copy of the transform package, whichever this interpreter imports
-    transforms_root = Path(custom_transforms.__file__).resolve().parent
-    members += [
-        (path, f"{BUNDLE_NAME}/custom_transforms/{path.relative_to(transforms_root).as_posix()}")
-        for path in _tree_files(transforms_root)
-    ]
+    # the installed (or repository) copies of the packages the scripts import, whichever this interpreter imports
+    for package in (custom_transforms, pengwin_xray):
+        package_root = Path(package.__file__).resolve().parent
+        members += [
+            (path, f"{BUNDLE_NAME}/{package.__name__}/{path.relative_to(package_root).as_posix()}")
+            for path in _tree_files(package_root)
+        ]
     return members
 
 

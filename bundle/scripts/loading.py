@@ -1,14 +1,16 @@
-"""Batch inference over a folder of raw X-rays: input checks, model formats, the per-image writer and the summary.
+"""Loading what a run needs: the dataset, the checkpoint to resume, the checked inputs and the network in any format.
+
+The end-of-run report of inputs that failed lives here too, beside the input check that finds most of them.
 
 ``configs/inference.json`` wires these pieces into a MONAI ``SupervisedEvaluator``:
 
 1. :func:`list_inputs` reads every ``*.tif``/``*.tiff`` of the input folder once with the validating reader, so
    that a bad file is reported with its reason and skipped instead of stopping the run half-way.
-2. :func:`load_network` gives the network in the chosen format: the trained weights on ``network_def`` ("pt"),
-   a TorchScript file ("ts") or an ONNX file run by ONNX Runtime ("onnx", through :class:`OnnxRuntimeNetwork`,
-   a ``torch.nn.Module`` so that the same inferer and evaluator run it).
-3. :class:`PredictionWriter` writes each image's files as its iteration completes; a failed write is recorded,
-   and the next image goes on.
+2. :func:`load_network` gives the network in the chosen format: the trained weights on ``network_def`` ("pt",
+   through :func:`load_checkpoint`, which ``evaluate.json`` uses too), a TorchScript file ("ts") or an ONNX file
+   run by ONNX Runtime ("onnx", through :class:`OnnxRuntimeNetwork`, a ``torch.nn.Module`` so that the same
+   inferer and evaluator run it).
+3. :class:`scripts.handlers.PredictionWriter` writes each image's files as its iteration completes.
 4. :func:`report_failures` prints the counts at the end and fails the run when any input failed.
 """
 
@@ -19,34 +21,61 @@ import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from ignite.engine import Engine, Events
 from monai.utils import convert_to_numpy
 
 from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
 
-from .outputs import OUTPUT_KINDS, write_prediction
-
 __all__ = [
+    "resolve_dataset",
+    "resume_checkpoint",
     "MODEL_FORMATS",
     "InputFailure",
     "InputScan",
+    "error_reason",
     "list_inputs",
     "OnnxRuntimeNetwork",
     "load_checkpoint",
     "load_network",
-    "PredictionWriter",
     "report_failures",
 ]
 
 logger = logging.getLogger(__name__)
 
+
+def resolve_dataset(dataset_dir: str, synthetic_dir: str, synthetic: dict[str, int]) -> str:
+    """The PENGWIN root to train on: ``dataset_dir`` when given, else the built-in synthetic dataset.
+
+    The synthetic dataset (``synthetic`` holds patients, projections, size and seed) is generated once into
+    ``synthetic_dir`` and reused while its arguments stay the same.
+    """
+    if dataset_dir:
+        if not Path(dataset_dir).is_dir():
+            raise FileNotFoundError(f"{dataset_dir}: dataset folder does not exist")
+        return str(dataset_dir)
+    from pengwin_xray.synthetic import ensure_synthetic_dataset  # imported on demand: real data never needs it
+
+    logger.info(f"no dataset_dir given: using the built-in synthetic PENGWIN dataset in {synthetic_dir}")
+    return str(ensure_synthetic_dataset(synthetic_dir, **synthetic))
+
+def resume_checkpoint(ckpt_dir: str, required: bool = True) -> str | None:
+    """The training state to resume from: ``<ckpt_dir>/checkpoint.pt``, written by ``train.json`` after every epoch.
+
+    Raises:
+        FileNotFoundError: when ``required`` and there is none.
+    """
+    path = Path(ckpt_dir) / "checkpoint.pt"
+    if path.is_file():
+        return str(path)
+    if required:
+        raise FileNotFoundError(f"{path}: no training checkpoint to resume from")
+    return None
+
 #: "pt": state dict on ``network_def``; "ts": TorchScript; "onnx": ONNX Runtime on the CPU
 MODEL_FORMATS: tuple[str, ...] = ("pt", "ts", "onnx")
-
 
 class InputFailure(NamedTuple):
     """An input file that could not be processed, and why."""
@@ -54,19 +83,16 @@ class InputFailure(NamedTuple):
     path: str
     reason: str
 
-
 class InputScan(NamedTuple):
     """The readable inputs as datalist items (``{"image": path, "filename": path}``) and the rejected ones."""
 
     items: list[dict[str, str]]
     failures: list[InputFailure]
 
-
-def _reason(err: BaseException, path: str) -> str:
+def error_reason(err: BaseException, path: str) -> str:
     """The error message without the leading file name that the readers put there."""
     message = str(err)
     return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
-
 
 def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> InputScan:
     """Find the X-rays directly inside ``dataset_dir`` (not recursive) and check each one before the run.
@@ -105,7 +131,7 @@ def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | 
                 raise ValueError(f"same output name {stem}.tif as {Path(stems[stem]).name}")
             read_xray_image(path)
         except (ValueError, OSError) as err:
-            failures.append(InputFailure(path, _reason(err, path)))
+            failures.append(InputFailure(path, error_reason(err, path)))
             logger.warning(f"skipping {path}: {failures[-1].reason}")
             continue
         stems[stem] = path
@@ -115,7 +141,6 @@ def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | 
         raise ValueError(f"{folder}: none of the {len(failures)} input files is usable ({listing})")
     logger.info(f"{folder}: {len(items)} input(s) to process, {len(failures)} rejected")
     return InputScan(items, failures)
-
 
 class OnnxRuntimeNetwork(torch.nn.Module):
     """An ONNX model run by ONNX Runtime, behind the ``torch.nn.Module`` call of the PyTorch network.
@@ -151,9 +176,11 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         (output, *_) = self.session.run(None, {self.input_name: convert_to_numpy(x, dtype=np.float32)})
         return torch.from_numpy(output).to(x.device)
 
-
-def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-    """Load a state dict saved by ``CheckpointSaver`` into ``network``: plain, or wrapped under ``"model"``.
+def load_checkpoint(
+    network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load a state dict (``model.pt``, or a training ``checkpoint.pt`` holding it under ``"model"``) into
+    ``network`` and return ``network``: the one loader of trained weights, for evaluation and inference.
 
     Raises:
         FileNotFoundError: when the file is missing.
@@ -177,7 +204,7 @@ def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike, device: s
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: checkpoint does not fit network_def ({err})") from err
-
+    return network
 
 def load_network(
     model_format: str,
@@ -199,9 +226,7 @@ def load_network(
     if model_format not in MODEL_FORMATS:
         raise ValueError(f"unknown model_format {model_format!r}; choose from {MODEL_FORMATS}")
     if model_format == "pt":
-        network = network_def.to(device)
-        load_checkpoint(network, ckpt_path, device)
-        return network.eval()
+        return load_checkpoint(network_def.to(device), ckpt_path, device).eval()
     path = torchscript_path if model_format == "ts" else onnx_path
     if not Path(path).is_file():
         raise FileNotFoundError(
@@ -211,67 +236,6 @@ def load_network(
     if model_format == "ts":
         return torch.jit.load(str(path), map_location=device).eval()
     return OnnxRuntimeNetwork(path).eval()
-
-
-class PredictionWriter:
-    """Ignite handler writing each image's PENGWIN files when its iteration completes.
-
-    It reads the decollated ``engine.state.batch``/``engine.state.output`` items: the sigmoid probabilities under
-    ``pred_key``, the raw image under ``raw_key`` and the input path under ``filename_key``, and calls
-    :func:`scripts.outputs.write_prediction`. A write that fails (bad probabilities, a full disk) is logged and
-    recorded in ``failures`` so that the other images are still written; ``written`` lists the inputs done.
-
-    Args:
-        output_dir: folder for the files.
-        threshold: probability threshold of the fragment masks.
-        min_component_size: smaller 8-connected components are dropped.
-        outputs: which of "tif", "json", "png" to write per image.
-        pred_key: key of the probabilities ``[30, h, w]``.
-        raw_key: key of the raw X-ray ``[1, H, W]`` (its size is the bit map's size).
-        filename_key: key of the input path (its name gives the output names).
-    """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        threshold: float = 0.5,
-        min_component_size: int = 10,
-        outputs: Sequence[str] = OUTPUT_KINDS,
-        pred_key: str = "pred",
-        raw_key: str = "raw",
-        filename_key: str = "filename",
-    ) -> None:
-        unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
-        if unknown or not outputs:
-            raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
-        self.output_dir = str(output_dir)
-        self.threshold = threshold
-        self.min_component_size = min_component_size
-        self.outputs = tuple(outputs)
-        self.pred_key, self.raw_key, self.filename_key = pred_key, raw_key, filename_key
-        self.written: list[str] = []
-        self.failures: list[InputFailure] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        for batch_item, output_item in zip(engine.state.batch, engine.state.output):
-            self.write(output_item[self.pred_key], batch_item[self.raw_key], batch_item[self.filename_key])
-
-    def write(self, probs: Any, raw: Any, filename: str) -> None:
-        """Write one image's files; record the failure instead of raising."""
-        try:
-            paths = write_prediction(
-                probs, raw, filename, self.output_dir, self.threshold, self.min_component_size, self.outputs
-            )
-        except (ValueError, OSError) as err:
-            self.failures.append(InputFailure(filename, f"writing outputs failed: {_reason(err, filename)}"))
-            logger.error(f"{filename}: {self.failures[-1].reason}")
-            return
-        self.written.append(filename)
-        logger.info(f"{filename} -> {', '.join(path.name for path in paths.values())}")
-
 
 def report_failures(failures: Sequence[InputFailure], processed: Sequence[str]) -> None:
     """Print how many inputs were processed and failed; raise, listing the failed files, if any failed.

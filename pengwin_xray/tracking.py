@@ -13,7 +13,8 @@ from monai.utils import path_to_sqlite_uri
 
 __all__ = ["ui_command", "main"]
 
-DEFAULT_STORE = Path(__file__).resolve().parents[1] / "eval" / "mlruns.db"
+#: the store ``train.json`` writes, relative to the bundle folder the command is started in
+DEFAULT_STORE = Path("eval", "mlruns.db")
 
 
 def ui_command(store: str | os.PathLike, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> list[str]:
@@ -32,7 +33,7 @@ def ui_command(store: str | os.PathLike, host: str = "127.0.0.1", port: int = 50
 def main(argv: Sequence[str] | None = None) -> None:
     """Replace this process with the MLflow UI (Ctrl-C stops it)."""
     parser = argparse.ArgumentParser(prog="pengwin-mlflow-ui", description=__doc__)
-    parser.add_argument("--store", default=str(DEFAULT_STORE), help="SQLite store (default: bundle/eval/mlruns.db)")
+    parser.add_argument("--store", default=str(DEFAULT_STORE), help="SQLite store (default: eval/mlruns.db in the bundle folder you stand in)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the UI to the network")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)

@@ -17,13 +17,14 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from custom_transforms.io import list_tiffs, read_fragment_label, read_xray_image, tiff_stem
+from custom_transforms.io import read_fragment_label, read_xray_image, tiff_stem, tiffs_by_stem
 
 from .atomic import write_json_atomic
 
 __all__ = [
     "IMAGE_SUBDIR",
     "LABEL_SUBDIR",
+    "PENGWIN_NAME",
     "patient_id",
     "find_pairs",
     "split_by_patient",
@@ -38,12 +39,13 @@ logger = logging.getLogger(__name__)
 IMAGE_SUBDIR = Path("input", "images", "x-ray")
 LABEL_SUBDIR = Path("output", "images", "x-ray")
 _SPLITS = ("training", "validation", "test", "inference")
-_NAME_PATTERN = re.compile(r"^(\d+)_(\d+)\.tiff?$", re.IGNORECASE)
+#: the start of a PENGWIN file name: patient (CT) ``CCC`` and projection ``PPPP`` of ``CCC_PPPP.tif``
+PENGWIN_NAME = re.compile(r"^(\d+)_(\d+)")
 
 
 def patient_id(path: str | Path) -> str:
     """The patient (CT) id ``CCC`` of a ``CCC_PPPP.tif`` file name."""
-    match = _NAME_PATTERN.match(Path(path).name)
+    match = PENGWIN_NAME.fullmatch(tiff_stem(path))
     if match is None:
         raise ValueError(f"{path}: file name does not follow the PENGWIN pattern CCC_PPPP.tif")
     return match.group(1)
@@ -53,11 +55,6 @@ def _split_folders(root: Path) -> list[Path]:
     if (root / IMAGE_SUBDIR).is_dir():
         return [root]
     return sorted(child for child in root.iterdir() if (child / IMAGE_SUBDIR).is_dir())
-
-
-def _tiffs(folder: Path) -> dict[str, Path]:
-    """The TIFFs of ``folder`` by stem, so that ``a.tif`` pairs with ``a.TIFF``."""
-    return {tiff_stem(path): path for path in list_tiffs(folder)} if folder.is_dir() else {}
 
 
 def find_pairs(root: str | Path, allow_unpaired: bool = False) -> tuple[list[dict], list[dict]]:
@@ -79,7 +76,7 @@ def find_pairs(root: str | Path, allow_unpaired: bool = False) -> tuple[list[dic
         raise FileNotFoundError(f"{root}: no '<split>/{IMAGE_SUBDIR.as_posix()}' folder found (PENGWIN layout)")
     pairs, unlabelled, unpaired = [], [], []
     for folder in folders:
-        images, labels = _tiffs(folder / IMAGE_SUBDIR), _tiffs(folder / LABEL_SUBDIR)
+        images, labels = tiffs_by_stem(folder / IMAGE_SUBDIR), tiffs_by_stem(folder / LABEL_SUBDIR)
         for name, image in images.items():
             patient_id(image)
             if name in labels:

@@ -20,9 +20,7 @@ official neg-log window.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -39,7 +37,7 @@ from custom_transforms.intensity import NegLogWindow
 from custom_transforms.io import list_tiffs, read_fragment_label, read_xray_image
 
 from .atomic import write_json_atomic
-from .datalist import IMAGE_SUBDIR, LABEL_SUBDIR
+from .datalist import IMAGE_SUBDIR, LABEL_SUBDIR, PENGWIN_NAME
 
 __all__ = ["AREA_THRESHOLDS", "list_files", "measure_image", "measure_label", "fingerprint", "format_table", "main"]
 
@@ -49,7 +47,6 @@ _HISTOGRAM_BINS = 10
 _PIXELS_SAMPLED = 2000  # raw intensities sampled (with replacement) per image for the dataset percentiles
 _FILES_PER_CHUNK = 16  # files a worker reads per task batch
 _MIN_FILES_PER_WORKER = 5000  # a worker spends seconds importing torch: below this, one process is faster
-_NAME = re.compile(r"^(\d+)_(\d+)")
 _BITS = np.arange(1, NUM_CHANNELS + 1, dtype=np.uint32)
 _BONE_MASKS = [
     sum(1 << fragment_bit(category, f) for f in range(1, MAX_FRAGMENTS + 1))
@@ -58,7 +55,7 @@ _BONE_MASKS = [
 
 
 def _tiffs(folder: Path) -> list[Path]:
-    return [p for p in list_tiffs(folder) if _NAME.match(p.name)] if folder.is_dir() else []
+    return [p for p in list_tiffs(folder) if PENGWIN_NAME.match(p.name)] if folder.is_dir() else []
 
 
 def list_files(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
@@ -95,7 +92,7 @@ def list_files(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
 
 
 def _name_parts(path: Path) -> tuple[str, int]:
-    match = _NAME.match(path.name)
+    match = PENGWIN_NAME.match(path.name)
     return match.group(1), int(match.group(2))
 
 

@@ -1,4 +1,4 @@
-"""Fragment post-processing and the per-image files written at inference time.
+"""The per-image files inference writes: submission bit map, fragment report and overlay picture.
 
 For each input X-ray ``<stem>.tif`` inference writes, into one output folder:
 
@@ -7,9 +7,8 @@ For each input X-ray ``<stem>.tif`` inference writes, into one output folder:
 - ``<stem>_overlay.png``: the CLAHE display of the X-ray with each fragment tinted and labelled.
 
 Arrays are numpy row-major ``[H, W]`` throughout, as read by tifffile: ``y`` is the row and ``x`` the column.
-Connected components are 8-connected everywhere (``scipy.ndimage.label`` with a 3x3 block of ones). Every
-file is written atomically: to a temporary file in the target folder, then moved into place with ``os.replace``,
-so a reader never sees a half-written file and a failed write leaves the previous file untouched.
+Every file is written atomically (:func:`pengwin_xray.atomic.atomic_open`), so a reader never sees a
+half-written file and a failed write leaves the previous file untouched.
 """
 
 from __future__ import annotations
@@ -19,21 +18,20 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 import numpy as np
 import tifffile
-import torch
-import torch.nn.functional as F
 from monai.config import NdarrayOrTensor
-from monai.utils import convert_to_numpy, convert_to_tensor
+from monai.utils import convert_to_numpy
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from custom_transforms.bits import encode_fragment_bits
-from custom_transforms.io import tiff_stem
 from custom_transforms.constants import (
     CATEGORY_NAMES,
+    DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_THRESHOLD,
     MAX_FRAGMENTS,
     NUM_CHANNELS,
     channel_category_fragment,
@@ -41,15 +39,16 @@ from custom_transforms.constants import (
     fragment_name,
 )
 from custom_transforms.intensity import CLAHE, NegLogWindow
-from custom_transforms.io import invalid_label_bits
+from custom_transforms.io import invalid_label_bits, tiff_stem
+from pengwin_xray.atomic import atomic_open
 
-from .atomic import atomic_open
+from custom_transforms.formulation import EIGHT_CONNECTED
+
+from .postprocessing import as_probabilities, postprocess_fragments, resize_probabilities
 
 __all__ = [
     "OUTPUT_KINDS",
     "FRAGMENT_PALETTE",
-    "PostprocessResult",
-    "postprocess_fragments",
     "fragment_report",
     "overlay_image",
     "display_image",
@@ -61,10 +60,6 @@ __all__ = [
 
 #: the files :func:`write_prediction` can write: submission bit map, fragment report, overlay picture
 OUTPUT_KINDS: tuple[str, ...] = ("tif", "json", "png")
-#: 8-connectivity in 2D
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-#: fraction of its own maximum at which the fallback channel is thresholded
-_FALLBACK_RELATIVE_LEVEL = 0.5
 _OVERLAY_ALPHA = 0.45
 _LABEL_FONT_SIZE = 14
 
@@ -81,91 +76,14 @@ def _fragment_palette() -> np.ndarray:
         colours.append((round(255 * red), round(255 * green), round(255 * blue)))
     return np.asarray(colours, dtype=np.uint8)
 
-
 #: ``FRAGMENT_PALETTE[channel]`` is the overlay colour (uint8 RGB) of that channel's fragment
 FRAGMENT_PALETTE: np.ndarray = _fragment_palette()
-
-
-class PostprocessResult(NamedTuple):
-    """Cleaned masks ``[30, H, W]`` (bool) and whether the never-empty fallback produced them."""
-
-    masks: np.ndarray
-    fallback_used: bool
-
-
-def _as_probabilities(probs: NdarrayOrTensor, source: str = "probabilities") -> np.ndarray:
-    """Validate ``[30, H, W]`` probabilities in [0, 1] and return them as float32 numpy."""
-    array = convert_to_numpy(probs, dtype=np.float32)
-    if array.ndim != 3 or array.shape[0] != NUM_CHANNELS:
-        raise ValueError(f"{source}: expected probabilities of shape [{NUM_CHANNELS}, H, W], got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{source}: probabilities contain {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
-    if array.size and (array.min() < 0.0 or array.max() > 1.0):
-        raise ValueError(
-            f"{source}: probabilities must lie in [0, 1], got [{array.min():g}, {array.max():g}] "
-            "(logits? apply a sigmoid first)"
-        )
-    return array
-
-
-def _remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop 8-connected components of a 2D bool ``mask`` with fewer than ``min_size`` pixels."""
-    if min_size <= 1 or not mask.any():
-        return mask
-    labels, _ = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_size
-    keep[0] = False
-    return keep[labels]
-
-
-def _fallback_masks(probs: np.ndarray) -> np.ndarray:
-    """The never-empty fallback: the argmax channel's pixels at or above half of that channel's maximum."""
-    masks = np.zeros(probs.shape, dtype=bool)
-    channel_max = probs.reshape(NUM_CHANNELS, -1).max(axis=1)
-    channel = int(np.argmax(channel_max))
-    peak = float(channel_max[channel])
-    if peak > 0.0:
-        masks[channel] = probs[channel] >= _FALLBACK_RELATIVE_LEVEL * peak
-    else:  # all-zero probabilities: keep one pixel so that the bit map is still valid
-        masks[(channel, *np.unravel_index(int(np.argmax(probs[channel])), probs.shape[1:]))] = True
-    return masks
-
-
-def postprocess_fragments(
-    probs: NdarrayOrTensor,
-    threshold: float = 0.5,
-    min_component_size: int = 10,
-    ensure_nonempty: bool = True,
-) -> PostprocessResult:
-    """Binarise ``[30, H, W]`` sigmoid probabilities into clean fragment masks.
-
-    Each channel keeps the pixels with ``probability > threshold`` (the same rule as ``encode_fragment_bits``),
-    then loses its 8-connected components of fewer than ``min_component_size`` pixels.
-
-    Never-empty fallback (``ensure_nonempty``): the official evaluator fails on an empty bit map, so when no
-    pixel of any channel survives, the channel with the highest maximum probability is kept where its
-    probability is at least half of that maximum (no size filter, so at least its peak pixel survives; if
-    every probability is zero, its first pixel alone is kept). The result is then flagged ``fallback_used``.
-
-    Raises:
-        ValueError: for a wrong shape, NaN/inf, or values outside [0, 1] (logits instead of probabilities).
-    """
-    array = _as_probabilities(probs)
-    masks = array > threshold
-    for channel in range(NUM_CHANNELS):
-        masks[channel] = _remove_small_components(masks[channel], min_component_size)
-    if ensure_nonempty and not masks.any():
-        return PostprocessResult(_fallback_masks(array), True)
-    return PostprocessResult(masks, False)
-
 
 def _as_masks(masks: NdarrayOrTensor) -> np.ndarray:
     array = convert_to_numpy(masks)
     if array.ndim != 3 or array.shape[0] != NUM_CHANNELS:
         raise ValueError(f"expected masks of shape [{NUM_CHANNELS}, H, W], got {array.shape}")
     return array.astype(bool, copy=False)
-
 
 def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None) -> list[dict[str, Any]]:
     """Describe each non-empty fragment channel of ``masks`` ``[30, H, W]``, sorted by bit.
@@ -176,7 +94,7 @@ def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None
     ``mean_probability`` over the mask (``None`` without ``probs``).
     """
     mask_array = _as_masks(masks)
-    prob_array = None if probs is None else _as_probabilities(probs)
+    prob_array = None if probs is None else as_probabilities(probs)
     if prob_array is not None and prob_array.shape != mask_array.shape:
         raise ValueError(f"masks {mask_array.shape} and probabilities {prob_array.shape} differ in shape")
     report = []
@@ -186,7 +104,7 @@ def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None
         if rows.size == 0:
             continue
         category, fragment = channel_category_fragment(channel)
-        _, num_components = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+        _, num_components = ndimage.label(mask, structure=EIGHT_CONNECTED)
         report.append(
             {
                 "category_name": CATEGORY_NAMES[category - 1],
@@ -207,7 +125,6 @@ def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None
             }
         )
     return report
-
 
 def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarray:
     """Tint each fragment of ``masks`` ``[30, H, W]`` over a grey ``display`` ``[H, W]`` in [0, 1].
@@ -240,19 +157,16 @@ def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarra
         draw.text((x - left, y - top), entry["name"], fill="white", font=font, stroke_width=1, stroke_fill="black")
     return np.asarray(picture)
 
-
 def display_image(image: NdarrayOrTensor) -> np.ndarray:
     """The organisers' display of a raw X-ray ``[H, W]``: neg-log window, then CLAHE (clip 4, 8x8 tiles), in [0, 1]."""
     raw = convert_to_numpy(image, dtype=np.float32)
     windowed = NegLogWindow()(raw[None])
     return np.asarray(CLAHE(clip_limit=4.0, tile_grid_size=(8, 8))(windowed))[0]
 
-
 def _write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     with atomic_open(path) as handle:
         write(handle)
     return Path(path)
-
 
 def write_bitmap_tiff(path: str | os.PathLike, bitmap: NdarrayOrTensor) -> Path:
     """Write a PENGWIN submission bit map: uint32 ``[H, W]``, one uncompressed page, atomically.
@@ -276,14 +190,12 @@ def write_bitmap_tiff(path: str | os.PathLike, bitmap: NdarrayOrTensor) -> Path:
 
     return _write_atomically(path, write)
 
-
 def write_report_json(path: str | os.PathLike, report: Sequence[Mapping[str, Any]], extra: Mapping[str, Any]) -> Path:
     """Write ``{**extra, "fragments": report}`` as indented JSON, atomically."""
     if "fragments" in extra:
         raise ValueError(f"{path}: 'fragments' is reserved for the report and may not appear in extra")
     content = json.dumps({**extra, "fragments": list(report)}, indent=2, allow_nan=False) + "\n"
     return _write_atomically(path, lambda handle: handle.write(content.encode("utf-8")))
-
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write a uint8 RGB ``[H, W, 3]`` picture as PNG, atomically."""
@@ -292,28 +204,13 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
         raise ValueError(f"{path}: expected a uint8 RGB image [H, W, 3], got {array.dtype} of shape {array.shape}")
     return _write_atomically(path, lambda handle: Image.fromarray(array, mode="RGB").save(handle, format="PNG"))
 
-
-def _resize_to(probs: NdarrayOrTensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize ``[30, h, w]`` probabilities to ``size`` if needed (same aspect ratio required)."""
-    tensor = convert_to_tensor(probs, dtype=torch.float32, track_meta=False)
-    if tensor.ndim != 3:
-        raise ValueError(f"expected probabilities of shape [{NUM_CHANNELS}, H, W], got {tuple(tensor.shape)}")
-    height, width = tensor.shape[1:]
-    if (height, width) == size:
-        return tensor
-    if height * size[1] != width * size[0]:
-        raise ValueError(f"probabilities of size {(height, width)} do not have the aspect ratio of the image {size}")
-    resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
-    return resized.clamp_(0.0, 1.0)
-
-
 def write_prediction(
     probs: NdarrayOrTensor,
     image: NdarrayOrTensor,
     image_name: str | os.PathLike,
     output_dir: str | os.PathLike,
-    threshold: float = 0.5,
-    min_component_size: int = 10,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
     outputs: Sequence[str] = OUTPUT_KINDS,
 ) -> dict[str, Path]:
     """Post-process one image's network output and write its files into ``output_dir``.
@@ -344,7 +241,7 @@ def write_prediction(
         raw = raw[0]
     if raw.ndim != 2:
         raise ValueError(f"{image_name}: expected a raw image [H, W] or [1, H, W], got shape {raw.shape}")
-    probabilities = _resize_to(probs, raw.shape)
+    probabilities = resize_probabilities(probs, raw.shape)
     masks, fallback_used = postprocess_fragments(probabilities, threshold, min_component_size, ensure_nonempty=True)
 
     folder = Path(output_dir)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from custom_transforms.constants import FIRST_TOOL_PROJECTION, NUM_CHANNELS, PROJECTIONS_PER_CT
-from custom_transforms.io import list_tiffs
-from .atomic import atomic_open, write_json_atomic
-from .datalist import IMAGE_SUBDIR, LABEL_SUBDIR
+from custom_transforms.io import list_tiffs, tiff_stem
+from ..atomic import atomic_open, write_json_atomic
+from ..datalist import IMAGE_SUBDIR, LABEL_SUBDIR, PENGWIN_NAME
 from .phantom import MU_WATER, build_phantom
 from .projector import ConeBeamGeometry, Cylinder, VoxelGrid, cylinder_chords, project_volume, view_geometry
 
@@ -91,7 +90,6 @@ _AIR_INTENSITY = 55.5
 _MU_STEEL = 0.45
 _MU_TITANIUM = 0.16
 _MAX_VIEW_ATTEMPTS = 50
-_NAME = re.compile(r"^\d{3}_\d{4}\.tif$")
 
 
 @dataclass
@@ -321,7 +319,7 @@ def generate_dataset(
     write_json_atomic(split_dir / MARKER_NAME, {**arguments, "complete": False})
     expected = set(_expected_names(patients, projections))
     for stale in existing:
-        if _NAME.match(stale.name) and stale.name not in expected:
+        if PENGWIN_NAME.fullmatch(tiff_stem(stale)) and stale.name not in expected:
             stale.unlink()
 
     split_code = zlib.crc32(split.encode())

@@ -59,7 +59,7 @@ Sdf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 class Phantom:
     """A voxel phantom: attenuation ``mu`` (1/mm, float32) and PENGWIN bit indices ``labels`` (uint8).
 
-    Both arrays are ``[Y, Z, X]`` (see :mod:`scripts.projector`); ``fragments`` maps each bit index
+    Both arrays are ``[Y, Z, X]`` (see :mod:`pengwin_xray.synthetic.projector`); ``fragments`` maps each bit index
     present to its voxel count.
     """
 

@@ -1,0 +1,106 @@
+"""Post-processing of sigmoid probabilities into clean ``[30, H, W]`` fragment masks, shared by inference and scoring.
+
+Connected components are 8-connected everywhere (``custom_transforms.formulation.EIGHT_CONNECTED``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.config import NdarrayOrTensor
+from monai.utils import convert_to_numpy, convert_to_tensor
+from scipy import ndimage
+
+from custom_transforms.constants import DEFAULT_MIN_COMPONENT_SIZE, DEFAULT_THRESHOLD, NUM_CHANNELS
+from custom_transforms.formulation import EIGHT_CONNECTED
+
+__all__ = ["PostprocessResult", "as_probabilities", "postprocess_fragments", "resize_probabilities"]
+
+#: fraction of its own maximum at which the fallback channel is thresholded
+_FALLBACK_RELATIVE_LEVEL = 0.5
+
+
+class PostprocessResult(NamedTuple):
+    """Cleaned masks ``[30, H, W]`` (bool) and whether the never-empty fallback produced them."""
+
+    masks: np.ndarray
+    fallback_used: bool
+
+def as_probabilities(probs: NdarrayOrTensor, source: str = "probabilities") -> np.ndarray:
+    """Validate ``[30, H, W]`` probabilities in [0, 1] and return them as float32 numpy."""
+    array = convert_to_numpy(probs, dtype=np.float32)
+    if array.ndim != 3 or array.shape[0] != NUM_CHANNELS:
+        raise ValueError(f"{source}: expected probabilities of shape [{NUM_CHANNELS}, H, W], got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{source}: probabilities contain {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
+    if array.size and (array.min() < 0.0 or array.max() > 1.0):
+        raise ValueError(
+            f"{source}: probabilities must lie in [0, 1], got [{array.min():g}, {array.max():g}] "
+            "(logits? apply a sigmoid first)"
+        )
+    return array
+
+def _remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop 8-connected components of a 2D bool ``mask`` with fewer than ``min_size`` pixels."""
+    if min_size <= 1 or not mask.any():
+        return mask
+    labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[labels]
+
+def _fallback_masks(probs: np.ndarray) -> np.ndarray:
+    """The never-empty fallback: the argmax channel's pixels at or above half of that channel's maximum."""
+    masks = np.zeros(probs.shape, dtype=bool)
+    channel_max = probs.reshape(NUM_CHANNELS, -1).max(axis=1)
+    channel = int(np.argmax(channel_max))
+    peak = float(channel_max[channel])
+    if peak > 0.0:
+        masks[channel] = probs[channel] >= _FALLBACK_RELATIVE_LEVEL * peak
+    else:  # all-zero probabilities: keep one pixel so that the bit map is still valid
+        masks[(channel, *np.unravel_index(int(np.argmax(probs[channel])), probs.shape[1:]))] = True
+    return masks
+
+def postprocess_fragments(
+    probs: NdarrayOrTensor,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
+    ensure_nonempty: bool = True,
+) -> PostprocessResult:
+    """Binarise ``[30, H, W]`` sigmoid probabilities into clean fragment masks.
+
+    Each channel keeps the pixels with ``probability > threshold`` (the same rule as ``encode_fragment_bits``),
+    then loses its 8-connected components of fewer than ``min_component_size`` pixels.
+
+    Never-empty fallback (``ensure_nonempty``): the official evaluator fails on an empty bit map, so when no
+    pixel of any channel survives, the channel with the highest maximum probability is kept where its
+    probability is at least half of that maximum (no size filter, so at least its peak pixel survives; if
+    every probability is zero, its first pixel alone is kept). The result is then flagged ``fallback_used``.
+
+    Raises:
+        ValueError: for a wrong shape, NaN/inf, or values outside [0, 1] (logits instead of probabilities).
+    """
+    array = as_probabilities(probs)
+    masks = array > threshold
+    for channel in range(NUM_CHANNELS):
+        masks[channel] = _remove_small_components(masks[channel], min_component_size)
+    if ensure_nonempty and not masks.any():
+        return PostprocessResult(_fallback_masks(array), True)
+    return PostprocessResult(masks, False)
+
+def resize_probabilities(probs: NdarrayOrTensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize ``[30, h, w]`` probabilities to ``size`` if needed (same aspect ratio required)."""
+    tensor = convert_to_tensor(probs, dtype=torch.float32, track_meta=False)
+    if tensor.ndim != 3:
+        raise ValueError(f"expected probabilities of shape [{NUM_CHANNELS}, H, W], got {tuple(tensor.shape)}")
+    height, width = tensor.shape[1:]
+    if (height, width) == size:
+        return tensor
+    if height * size[1] != width * size[0]:
+        raise ValueError(f"probabilities of size {(height, width)} do not have the aspect ratio of the image {size}")
+    resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
+    return resized.clamp_(0.0, 1.0)

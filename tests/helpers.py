@@ -1,0 +1,62 @@
+"""Helpers the test modules share: repository paths, PENGWIN file writers and ``monai.bundle`` runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = REPO_ROOT / "bundle"
+REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "pengwin_real"
+#: a tiny built-in synthetic dataset (``--synthetic``): 3 phantoms x 2 views at 64 px
+TINY_SYNTHETIC = "{'patients': 3, 'projections': 2, 'size': 64, 'seed': 0}"
+
+
+def write_pair(root: Path, name: str, size: int = 32, seed: int = 0, split: str = "train", label: bool = True):
+    """Write one raw float32 image (and a uint32 label with bits 1, 11, 21) in the PENGWIN layout."""
+    rng = np.random.default_rng(seed)
+    image_dir = root / split / "input" / "images" / "x-ray"
+    label_dir = root / split / "output" / "images" / "x-ray"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(image_dir / name, rng.uniform(0.2, 56.0, (size, size)).astype(np.float32))
+    if label:
+        label_dir.mkdir(parents=True, exist_ok=True)
+        bitmap = np.zeros((size, size), np.uint32)
+        bitmap[: size // 2] |= 1 << 1
+        bitmap[:, : size // 2] |= 1 << 11
+        bitmap[size // 4 :, size // 4 :] |= 1 << 21
+        tifffile.imwrite(label_dir / name, bitmap)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_training_args(bundle_root: Path, max_epochs: int, batch_size: int) -> list[str]:
+    """``monai.bundle run training`` arguments for a short run on a tiny synthetic dataset in ``bundle_root``."""
+    return [
+        "training", "--config_file", "configs/train.json", "--bundle_root", str(bundle_root),
+        "--synthetic", TINY_SYNTHETIC, "--num_workers", "0",
+        "--max_epochs", str(max_epochs), "--batch_size", str(batch_size),
+    ]  # fmt: skip
+
+
+def bundle_run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run ARGS`` started in the bundle folder, as a user runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", *args],
+        cwd=BUNDLE_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,96 @@
+"""Checkpoint writing through ignite's public ``Checkpoint`` and the bundle's ``ReplacingDiskSaver``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
+
+from scripts.handlers import ReplacingDiskSaver
+
+
+def _fixed_name_checkpoint(folder, network, score=None) -> Checkpoint:
+    """A ``model.pt`` checkpoint as ``train.json`` builds it (best model when ``score`` is given)."""
+    return Checkpoint(
+        {"model": network},
+        ReplacingDiskSaver(folder),
+        score_function=score,
+        filename_pattern="model.pt",
+        n_saved=1,
+    )
+
+
+def _run_epochs(handler, epochs: int) -> Engine:
+    engine = Engine(lambda engine, batch: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, handler)
+    engine.run([0], max_epochs=epochs)
+    return engine
+
+
+def test_ignite_still_removes_the_file_it_is_about_to_write(tmp_path):
+    """Why ReplacingDiskSaver exists: if ignite stops calling ``remove`` on the file it then rewrites, it can go."""
+    calls = []
+
+    class RecordingSaver(ReplacingDiskSaver):
+        def remove(self, filename: str) -> None:
+            calls.append(("remove", filename, (tmp_path / filename).exists()))
+
+        def __call__(self, checkpoint, filename, metadata=None) -> None:
+            calls.append(("save", filename, (tmp_path / filename).exists()))
+            super().__call__(checkpoint, filename, metadata)
+
+    checkpoint = Checkpoint({"model": torch.nn.Linear(2, 2)}, RecordingSaver(tmp_path), filename_pattern="model.pt")
+    _run_epochs(checkpoint, 2)
+    assert calls == [("save", "model.pt", False), ("remove", "model.pt", True), ("save", "model.pt", True)]
+
+
+def test_a_fixed_name_checkpoint_is_replaced_and_never_missing(tmp_path):
+    network = torch.nn.Linear(2, 2)
+    _run_epochs(_fixed_name_checkpoint(tmp_path, network), 3)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt"]
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(state) == {"weight", "bias"}  # a plain state dict, as MONAI's CheckpointLoader and the bundle read
+
+
+def test_a_save_that_dies_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    network = torch.nn.Linear(2, 2)
+    checkpoint = _fixed_name_checkpoint(tmp_path, network)
+    engine = _run_epochs(checkpoint, 1)
+    good = (tmp_path / "model.pt").read_bytes()
+
+    def dying_save(obj, file, **kwargs):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with torch.no_grad():
+        network.weight.add_(1.0)
+    engine.state.iteration += 1  # a later step, so the checkpoint does write again
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint(engine)
+    assert (tmp_path / "model.pt").read_bytes() == good
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pt"]
+
+
+@pytest.mark.parametrize("scores, saved_epochs", [((0.2, 0.5, 0.4), (1, 2)), ((0.5, 0.5, 0.1), (1,))])
+def test_the_best_model_is_written_only_when_the_score_improves(tmp_path, scores, saved_epochs):
+    network = torch.nn.Linear(1, 1, bias=False)
+    written = []
+
+    def score(engine: Engine) -> float:
+        return scores[engine.state.epoch - 1]
+
+    def train_step(engine: Engine, batch) -> None:
+        with torch.no_grad():
+            network.weight.fill_(float(engine.state.epoch))
+
+    engine = Engine(train_step)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, _fixed_name_checkpoint(tmp_path, network, score))
+    engine.add_event_handler(
+        Events.EPOCH_COMPLETED,
+        lambda e: written.append(torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item()),
+    )
+    engine.run([0], max_epochs=len(scores))
+    assert written[-1] == float(saved_epochs[-1])
+    assert sorted(set(written)) == [float(epoch) for epoch in saved_epochs]
