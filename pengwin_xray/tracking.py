@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
-    command = ui_command(args.store, args.host, args.port, args.workers)
+    try:
+        command = ui_command(args.store, args.host, args.port, args.workers)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     print(f"MLflow UI on http://{args.host}:{args.port} ({args.store})", flush=True)
     os.execv(command[0], command)

@@ -10,14 +10,12 @@ import pytest
 import tifffile
 import torch
 
-from custom_transforms.constants import VALID_BITS_MASK, fragment_bit
+from custom_transforms.constants import FIRST_TOOL_PROJECTION, VALID_BITS_MASK, fragment_bit
 from custom_transforms.io import read_fragment_label, read_xray_image
 from pengwin_xray.synthetic.phantom import build_phantom
 from pengwin_xray.synthetic.projector import Cylinder, VoxelGrid, cylinder_chords, label_bitmap, line_integrals, view_geometry
+from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR
 from pengwin_xray.synthetic.dataset import (
-    FIRST_TOOL_PROJECTION,
-    IMAGE_SUBDIR,
-    LABEL_SUBDIR,
     MARKER_NAME,
     Scene,
     draw_geometry,

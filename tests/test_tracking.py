@@ -15,7 +15,7 @@ import mlflow
 import pytest
 from monai.utils import path_to_sqlite_uri
 
-from pengwin_xray.tracking import ui_command
+from pengwin_xray.tracking import main, ui_command
 from helpers import free_port
 
 
@@ -38,6 +38,14 @@ def test_ui_command_binds_loopback_by_default_and_needs_a_store(tmp_path):
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--backend-store-uri") + 1] == path_to_sqlite_uri(str(tmp_path / "mlruns.db"))
     assert ui_command(tmp_path / "mlruns.db", host="0.0.0.0")[command.index("--host") + 1] == "0.0.0.0"
+
+
+def test_the_command_defaults_to_the_store_of_the_bundle_it_is_started_in(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2  # one usage line, no traceback
+    assert "eval/mlruns.db: no MLflow store yet" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc/net/tcp to see bound addresses")

@@ -47,11 +47,7 @@ from .phantom import MU_WATER, build_phantom
 from .projector import ConeBeamGeometry, Cylinder, VoxelGrid, cylinder_chords, project_volume, view_geometry
 
 __all__ = [
-    "IMAGE_SUBDIR",
-    "LABEL_SUBDIR",
     "MARKER_NAME",
-    "PROJECTIONS_PER_CT",
-    "FIRST_TOOL_PROJECTION",
     "Scene",
     "projection_indices",
     "default_voxel_mm",
