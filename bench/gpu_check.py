@@ -6,7 +6,7 @@ PENGWIN size, by default) into ``--work``; trains with the recipe's own settings
 CUDA) until ``--minutes`` have passed (ignite's ``TimeLimit`` through the recipe's ``max_minutes``); then
 scores the best checkpoint on the test split with ``configs/evaluate.json`` and the official metrics.
 
-It prints: the device, training images/s (``scripts.compare.ThroughputMeter``: images over the time from each
+It prints: the device, training images/s (``pengwin_xray.compare.ThroughputMeter``: images over the time from each
 ``GET_BATCH_STARTED`` to its ``ITERATION_COMPLETED``, validation excluded), the share of that time spent waiting
 for the data loader (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``, ignite ``Timer``), peak GPU memory
 (``torch.cuda.max_memory_allocated``) and the six official metrics with the fracture IoU by fragment size.
@@ -28,13 +28,13 @@ from ignite.engine import Events
 from ignite.handlers import Timer
 from monai.bundle import ConfigWorkflow
 
-#: the bundle's ``scripts`` are importable from the bundle folder only (as ``python -m monai.bundle`` runs them)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
-
-from scripts.compare import ThroughputMeter  # noqa: E402
+from pengwin_xray.compare import ThroughputMeter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "bundle"
+#: the configs import the bundle's ``scripts``, importable from the bundle folder only (as ``python -m monai.bundle``
+#: runs them), and this script builds the workflows in its own process
+sys.path.insert(0, str(BUNDLE_ROOT))
 
 
 def workflow(config_files: list[str], workflow_type: str, overrides: dict) -> ConfigWorkflow:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     train = workflow([str(configs / "train.json"), *overlays], "train", overrides)
     trainer = train.trainer
-    meter = ThroughputMeter()  # batch loading + iterations, as scripts.compare reports them
+    meter = ThroughputMeter()  # batch loading + iterations, as pengwin-compare reports them
     meter.attach(trainer)
     data_wait = Timer(average=False)
     data_wait.attach(trainer, start=Events.STARTED, resume=Events.GET_BATCH_STARTED, pause=Events.GET_BATCH_COMPLETED)

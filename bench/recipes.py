@@ -1,8 +1,8 @@
 """Benchmark: the training recipes at one budget on the same splits, scored with the official metrics on test.
 
-Each recipe is ``bundle/configs/train.json`` with the config overlays a user merges after it (``scripts.compare
+Each recipe is ``bundle/configs/train.json`` with the config overlays a user merges after it (``pengwin_xray.compare
 .RECIPES``: ``default`` = nothing (main/other formulation), ``seed`` = ``train_seed.json``, ``slots`` =
-``train_slots.json`` (30 fixed slots, default loss), ``vgg16unet`` = ``train_vgg16.json``). ``scripts.compare`` runs them one after the other, each in its own child
+``train_slots.json`` (30 fixed slots, default loss), ``vgg16unet`` = ``train_vgg16.json``). ``pengwin-compare`` runs them one after the other, each in its own child
 process, on the built-in synthetic dataset (generated once, so the phantom-disjoint training, validation and
 test splits are the same for all) with the same ``--seed``, ``--epochs`` and optional ``--max-minutes``:
 training, then the best checkpoint (chosen on the validation split) scored on the test split, which no recipe
@@ -26,15 +26,11 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 from pathlib import Path
 
 import torch
 
-#: the bundle's ``scripts`` are importable from the bundle folder only (as ``python -m monai.bundle`` runs them)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
-
-from scripts.compare import RECIPES, compare, format_table  # noqa: E402
+from pengwin_xray.compare import RECIPES, compare, format_table
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +56,9 @@ def main() -> None:
         flush=True,
     )
     try:
-        report = compare(max_epochs=args.epochs, output_dir=args.work, overrides=overrides, recipes=recipes)
+        report = compare(
+            max_epochs=args.epochs, output_dir=args.work, bundle_root=REPO_ROOT / "bundle", overrides=overrides, recipes=recipes
+        )
     except ValueError as error:
         raise SystemExit(f"bench/recipes.py: {error}") from None
     minutes = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() / 60

@@ -36,7 +36,7 @@ from custom_transforms.constants import (
     fragment_bit,
     fragment_name,
 )
-from scripts.package import BUNDLE_NAME, archive_members, bundle_version, main, package_bundle
+from pengwin_xray.package import BUNDLE_NAME, archive_members, bundle_version, main, package_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "bundle"
@@ -243,9 +243,10 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
     prefix = f"{BUNDLE_NAME}/"
     assert all(name.startswith(prefix) for name in names)
     for required in ("configs/metadata.json", "configs/meta_schema.json", "configs/logging.conf",
-                     "configs/train.json", "configs/inference.json", "scripts/__init__.py", "scripts/package.py",
+                     "configs/train.json", "configs/inference.json", "scripts/__init__.py", "scripts/handlers.py",
                      "docs/README.md", "docs/data_license.txt", "LICENSE", "custom_transforms/__init__.py",
-                     "custom_transforms/constants.py", "models/model.pt", "models/model.onnx"):
+                     "custom_transforms/constants.py", "pengwin_xray/__init__.py", "pengwin_xray/synthetic/__init__.py",
+                     "models/model.pt", "models/model.onnx"):
         assert prefix + required in names, required
     assert not [name for name in names if name.startswith(prefix + "models/checkpoint")]
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
@@ -254,7 +255,7 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
 
 def test_package_warns_when_no_model_file(tmp_path, caplog):
     bundle = _bundle_copy(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="scripts.package"):
+    with caplog.at_level(logging.WARNING, logger="pengwin_xray.package"):
         members = archive_members(bundle)
     assert not [name for _, name in members if "/models/" in name]
     assert "no model file" in caplog.text

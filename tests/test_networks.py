@@ -12,11 +12,11 @@ from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from torch import nn
 
+from pengwin_xray.compare import count_parameters
 from scripts.handlers import EncoderFreezeHandler
 from scripts.networks import (
     VGG16Encoder,
     VGG16UNet,
-    count_parameters,
     load_vgg16_encoder_weights,
 )
 

@@ -1,5 +1,5 @@
 """Tests for configs/train_vgg16.json (merged after train.json, evaluate.json or an inference config) and for
-scripts.compare, the BasicUNet / VGG16 U-Net comparison command."""
+pengwin-compare, the BasicUNet / VGG16 U-Net comparison command."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from monai.transforms import Compose
 
 from helpers import BUNDLE_ROOT, write_pair
 from custom_transforms import MAIN_OTHER_CHANNELS, CLAHEd, NegLogWindowd
-from scripts.compare import compare, format_table
-from scripts.compare import main as compare_main
+from pengwin_xray.compare import compare, count_parameters, format_table
+from pengwin_xray.compare import main as compare_main
 from scripts.handlers import EncoderFreezeHandler
-from scripts.networks import VGG16Encoder, VGG16UNet, count_parameters
+from scripts.networks import VGG16Encoder, VGG16UNet
 
 #: ImageNet channel statistics, written out here as an independent copy of the config's
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -167,12 +167,12 @@ def test_vgg16_override_merges_after_an_inference_config_without_a_train_section
 @pytest.mark.parametrize("recipes, overrides", [(["default", "unet"], {}), (["default"], {"unet": {}}), ([], {})])
 def test_compare_rejects_unknown_or_no_recipes(tmp_path: Path, recipes: list, overrides: dict) -> None:
     with pytest.raises(ValueError, match="recipe"):
-        compare(str(tmp_path), 1, tmp_path, recipe_overrides=overrides, recipes=recipes)
+        compare(str(tmp_path), 1, tmp_path, BUNDLE_ROOT, recipe_overrides=overrides, recipes=recipes)
 
 
 def test_compare_command_names_an_unknown_recipe_in_one_line(capsys) -> None:
     with pytest.raises(SystemExit, match="unknown or no recipe.*'unet'.*default, vgg16unet, seed, slots"):
-        compare_main(["--recipes", "default,unet"])
+        compare_main(["--recipes", "default,unet", "--bundle_root", str(BUNDLE_ROOT)])
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> dict:
     state = write_vgg16_weights(weights_path)
     output_dir = root / "compare"
     argv = [
-        "--dataset_dir", str(root), "--max_epochs", "1", "--output_dir", str(output_dir),
+        "--dataset_dir", str(root), "--max_epochs", "1", "--output_dir", str(output_dir), "--bundle_root", str(BUNDLE_ROOT),
         "--vgg16_weights", str(weights_path),
         "--override", "num_workers=0", "--override", "batch_size=2",
         "--vgg16_override", f"network_def#decoder_channels={json.dumps(SMALL_DECODER)}",

@@ -26,7 +26,6 @@ __all__ = [
     "VGG16Encoder",
     "VGG16UNet",
     "load_vgg16_encoder_weights",
-    "count_parameters",
 ]
 
 #: VGG16 ("configuration D"): output channels of each 3x3 convolution, "M" for a 2x2 max pool.
@@ -255,8 +254,4 @@ def _natural_key(key: str) -> tuple:
     """Sort ``"features.10.weight"`` after ``"features.2.weight"``."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split("."))
 
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model`` (only those with ``requires_grad`` when ``trainable_only``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -9,7 +9,7 @@ installing anything.
 
 Usage::
 
-    cd bundle && python -m scripts.package --out dist
+    cd bundle && pengwin-package --out dist
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import custom_transforms
 import pengwin_xray
 
-from pengwin_xray.atomic import atomic_open
+from .atomic import atomic_open
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -113,14 +113,14 @@ def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
 
 
 def package_bundle(out_dir: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> Path:
-    """Write ``<out_dir>/pengwin_xray_v<version>.zip`` from ``bundle_root`` (default: this package's bundle).
+    """Write ``<out_dir>/pengwin_xray_v<version>.zip`` from ``bundle_root`` (default: the current folder).
 
     The archive is written to a temporary file in ``out_dir`` and moved into place only when complete.
 
     Returns:
         the archive path.
     """
-    root = Path(bundle_root) if bundle_root is not None else Path(__file__).resolve().parents[1]
+    root = Path(bundle_root if bundle_root is not None else ".")
     version = bundle_version(root)
     members = archive_members(root)
     archive = Path(out_dir) / f"{BUNDLE_NAME}_v{version}.zip"
@@ -132,10 +132,10 @@ def package_bundle(out_dir: str | os.PathLike, bundle_root: str | os.PathLike | 
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: ``python -m scripts.package --out DIR [--bundle_root DIR]``; prints the archive path."""
-    parser = argparse.ArgumentParser(description="Pack the bundle into a model-zoo archive.")
+    """Command line: ``pengwin-package --out DIR [--bundle_root DIR]``; prints the archive path."""
+    parser = argparse.ArgumentParser(prog="pengwin-package", description="Pack the bundle into a model-zoo archive.")
     parser.add_argument("--out", required=True, help="folder to write pengwin_xray_v<version>.zip into")
-    parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the one holding this script)")
+    parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the current folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     archive = package_bundle(args.out, args.bundle_root)

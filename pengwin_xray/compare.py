@@ -1,6 +1,6 @@
 """Train and evaluate several recipes on the same data and budget, and tabulate their official scores.
 
-``python -m scripts.compare --recipes default,seed --max_epochs N [--dataset_dir DIR] [--output_dir OUT]``
+``pengwin-compare --recipes default,seed --max_epochs N [--dataset_dir DIR] [--output_dir OUT]``, started in the bundle folder
 (``--dataset_dir`` left out: the built-in synthetic dataset) trains each recipe of :data:`RECIPES` with the
 bundle's own configs (``train.json`` and the recipe's overlays), evaluates its best checkpoint (chosen on the
 validation split) with ``evaluate.json`` merged after them on the test split, and prints one row per recipe:
@@ -29,15 +29,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Timer
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import path_to_sqlite_uri
 
-from pengwin_xray.atomic import atomic_open, write_json_atomic
-from .networks import count_parameters
+from .atomic import atomic_open, write_json_atomic
 
-__all__ = ["RECIPES", "DEFAULT_RECIPES", "ThroughputMeter", "run_recipe", "compare", "format_table", "main"]
+__all__ = [
+    "RECIPES",
+    "DEFAULT_RECIPES",
+    "count_parameters",
+    "ThroughputMeter",
+    "run_recipe",
+    "compare",
+    "format_table",
+    "main",
+]
 
 #: recipe name -> the config files that define it, in merge order (``evaluate.json`` is appended to evaluate)
 RECIPES: dict[str, tuple[str, ...]] = {
@@ -46,7 +55,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "seed": ("train.json", "train_seed.json"),
     "slots": ("train.json", "train_slots.json"),
 }
-#: what ``python -m scripts.compare`` runs without ``--recipes``: the two networks
+#: what ``pengwin-compare`` runs without ``--recipes``: the two networks
 DEFAULT_RECIPES: tuple[str, ...] = ("default", "vgg16unet")
 EVALUATE_CONFIG = "evaluate.json"
 #: table columns: (row key, header, format)
@@ -80,6 +89,11 @@ SUMMARY_KEYS: dict[str, str] = {
     "num_images": "num_test_images",
 }
 _VALIDATION_LINE = re.compile(r"Key metric: (\S+) best value: ([0-9.eE+-]+) at epoch: (\d+)")
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (only those with ``requires_grad`` when ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 class ThroughputMeter:
@@ -170,7 +184,7 @@ def _run_child(spec: dict[str, Any], work_dir: Path, bundle_root: Path) -> tuple
     spec_path, result_path, log_path = work_dir / "spec.json", work_dir / "result.json", work_dir / "compare.log"
     write_json_atomic(spec_path, {**spec, "result_path": str(result_path)})
     result_path.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "scripts.compare", "--run_spec", str(spec_path)]
+    command = [sys.executable, "-m", "pengwin_xray.compare", "--run_spec", str(spec_path)]
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             command,
@@ -194,10 +208,6 @@ def _run_child(spec: dict[str, Any], work_dir: Path, bundle_root: Path) -> tuple
     return json.loads(result_path.read_text()), usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
 
 
-def _bundle_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
 def _tracking_uri(output_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or path_to_sqlite_uri(str(output_dir.resolve() / "mlruns.db"))
 
@@ -218,7 +228,7 @@ def compare(
         max_epochs: training epochs of every recipe; ``None`` keeps the configs' default.
         output_dir: where each recipe's checkpoints, evaluation and logs go (``OUT/<recipe>/``), with the shared
             MLflow store (unless ``MLFLOW_TRACKING_URI`` is set) and ``compare.json`` / ``compare.md``.
-        bundle_root: the bundle folder (holding ``configs/``); default: the one this module belongs to.
+        bundle_root: the bundle folder (holding ``configs/`` and ``scripts/``); default: the current folder.
         overrides: further config ids and values for every recipe (e.g. ``{"num_workers": 0}``).
         recipe_overrides: config ids and values for one recipe only, by name (e.g. ``vgg16_weights``).
         recipes: names from :data:`RECIPES`, run in this order.
@@ -230,7 +240,9 @@ def compare(
         ValueError: an unknown recipe name, or the recipes got different epochs or splits.
         RuntimeError: a run failed (the message ends with its log).
     """
-    bundle = Path(bundle_root or _bundle_root()).resolve()
+    bundle = Path(bundle_root or ".").resolve()
+    if not (bundle / "configs" / "train.json").is_file():
+        raise ValueError(f"{bundle}: not a bundle folder (no configs/train.json); start in bundle/ or pass --bundle_root")
     output = Path(output_dir or bundle / "eval" / "compare").resolve()
     recipe_overrides = recipe_overrides or {}
     unknown = sorted((set(recipes) | set(recipe_overrides)) - set(RECIPES))
@@ -332,8 +344,8 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """Command line: ``python -m scripts.compare --dataset_dir DIR --max_epochs N [--output_dir OUT]``."""
-    parser = argparse.ArgumentParser(prog="python -m scripts.compare", description=__doc__.splitlines()[0])
+    """Command line: ``pengwin-compare --dataset_dir DIR --max_epochs N [--output_dir OUT]``."""
+    parser = argparse.ArgumentParser(prog="pengwin-compare", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--recipes", default=",".join(DEFAULT_RECIPES),
         help=f"comma-separated recipe names, of {', '.join(RECIPES)} (default: {','.join(DEFAULT_RECIPES)})",
@@ -341,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--dataset_dir", default="", help="PENGWIN root (default: the built-in synthetic dataset)")
     parser.add_argument("--max_epochs", type=int, default=None, help="epochs for every recipe (default: config's)")
     parser.add_argument("--output_dir", default=None, help="output folder (default: <bundle>/eval/compare)")
-    parser.add_argument("--bundle_root", default=None, help="bundle folder (default: this module's bundle)")
+    parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the current folder)")
     parser.add_argument("--vgg16_weights", default=None, help="local torchvision VGG16 state dict (default: none)")
     parser.add_argument(
         "--override", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
@@ -368,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
             {"vgg16unet": vgg16}, recipes,
         )  # fmt: skip
     except ValueError as error:
-        raise SystemExit(f"python -m scripts.compare: {error}") from None
+        raise SystemExit(f"pengwin-compare: {error}") from None
     print(format_table(report["rows"]))
     print(f"written: {Path(report['output_dir']) / 'compare.json'} and compare.md")
     return report
