@@ -13,6 +13,8 @@ NUM_CATEGORIES: int = len(CATEGORY_NAMES)
 MAX_FRAGMENTS: int = 10
 NUM_CHANNELS: int = NUM_CATEGORIES * MAX_FRAGMENTS
 IMAGE_SIZE: int = 448
+#: the smallest image side the networks take: four 2x poolings must leave the instance norms more than one pixel
+MIN_IMAGE_SIZE: int = 32
 #: PENGWIN numbers the projections of a CT 0000..0499; from 0250 on they show simulated K-wires and screws
 PROJECTIONS_PER_CT: int = 500
 FIRST_TOOL_PROJECTION: int = 250
@@ -21,6 +23,28 @@ FIRST_TOOL_PROJECTION: int = 250
 #: fewer than DEFAULT_MIN_COMPONENT_SIZE pixels are dropped (the configs' ``threshold`` and ``min_component_size``)
 DEFAULT_THRESHOLD: float = 0.5
 DEFAULT_MIN_COMPONENT_SIZE: int = 10
+
+
+def check_threshold(value: float | str) -> float:
+    """``value`` as a probability threshold; it must be a number strictly between 0 and 1."""
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be a probability strictly between 0 and 1, got {value!r}")
+    return threshold
+
+
+def check_min_component_size(value: int | str) -> int:
+    """``value`` as a minimum component size in pixels; it must be a whole number, 0 or more."""
+    try:
+        size = float(value)
+    except (TypeError, ValueError):
+        size = float("nan")
+    if isinstance(value, bool) or not (size >= 0 and size.is_integer()):
+        raise ValueError(f"min_component_size must be a whole number of pixels, 0 or more, got {value!r}")
+    return int(size)
 
 #: every bit a PENGWIN label may carry (bits 1..30; never bit 0 or 31)
 VALID_BITS_MASK: int = sum(1 << bit for bit in range(1, NUM_CHANNELS + 1))

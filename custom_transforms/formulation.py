@@ -19,7 +19,15 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor
 from scipy import ndimage
 
-from .constants import DEFAULT_MIN_COMPONENT_SIZE, DEFAULT_THRESHOLD, MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANNELS
+from .constants import (
+    DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_THRESHOLD,
+    MAX_FRAGMENTS,
+    NUM_CATEGORIES,
+    NUM_CHANNELS,
+    check_min_component_size,
+    check_threshold,
+)
 
 __all__ = [
     "MAIN_OTHER_CHANNELS",
@@ -74,8 +82,8 @@ class SplitOtherFragments(Transform):
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE) -> None:
-        self.threshold = threshold
-        self.min_component_size = min_component_size
+        self.threshold = check_threshold(threshold)
+        self.min_component_size = check_min_component_size(min_component_size)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         probs = convert_to_numpy(img, dtype=np.float32)

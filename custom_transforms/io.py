@@ -18,7 +18,7 @@ from monai.config import NdarrayOrTensor
 from monai.data import ImageReader, MetaTensor
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from .constants import VALID_BITS_MASK
+from .constants import MIN_IMAGE_SIZE, VALID_BITS_MASK
 
 __all__ = [
     "TIFF_SUFFIXES",
@@ -91,14 +91,24 @@ def _check_shape(path: str | Path, array: np.ndarray, expected_shape: Sequence[i
 
 
 def read_xray_image(path: str | Path, expected_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Read a raw PENGWIN X-ray as float32 ``[H, W]``; reject non-float, non-finite and constant images."""
+    """Read a raw PENGWIN X-ray as float32 ``[H, W]``; reject what the pipeline cannot process.
+
+    Rejected, with the file named: non-float, smaller than :data:`MIN_IMAGE_SIZE` on a side, non-finite,
+    non-positive (the neg-log window takes the logarithm of the transmitted intensity) and constant images.
+    """
     array = _read_single_page(path)
     _check_shape(path, array, expected_shape)
+    if min(array.shape) < MIN_IMAGE_SIZE:
+        raise ValueError(f"{path}: image of {array.shape[0]}x{array.shape[1]} pixels; the networks need at least "
+                         f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{path}: expected a float raw-intensity image (float32), got dtype {array.dtype}")
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise ValueError(f"{path}: image contains {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
+    if array.min() <= 0:
+        raise ValueError(f"{path}: raw intensities must be positive (transmitted X-ray intensity), minimum is "
+                         f"{array.min():g}; is this a windowed or log image instead of a raw one?")
     if array.min() == array.max():
         raise ValueError(f"{path}: constant image (every pixel is {array.flat[0]}): no content to segment")
     return array

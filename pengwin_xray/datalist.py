@@ -14,7 +14,7 @@ import argparse
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from custom_transforms.io import read_fragment_label, read_xray_image, tiff_stem, tiffs_by_stem
@@ -30,6 +30,7 @@ __all__ = [
     "split_by_patient",
     "build_datalist",
     "load_datalist",
+    "require_splits",
     "check_datalist_files",
     "main",
 ]
@@ -163,22 +164,44 @@ def load_datalist(path: str | Path) -> dict[str, list[dict]]:
     return {split: datalist.get(split, []) for split in _SPLITS}
 
 
+def require_splits(datalist: Mapping[str, Sequence[dict]], splits: Sequence[str]) -> None:
+    """Raise before any work when one of ``splits`` of ``datalist`` has no item, naming it and the split sizes."""
+    empty = [split for split in splits if not datalist.get(split)]
+    if empty:
+        sizes = ", ".join(f"{split} {len(datalist.get(split) or [])}" for split in _SPLITS[:3])
+        raise ValueError(
+            f"no {' and no '.join(empty)} images (datalist: {sizes}); a PENGWIN root needs at least 3 patients to be "
+            f"split by patient, or give a --datalist_file that lists {' and '.join(empty)} items"
+        )
+
+
 def check_datalist_files(items: Sequence[dict], expected_shape: Sequence[int] | None = None) -> None:
     """Read and validate every listed file before any work starts; raise once, listing every bad file.
 
-    Checks existence, TIFF readability, dtype, finiteness, label bits and image/label size agreement, so a
-    long run never dies on a bad file hours in.
+    Checks existence, TIFF readability, dtype, size, positive finite intensities, label bits, image/label size
+    agreement and that all images have one size (batches stack them), so a long run never dies on a bad file
+    hours in.
     """
     problems = []
+    sizes: dict[tuple[int, ...], list[str]] = {}
     for item in items:
         try:
             image = read_xray_image(item["image"], expected_shape)
+            sizes.setdefault(image.shape, []).append(str(item["image"]))
             if "label" in item:
                 label = read_fragment_label(item["label"], expected_shape)
                 if label.shape != image.shape:
                     problems.append(f"{item['label']}: label shape {label.shape} != image shape {image.shape}")
         except (OSError, ValueError) as err:
             problems.append(str(err))
+    if len(sizes) > 1:
+        common = max(sizes, key=lambda shape: len(sizes[shape]))
+        problems += [
+            f"{path}: image of shape {shape}, while {len(sizes[common])} others are {common} (batches need one size)"
+            for shape, paths in sizes.items()
+            if shape != common
+            for path in paths
+        ]
     if problems:
         raise ValueError(f"{len(problems)} bad file(s) of {len(items)}:\n  " + "\n  ".join(problems))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from pengwin_xray.datalist import (
     load_datalist,
     main,
     patient_id,
+    require_splits,
     split_by_patient,
 )
 
@@ -116,6 +118,35 @@ def test_check_files_reports_every_bad_file_at_once(pengwin_root):
     assert message.startswith("3 bad file(s) of 15")
     assert "integer bit map" in message and "label shape (16, 16) != image shape (32, 32)" in message
     assert "gone_0000.tif: file not found" in message
+
+
+def test_check_files_names_the_images_whose_size_differs_from_the_others(pengwin_root):
+    items = build_datalist(pengwin_root)["training"]
+    write_pair(pengwin_root, Path(items[2]["image"]).name, size=48)
+    with pytest.raises(ValueError) as info:
+        check_datalist_files(items)
+    message = str(info.value)
+    assert message.startswith("1 bad file(s) of 14")
+    assert f"{items[2]['image']}: image of shape (48, 48), while 13 others are (32, 32)" in message
+
+
+@pytest.mark.parametrize(
+    "sizes, splits, message",
+    [
+        ((5, 0, 2), ["training", "validation"], "no validation images (datalist: training 5, validation 0, test 2)"),
+        ((0, 0, 2), ["training", "validation"], "no training and no validation images"),
+        ((5, 2, 0), ["test"], "give a --datalist_file that lists test items"),
+    ],
+)
+def test_an_empty_split_that_a_run_needs_is_an_error_naming_it(sizes, splits, message):
+    datalist = {name: [{"image": f"{name}{i}.tif"} for i in range(count)]
+                for name, count in zip(("training", "validation", "test"), sizes)}  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(message)):
+        require_splits(datalist, splits)
+
+
+def test_splits_with_items_pass():
+    require_splits({"training": [{"image": "a"}], "validation": [{"image": "b"}], "test": []}, ["training", "validation"])
 
 
 def test_cli_writes_a_monai_datalist(pengwin_root, tmp_path, capsys):

@@ -145,6 +145,16 @@ def write_integer_image(path: Path) -> None:
     tifffile.imwrite(path, np.arange(SIZE * SIZE, dtype=np.uint16).reshape(SIZE, SIZE))
 
 
+def write_tiny_image(path: Path) -> None:
+    tifffile.imwrite(path, raw_xray()[:16, :16])
+
+
+def write_negative_image(path: Path) -> None:
+    image = raw_xray()
+    image[0, 0] = -1.0
+    tifffile.imwrite(path, image)
+
+
 @pytest.mark.parametrize(
     "write_bad, reason",
     [
@@ -152,6 +162,8 @@ def write_integer_image(path: Path) -> None:
         (write_nan_image, "NaN/inf"),
         (write_constant_image, "constant image"),
         (write_integer_image, "expected a float raw-intensity image"),
+        (write_tiny_image, "image of 16x16 pixels; the networks need at least 32x32"),
+        (write_negative_image, "raw intensities must be positive"),
     ],
 )
 def test_list_inputs_rejects_bad_file_with_its_reason_and_keeps_good_one(tmp_path, write_bad, reason):
@@ -314,9 +326,8 @@ def test_report_failures_prints_counts_and_passes_when_nothing_failed(capsys):
 
 def test_report_failures_prints_counts_and_raises_listing_every_failed_file(capsys):
     failures = [InputFailure("/in/x.tif", "not a readable TIFF"), InputFailure("/in/y.tif", "constant image")]
-    with pytest.raises(RuntimeError, match="2 of 3 input") as info:
+    with pytest.raises(ValueError, match=r"2 of 3 input\(s\) failed \(x.tif, y.tif\)"):
         report_failures(failures, ["/in/a.tif"])
-    assert "/in/x.tif: not a readable TIFF" in str(info.value) and "/in/y.tif: constant image" in str(info.value)
     out = capsys.readouterr().out
     assert "1 of 3 input(s) processed, 2 failed" in out and "/in/x.tif" in out and "/in/y.tif" in out
 
@@ -441,6 +452,8 @@ def test_cli_grand_challenge_onnx_run_skips_bad_files_writes_good_one_and_fails(
     )
     assert result.returncode != 0
     assert "1 of 3 input(s) processed, 2 failed" in result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 2 of 3 input(s) failed (case_nan.tiff, case_text.tif)")
+    assert "Traceback" not in result.stderr
     assert "case_text.tif: not a readable TIFF" in result.stderr and "case_nan.tiff: image contains" in result.stderr
     assert [p.name for p in out.iterdir()] == ["case_good.tif"]  # submission only, under the input's name
     _, reference = bitmap_of(load_network("pt", small_unet(seed=9), **model_paths(model_root)), raw)

@@ -15,7 +15,12 @@ from ignite.handlers import DiskSaver
 from torch import nn
 
 from custom_transforms.bits import encode_fragment_bits
-from custom_transforms.constants import DEFAULT_MIN_COMPONENT_SIZE, DEFAULT_THRESHOLD
+from custom_transforms.constants import (
+    DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_THRESHOLD,
+    check_min_component_size,
+    check_threshold,
+)
 from custom_transforms.io import tensor_filename
 from pengwin_xray.metrics import fracture_iou_by_size, fragment_best_ious, score_image, summarise, write_results
 
@@ -147,8 +152,8 @@ class OfficialMetricsSaver:
         self.output_dir = output_dir
         self.prob_key = prob_key
         self.label_key = label_key
-        self.threshold = threshold
-        self.min_component_size = min_component_size
+        self.threshold = check_threshold(threshold)
+        self.min_component_size = check_min_component_size(min_component_size)
         self.rows: list[dict] = []
         self.fragments: list[tuple[float, float]] = []
 
@@ -223,8 +228,8 @@ class PredictionWriter:
         if unknown or not outputs:
             raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
         self.output_dir = str(output_dir)
-        self.threshold = threshold
-        self.min_component_size = min_component_size
+        self.threshold = check_threshold(threshold)
+        self.min_component_size = check_min_component_size(min_component_size)
         self.outputs = tuple(outputs)
         self.pred_key, self.raw_key, self.filename_key = pred_key, raw_key, filename_key
         self.written: list[str] = []

@@ -244,12 +244,12 @@ def report_failures(failures: Sequence[InputFailure], processed: Sequence[str]) 
     exits with a non-zero status.
 
     Raises:
-        RuntimeError: when ``failures`` is not empty.
+        ValueError: when ``failures`` is not empty.
     """
     total = len(processed) + len(failures)
     print(f"PENGWIN inference: {len(processed)} of {total} input(s) processed, {len(failures)} failed", flush=True)
     for failure in failures:
         print(f"  FAILED {failure.path}: {failure.reason}", flush=True)
     if failures:
-        listing = "\n".join(f"  {failure.path}: {failure.reason}" for failure in failures)
-        raise RuntimeError(f"{len(failures)} of {total} input(s) failed:\n{listing}")
+        names = ", ".join(Path(failure.path).name for failure in failures)
+        raise ValueError(f"{len(failures)} of {total} input(s) failed ({names}); the reasons are listed above")

@@ -14,7 +14,13 @@ from monai.config import NdarrayOrTensor
 from monai.utils import convert_to_numpy, convert_to_tensor
 from scipy import ndimage
 
-from custom_transforms.constants import DEFAULT_MIN_COMPONENT_SIZE, DEFAULT_THRESHOLD, NUM_CHANNELS
+from custom_transforms.constants import (
+    DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_THRESHOLD,
+    NUM_CHANNELS,
+    check_min_component_size,
+    check_threshold,
+)
 from custom_transforms.formulation import EIGHT_CONNECTED
 
 __all__ = ["PostprocessResult", "as_probabilities", "postprocess_fragments", "resize_probabilities"]
@@ -85,6 +91,7 @@ def postprocess_fragments(
         ValueError: for a wrong shape, NaN/inf, or values outside [0, 1] (logits instead of probabilities).
     """
     array = as_probabilities(probs)
+    threshold, min_component_size = check_threshold(threshold), check_min_component_size(min_component_size)
     masks = array > threshold
     for channel in range(NUM_CHANNELS):
         masks[channel] = _remove_small_components(masks[channel], min_component_size)

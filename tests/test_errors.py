@@ -1,0 +1,110 @@
+"""User errors (bad files, folders, settings) end a ``monai.bundle`` run with one line; bugs keep their traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from monai.bundle import ConfigParser
+
+from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, bundle_run, write_pair
+from scripts.errors import DEBUG_VARIABLE, report_user_errors_in_one_line, root_cause
+
+
+def _chained(error: BaseException) -> RuntimeError:
+    """``error`` wrapped as MONAI wraps a failing config expression."""
+    try:
+        try:
+            raise error
+        except BaseException as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression: $...") from inner
+    except RuntimeError as outer:
+        return outer
+
+
+def test_root_cause_is_the_first_error_of_the_chain():
+    cause = ValueError("x.tif: constant image")
+    assert root_cause(_chained(cause)) is cause
+    assert root_cause(cause) is cause
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_user_error_is_one_line_unless_debugging(monkeypatch, capsys, debug):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    if debug:
+        monkeypatch.setenv(DEBUG_VARIABLE, "1")
+    else:
+        monkeypatch.delenv(DEBUG_VARIABLE, raising=False)
+    report_user_errors_in_one_line()
+    error = _chained(FileNotFoundError("/data/x.tif: file not found"))
+    sys.excepthook(type(error), error, error.__traceback__)
+    err = capsys.readouterr().err
+    if debug:
+        assert "Traceback" in err and "Failed to evaluate" in err
+    else:
+        assert err == f"error: /data/x.tif: file not found (set {DEBUG_VARIABLE}=1 for the traceback)\n"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.delenv(DEBUG_VARIABLE, raising=False)
+    report_user_errors_in_one_line()
+    error = _chained(TypeError("unsupported operand type(s)"))
+    sys.excepthook(type(error), error, error.__traceback__)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "TypeError: unsupported operand" in err and not err.startswith("error:")
+
+
+def _one_patient_root(root):
+    """A PENGWIN root with one patient: every image lands in the training split."""
+    write_pair(root, "001_0000.tif", size=64)
+    write_pair(root, "001_0250.tif", size=64, seed=1)
+    return root
+
+
+def _inputs(folder):
+    """A folder with one good raw X-ray, and an untrained ``models/model.pt`` beside it, for inference."""
+    folder.mkdir()
+    tifffile.imwrite(folder / "001_0000.tif", np.random.default_rng(0).uniform(1, 56, (64, 64)).astype(np.float32))
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
+    (folder.parent / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), folder.parent / "models" / "model.pt")
+    return folder
+
+
+INFERENCE = ["--config_file", "configs/inference.json"]
+TRAINING = ["training", "--config_file", "configs/train.json"]
+EVALUATION = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "command, data, setting, message",
+    [
+        (INFERENCE, "inputs", ["--threshold", "2"], "threshold must be a probability strictly between 0 and 1, got 2"),
+        (INFERENCE, "inputs", ["--min_component_size", "abc"],
+         "min_component_size must be a whole number of pixels, 0 or more, got 'abc'"),
+        (TRAINING, "synthetic", ["--learning_rate", "abc"], "learning_rate must be a number above 0, got 'abc'"),
+        (TRAINING, "synthetic", ["--max_epochs", "0"], "max_epochs must be a whole number, 1 or more, got 0"),
+        (TRAINING, "one patient", [], "no validation images (datalist: training 2, validation 0, test 0)"),
+        (EVALUATION, "one patient", [], "no test images"),
+    ],
+)  # fmt: skip
+def test_a_bad_setting_or_split_ends_the_run_in_one_line(tmp_path, command, data, setting, message):
+    dataset = {
+        "inputs": lambda: str(_inputs(tmp_path / "inputs")),
+        "synthetic": lambda: "",
+        "one patient": lambda: str(_one_patient_root(tmp_path / "one")),
+    }[data]()
+    result = bundle_run(
+        *command, *setting, "--dataset_dir", dataset, "--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC,
+        "--num_workers", "0", env={DEBUG_VARIABLE: ""},
+    )  # fmt: skip
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
