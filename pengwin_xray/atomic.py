@@ -7,14 +7,23 @@ killed run never leaves half a file where a good one was.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "write_json_atomic"]
+__all__ = ["atomic_open", "write_json_atomic", "remove_stale_temporaries"]
+
+logger = logging.getLogger(__name__)
+
+#: temporary files of an atomic write: :func:`atomic_open`'s ``.<name>.<random>.tmp`` and ignite's atomic
+#: ``DiskSaver``'s ``tmp<random>`` (checkpoints)
+TEMPORARY_NAME = re.compile(r"^(\..+\.[A-Za-z0-9_]+\.tmp|tmp[A-Za-z0-9_]{8})$")
 
 
 @contextmanager
@@ -49,3 +58,24 @@ def write_json_atomic(path: str | os.PathLike, content: Any) -> Path:
         json.dump(content, handle, indent=2)
         handle.write("\n")
     return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left directly in ``folder``; return them.
+
+    A file counts as left behind when its name is a temporary name (:data:`TEMPORARY_NAME`) and it has not been
+    written for ``min_age_s`` seconds, so a write in progress elsewhere is not touched. A missing folder is fine.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    now = time.time()
+    stale = [
+        path
+        for path in sorted(folder.iterdir())
+        if path.is_file() and TEMPORARY_NAME.match(path.name) and now - path.stat().st_mtime >= min_age_s
+    ]
+    for path in stale:
+        path.unlink(missing_ok=True)
+        logger.info(f"removed {path}: a temporary file left by an interrupted write")
+    return stale

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from pengwin_xray.atomic import atomic_open, write_json_atomic
+from pengwin_xray.atomic import atomic_open, remove_stale_temporaries, write_json_atomic
 
 
 def test_successful_write_creates_folders_and_a_readable_file(tmp_path):
@@ -42,3 +44,18 @@ def test_the_target_is_replaced_only_by_the_rename(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="rename failed"):
         write_json_atomic(target, {"new": True})
     assert target.read_text() == "{}" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_temporaries_left_by_killed_writes_are_removed_and_nothing_else(tmp_path):
+    ours = Path(tempfile.mkstemp(dir=tmp_path, prefix=".summary.json.", suffix=".tmp")[1])  # as atomic_open names it
+    with tempfile.NamedTemporaryFile(delete=False, dir=tmp_path) as handle:  # as ignite's atomic DiskSaver names it
+        ignites = Path(handle.name)
+    keep = [tmp_path / name for name in ("model.pt", "tmp_notes.txt", "summary.json", ".hidden.tmp.bak")]
+    for path in keep:
+        path.write_text("x")
+    for path in [ours, ignites, *keep]:
+        os.utime(path, (0, 0))  # long untouched
+    in_progress = Path(tempfile.mkstemp(dir=tmp_path, prefix=".model.pt.", suffix=".tmp")[1])  # just written
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([ours, ignites])
+    assert sorted(tmp_path.iterdir()) == sorted([*keep, in_progress])
+    assert remove_stale_temporaries(tmp_path / "missing") == []

@@ -90,6 +90,7 @@ EVALUATION = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
          "min_component_size must be a whole number of pixels, 0 or more, got 'abc'"),
         (TRAINING, "synthetic", ["--learning_rate", "abc"], "learning_rate must be a number above 0, got 'abc'"),
         (TRAINING, "synthetic", ["--max_epochs", "0"], "max_epochs must be a whole number, 1 or more, got 0"),
+        (TRAINING, "synthetic", ["--max_epoch", "1"], "--max_epoch: no such setting in configs/train.json; did you mean"),
         (TRAINING, "one patient", [], "no validation images (datalist: training 2, validation 0, test 0)"),
         (EVALUATION, "one patient", [], "no test images"),
     ],
@@ -100,9 +101,10 @@ def test_a_bad_setting_or_split_ends_the_run_in_one_line(tmp_path, command, data
         "synthetic": lambda: "",
         "one patient": lambda: str(_one_patient_root(tmp_path / "one")),
     }[data]()
+    synthetic = [] if command is INFERENCE else ["--synthetic", TINY_SYNTHETIC]
     result = bundle_run(
-        *command, *setting, "--dataset_dir", dataset, "--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC,
-        "--num_workers", "0", env={DEBUG_VARIABLE: ""},
+        *command, *setting, *synthetic, "--dataset_dir", dataset, "--bundle_root", str(tmp_path), "--num_workers", "0",
+        env={DEBUG_VARIABLE: ""},
     )  # fmt: skip
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]

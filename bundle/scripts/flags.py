@@ -3,7 +3,15 @@ and numbers, each error naming the setting."""
 
 from __future__ import annotations
 
-__all__ = ["as_flag", "as_positive_number", "as_count"]
+import ast
+import difflib
+import sys
+from collections.abc import Sequence
+
+from monai.bundle import ConfigParser
+from monai.utils import ensure_tuple
+
+__all__ = ["as_flag", "as_positive_number", "as_count", "reject_unknown_overrides"]
 
 
 def as_flag(value: bool | int | str) -> bool:
@@ -47,3 +55,48 @@ def as_count(value: int | str, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not (number >= minimum and number.is_integer()):
         raise ValueError(f"{name} must be a whole number, {minimum} or more, got {value!r}")
     return int(number)
+
+
+#: ``python -m monai.bundle run`` arguments that are not config overrides
+_RUN_ARGUMENTS = frozenset(
+    {"config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id",
+     "workflow_name", "workflow_type"}
+)  # fmt: skip
+
+
+def _config_files(value: str) -> list[str]:
+    """The ``--config_file`` value as fire reads it: one path, or a Python list of paths."""
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return [str(path) for path in ensure_tuple(parsed)]
+
+
+def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
+    """Fail when a ``--key value`` of the ``monai.bundle`` command line names nothing in the configs it merges.
+
+    ``monai.bundle`` adds an unknown key silently, so a misspelt ``--max_epoch 1`` would train the default 40
+    epochs. A top-level key must exist in one of the ``--config_file`` files; a nested id (``network_def#features``)
+    needs its parent to exist. Only command lines with ``--config_file`` are checked (``argv`` defaults to
+    ``sys.argv``), so workflows built in Python are left alone.
+
+    Raises:
+        ValueError: naming the unknown key and the closest known one.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    options = {}
+    for index, token in enumerate(argv):
+        if token.startswith("--"):
+            key, _, value = token[2:].partition("=")
+            options[key] = value if value or index + 1 >= len(argv) else argv[index + 1]
+    if "config_file" not in options:
+        return
+    parser = ConfigParser(ConfigParser.load_config_files(_config_files(options["config_file"])))
+    known = [key for key in parser.get() if isinstance(key, str)]
+    for key in options.keys() - _RUN_ARGUMENTS:
+        if key.partition("#")[0] in parser and ("#" not in key or key.rpartition("#")[0] in parser):
+            continue
+        close = difflib.get_close_matches(key.partition("#")[0], known, n=1)
+        hint = f"; did you mean --{close[0]}?" if close else ""
+        raise ValueError(f"--{key}: no such setting in {options['config_file']}{hint}")

@@ -1,0 +1,65 @@
+"""Settings checked where they enter: numbers with the setting named, unknown command-line keys refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import BUNDLE_ROOT
+from scripts.flags import as_count, as_positive_number, reject_unknown_overrides
+
+TRAIN = str(BUNDLE_ROOT / "configs" / "train.json")
+EVALUATE = str(BUNDLE_ROOT / "configs" / "evaluate.json")
+
+
+@pytest.mark.parametrize("value, expected", [(1e-3, 1e-3), ("3e-4", 3e-4), (2, 2.0)])
+def test_positive_numbers_are_read_as_floats(value, expected):
+    assert as_positive_number(value, "learning_rate") == expected
+
+
+@pytest.mark.parametrize("value", [0, -1e-3, "abc", None, float("nan"), float("inf"), True])
+def test_anything_but_a_positive_number_names_the_setting(value):
+    with pytest.raises(ValueError, match=f"learning_rate must be a number above 0, got {value!r}"):
+        as_positive_number(value, "learning_rate")
+
+
+@pytest.mark.parametrize("value, minimum, expected", [(8, 1, 8), ("40", 1, 40), (2.0, 1, 2), (0, 0, 0)])
+def test_counts_are_read_as_whole_numbers(value, minimum, expected):
+    assert as_count(value, "batch_size", minimum) == expected
+
+
+@pytest.mark.parametrize("value, minimum", [(0, 1), (2.5, 1), ("abc", 1), (-1, 0), (False, 0), (None, 1)])
+def test_anything_but_a_whole_number_from_the_minimum_names_the_setting(value, minimum):
+    with pytest.raises(ValueError, match=f"batch_size must be a whole number, {minimum} or more, got"):
+        as_count(value, "batch_size", minimum)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["--max_epochs", "2", "--learning_rate=3e-4"],
+        ["--network_def#features", "[8, 8, 16, 32, 64, 8]"],  # a new argument of an existing component
+        ["--run_id", "training", "--meta_file", "configs/metadata.json"],  # monai.bundle's own arguments
+    ],
+)
+def test_keys_of_the_merged_configs_are_accepted(overrides):
+    reject_unknown_overrides(["monai.bundle", "run", "--config_file", TRAIN, *overrides])
+
+
+@pytest.mark.parametrize(
+    "config_file, key, message",
+    [
+        (TRAIN, "max_epoch", "did you mean --max_epochs?"),
+        (json.dumps([TRAIN, EVALUATE]), "evaluation_dri", "did you mean --evaluation_dir?"),
+        (TRAIN, "network_def#no_such#thing", "no such setting"),
+        (TRAIN, "zzz", "no such setting in"),
+    ],
+)
+def test_an_unknown_key_is_refused_with_the_closest_known_one(config_file, key, message):
+    with pytest.raises(ValueError, match=f"--{key}: .*{message}"):
+        reject_unknown_overrides(["monai.bundle", "run", "--config_file", config_file, f"--{key}", "1"])
+
+
+def test_only_monai_bundle_command_lines_are_checked():
+    reject_unknown_overrides(["pytest", "-q", "--max_epoch", "1"])  # no --config_file: not a bundle run
