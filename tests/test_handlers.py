@@ -1,13 +1,17 @@
-"""Checkpoint writing through ignite's public ``Checkpoint`` and the bundle's ``ReplacingDiskSaver``."""
+"""Checkpoint writing through ignite's public ``Checkpoint``, the bundle's ``ReplacingDiskSaver`` and ``RandomStates``."""
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from monai.transforms import Compose, RandAffined, RandGaussianNoised
 
-from scripts.handlers import ReplacingDiskSaver
+from scripts.handlers import RandomStates, ReplacingDiskSaver
 
 
 def _fixed_name_checkpoint(folder, network, score=None) -> Checkpoint:
@@ -94,3 +98,35 @@ def test_the_best_model_is_written_only_when_the_score_improves(tmp_path, scores
     engine.run([0], max_epochs=len(scores))
     assert written[-1] == float(saved_epochs[-1])
     assert sorted(set(written)) == [float(epoch) for epoch in saved_epochs]
+
+
+def _augmentation() -> Compose:
+    return Compose([RandAffined("image", prob=1.0, rotate_range=0.3), RandGaussianNoised("image", prob=0.5)])
+
+
+def _draws(transform: Compose) -> list[torch.Tensor]:
+    image = {"image": torch.arange(64, dtype=torch.float32).reshape(1, 8, 8)}
+    return [transform(image)["image"].as_tensor() for _ in range(3)] + [torch.rand(3), torch.from_numpy(np.random.rand(3))]
+
+
+def test_random_states_bring_back_every_draw_of_transforms_and_global_generators():
+    transform = _augmentation().set_random_state(0)
+    states = RandomStates(transform)
+    assert len(states.transforms) == 6  # Compose, RandAffined, RandAffine, RandAffineGrid, noise dict + array
+    saved = torch.load(io.BytesIO(_saved_bytes(states.state_dict())), weights_only=True)  # as checkpoint.pt holds it
+    first = _draws(transform)
+    fresh = _augmentation().set_random_state(123)  # a resumed run: other seeds until the states are loaded
+    RandomStates(fresh).load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip(first, _draws(fresh)))
+
+
+def test_random_states_refuse_a_checkpoint_of_other_transforms():
+    saved = RandomStates(_augmentation()).state_dict()
+    with pytest.raises(ValueError, match="holds 6 random transform states, this training has 1"):
+        RandomStates(Compose([])).load_state_dict(saved)
+
+
+def _saved_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

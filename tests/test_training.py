@@ -226,7 +226,7 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+def test_killed_training_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     args = tiny_training_args(tmp_path, max_epochs=6, batch_size=2) + ["--cpu_bf16", "false"]
     first = subprocess.Popen(
         [sys.executable, "-m", "monai.bundle", "run", *args],
@@ -254,3 +254,9 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert epochs[0] == killed_at + 1 and epochs[-1] == 6
     final = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
     assert final["trainer"]["iteration"] == 6 * state["epoch_length"]
+
+    uninterrupted = bundle_run(*tiny_training_args(tmp_path / "whole", max_epochs=6, batch_size=2), "--cpu_bf16", "false")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    reference = torch.load(tmp_path / "whole" / "models" / "checkpoint.pt", weights_only=True)
+    assert reference["model"].keys() == final["model"].keys()
+    assert all(torch.equal(reference["model"][key], final["model"][key]) for key in final["model"])  # bit-identical

@@ -1,17 +1,24 @@
-"""Ignite event handlers the configs attach: time budget, checkpoint saving, encoder freezing, scoring, writing."""
+"""Ignite event handlers the configs attach: time budget, checkpoint saving, encoder freezing, scoring, writing.
+
+Also the one checkpointed object that is not a handler: :class:`RandomStates`, saved with the training state.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
+from monai.transforms import Compose, Randomizable
 from torch import nn
 
 from custom_transforms.bits import encode_fragment_bits
@@ -31,6 +38,7 @@ from .writers import OUTPUT_KINDS, write_prediction
 __all__ = [
     "EpochTimeLimit",
     "ReplacingDiskSaver",
+    "RandomStates",
     "EncoderFreezeHandler",
     "OfficialMetricsSaver",
     "PredictionWriter",
@@ -91,6 +99,69 @@ class ReplacingDiskSaver(DiskSaver):
 
     def remove(self, filename: str) -> None:
         """Keep ``filename``: the next save replaces it atomically."""
+
+def _random_transforms(transform: Any, found: list[Randomizable] | None = None) -> list[Randomizable]:
+    """Every random transform inside ``transform``, depth first: the members of a ``Compose`` and the random
+    transforms a transform holds (``RandAffined`` draws through its ``RandAffine`` and that one's grid)."""
+    found = [] if found is None else found
+    if isinstance(transform, Randomizable) and all(transform is not known for known in found):
+        found.append(transform)
+        members = transform.transforms if isinstance(transform, Compose) else ()
+        for inner in [*members, *vars(transform).values()]:
+            _random_transforms(inner, found)
+    return found
+
+
+class RandomStates:
+    """Every random state a training run draws from, as one object ignite's ``Checkpoint`` saves and loads.
+
+    In ``checkpoint.pt`` beside model, optimizer and trainer, it lets a resumed run continue exactly as an
+    uninterrupted one: torch's global generator (data order, loader seeds), numpy's and Python's, and the
+    generator of every random transform of ``transform`` (MONAI seeds those once, when the data loader is built, so
+    without their state a resumed run would augment differently). States are stored as tensors and lists, which
+    ``torch.load(weights_only=True)`` reads.
+
+    Args:
+        transform: the training transform, e.g. ``train#dataset.transform``.
+    """
+
+    def __init__(self, transform: Randomizable) -> None:
+        self.transforms = _random_transforms(transform)
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = random.getstate()
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": _saved_numpy_state(np.random.get_state()),
+            "python": [version, list(internal), gauss],
+            "transforms": [_saved_numpy_state(transform.R.get_state()) for transform in self.transforms],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["transforms"]) != len(self.transforms):
+            raise ValueError(
+                f"the checkpoint holds {len(state['transforms'])} random transform states, this training has "
+                f"{len(self.transforms)}: it was written with other transforms and cannot be resumed exactly"
+            )
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(_numpy_state(state["numpy"]))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        for transform, saved in zip(self.transforms, state["transforms"]):
+            transform.R.set_state(_numpy_state(saved))
+
+
+def _saved_numpy_state(state: tuple) -> list:
+    """A numpy ``RandomState`` state with its key array as an int64 tensor, which ``weights_only`` loading reads."""
+    name, keys, *rest = state
+    return [name, torch.from_numpy(keys.astype(np.int64)), *rest]
+
+
+def _numpy_state(saved: list) -> tuple:
+    """The inverse of :func:`_saved_numpy_state`."""
+    name, keys, *rest = saved
+    return (name, keys.numpy().astype(np.uint32), *rest)
+
 
 class EncoderFreezeHandler:
     """Keep the network's encoder frozen until ``freeze_epochs`` epochs have completed, then train it.
