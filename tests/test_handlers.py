@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.transforms import Compose, RandAffined, RandGaussianNoised
 
-from scripts.handlers import RandomStates, ReplacingDiskSaver
+from scripts.handlers import RandomStates, ReplacingDiskSaver, RunIdentity
+from scripts.loading import lock_training
 
 
 def _fixed_name_checkpoint(folder, network, score=None) -> Checkpoint:
@@ -130,3 +132,49 @@ def _saved_bytes(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+def _identity(tmp_path, run_name="run-a", **settings) -> RunIdentity:
+    items = []
+    for name in ("001_0000.tif", "002_0000.tif"):
+        if not (tmp_path / name).exists():
+            (tmp_path / name).write_bytes(b"image")
+        items.append({"image": str(tmp_path / name)})
+    return RunIdentity(run_name, items, {"learning_rate": 1e-3, "max_epochs": 40, **settings})
+
+
+def test_a_resume_with_the_same_data_and_settings_is_accepted_even_with_a_longer_budget(tmp_path):
+    saved = _identity(tmp_path).state_dict()
+    _identity(tmp_path, run_name="run-b", max_epochs=100, max_minutes=30).load_state_dict(saved)
+    assert saved["run_name"] == "run-a"
+
+
+@pytest.mark.parametrize("change, message", [("settings", "with other settings"), ("data", "with other data")])
+def test_a_resume_of_other_data_or_settings_is_refused_naming_the_run(tmp_path, change, message):
+    saved = _identity(tmp_path).state_dict()
+    if change == "settings":
+        resumed = _identity(tmp_path, learning_rate=1e-4)
+    else:
+        (tmp_path / "002_0000.tif").write_bytes(b"another image")
+        resumed = _identity(tmp_path)
+    with pytest.raises(ValueError, match=f"written by run run-a {message}; resuming it would mix two trainings"):
+        resumed.load_state_dict(saved)
+
+
+def test_check_resume_reads_the_checkpoint_and_names_it(tmp_path):
+    identity = _identity(tmp_path)
+    torch.save({"run": identity.state_dict(), "model": {}}, tmp_path / "checkpoint.pt")
+    identity.check_resume(str(tmp_path / "checkpoint.pt"))
+    torch.save({"model": {}}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="old.pt: no run identity"):
+        identity.check_resume(str(tmp_path / "old.pt"))
+    with pytest.raises(ValueError, match="checkpoint.pt: the checkpoint to resume was written by run run-a"):
+        _identity(tmp_path, learning_rate=1.0).check_resume(str(tmp_path / "checkpoint.pt"))
+
+
+def test_one_training_at_a_time_holds_the_models_folder(tmp_path):
+    first = lock_training(tmp_path / "models")
+    with pytest.raises(ValueError, match=f"another training \\(pid {os.getpid()}\\) is writing this folder"):
+        lock_training(tmp_path / "models")
+    first.close()  # the process ends: the lock goes with it
+    lock_training(tmp_path / "models").close()

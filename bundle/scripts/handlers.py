@@ -1,14 +1,18 @@
 """Ignite event handlers the configs attach: time budget, checkpoint saving, encoder freezing, scoring, writing.
 
-Also the one checkpointed object that is not a handler: :class:`RandomStates`, saved with the training state.
+Also the checkpointed objects that are not handlers, saved with the training state: :class:`RunIdentity` and
+:class:`RandomStates`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import random
 import time
+from collections.abc import Mapping
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from .writers import OUTPUT_KINDS, write_prediction
 __all__ = [
     "EpochTimeLimit",
     "ReplacingDiskSaver",
+    "RunIdentity",
     "RandomStates",
     "EncoderFreezeHandler",
     "OfficialMetricsSaver",
@@ -99,6 +104,63 @@ class ReplacingDiskSaver(DiskSaver):
 
     def remove(self, filename: str) -> None:
         """Keep ``filename``: the next save replaces it atomically."""
+
+def _digest(content: Any) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunIdentity:
+    """What a training checkpoint belongs to: the run that wrote it, a digest of its data and one of its settings.
+
+    Saved in ``checkpoint.pt``; a resume (:meth:`check_resume`, and again when ignite loads it) refuses a checkpoint
+    of other data or settings, which would otherwise be continued silently. The data digest covers the training and
+    validation files (paths, sizes, modification times); the settings digest covers ``settings`` (the logged
+    hyperparameters) except the budget (``max_epochs``, ``max_minutes``), which a resume may extend.
+
+    Args:
+        run_name: this run's name.
+        items: the training and validation datalist items.
+        settings: the run's settings by name.
+    """
+
+    BUDGET: tuple[str, ...] = ("max_epochs", "max_minutes")
+
+    def __init__(self, run_name: str, items: Sequence[Mapping[str, str]], settings: Mapping[str, Any]) -> None:
+        files = sorted(
+            (str(path), Path(path).stat().st_size, Path(path).stat().st_mtime_ns)
+            for item in items
+            for key, path in item.items()
+            if key in ("image", "label")
+        )
+        self.identity = {
+            "run_name": str(run_name),
+            "data": _digest(files),
+            "settings": _digest({key: value for key, value in settings.items() if key not in self.BUDGET}),
+        }
+
+    def state_dict(self) -> dict[str, str]:
+        return dict(self.identity)
+
+    def load_state_dict(self, saved: Mapping[str, str]) -> None:
+        """Accept the identity of a checkpoint being resumed, or raise naming what differs."""
+        differing = [part for part in ("data", "settings") if saved.get(part) != self.identity[part]]
+        if differing:
+            raise ValueError(
+                f"the checkpoint to resume was written by run {saved.get('run_name', '(unknown)')} with other "
+                f"{' and other '.join(differing)}; resuming it would mix two trainings (start afresh without --resume, "
+                "or give this training its own --ckpt_dir)"
+            )
+
+    def check_resume(self, checkpoint_path: str) -> None:
+        """Before training: refuse ``checkpoint_path`` unless it was written with this data and these settings."""
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if "run" not in checkpoint:
+            raise ValueError(f"{checkpoint_path}: no run identity (written by an older version); it cannot be resumed")
+        try:
+            self.load_state_dict(checkpoint["run"])
+        except ValueError as err:
+            raise ValueError(f"{checkpoint_path}: {err}") from None
+
 
 def _random_transforms(transform: Any, found: list[Randomizable] | None = None) -> list[Randomizable]:
     """Every random transform inside ``transform``, depth first: the members of a ``Compose`` and the random

@@ -16,12 +16,13 @@ The end-of-run report of inputs that failed lives here too, beside the input che
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tif
 __all__ = [
     "resolve_dataset",
     "resume_checkpoint",
+    "lock_training",
     "MODEL_FORMATS",
     "InputFailure",
     "InputScan",
@@ -73,6 +75,34 @@ def resume_checkpoint(ckpt_dir: str, required: bool = True) -> str | None:
     if required:
         raise FileNotFoundError(f"{path}: no training checkpoint to resume from")
     return None
+
+def lock_training(ckpt_dir: str | os.PathLike) -> TextIO:
+    """Hold an exclusive lock on ``<ckpt_dir>/.training.lock`` while this process lives; return its handle.
+
+    Two trainings writing one ``models/`` folder would overwrite each other's checkpoints and best model. The lock
+    (``fcntl.flock``) is released by the operating system when the process ends, however it ends.
+
+    Raises:
+        ValueError: when another process holds the lock.
+    """
+    path = Path(ckpt_dir) / ".training.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(
+            f"{ckpt_dir}: another training (pid {owner}) is writing this folder; wait for it to end, or give this "
+            "one its own --ckpt_dir"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
 
 #: "pt": state dict on ``network_def``; "ts": TorchScript; "onnx": ONNX Runtime on the CPU
 MODEL_FORMATS: tuple[str, ...] = ("pt", "ts", "onnx")
