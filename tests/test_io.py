@@ -40,15 +40,15 @@ def test_label_with_all_thirty_bits_survives_the_config_loader(tmp_path):
 
 
 def test_loader_keeps_numpy_orientation(tmp_path):
-    image = np.zeros((8, 12), np.float32) + 50
+    image = np.zeros((32, 48), np.float32) + 50
     image[1, 9] = 0.5
-    bitmap = np.zeros((8, 12), np.uint32)
+    bitmap = np.zeros((32, 48), np.uint32)
     bitmap[1, 9] = 1 << 11
     tifffile.imwrite(tmp_path / "image.tif", image)
     tifffile.imwrite(tmp_path / "label.tif", bitmap)
     data = load_pair(tmp_path / "image.tif", tmp_path / "label.tif")
-    assert data["image"].shape == (1, 8, 12) and data["image"][0, 1, 9] == 0.5
-    assert data["label"].shape == (1, 8, 12) and int(data["label"][0, 1, 9]) == 1 << 11
+    assert data["image"].shape == (1, 32, 48) and data["image"][0, 1, 9] == 0.5
+    assert data["label"].shape == (1, 32, 48) and int(data["label"][0, 1, 9]) == 1 << 11
 
 
 def test_pil_written_int32_labels_read_exactly(tmp_path):
@@ -67,9 +67,11 @@ BAD_IMAGES = {
     "truncated": (lambda p: write_bytes(p, _tiff_bytes(np.ones((32, 32), np.float32))[:300]), "not a readable TIFF"),
     "several pages": (lambda p: tifffile.imwrite(p, np.ones((2, 8, 8), np.float32)), "2 pages"),
     "RGB": (lambda p: tifffile.imwrite(p, np.ones((8, 8, 3), np.float32), photometric="rgb"), "RGB"),
-    "integer image": (lambda p: tifffile.imwrite(p, np.ones((8, 8), np.uint16)), "float raw-intensity"),
-    "NaN": (lambda p: tifffile.imwrite(p, np.array([[1.0, np.nan], [2.0, 3.0]], np.float32)), "NaN/inf"),
-    "constant": (lambda p: tifffile.imwrite(p, np.full((8, 8), 4.0, np.float32)), "constant image"),
+    "integer image": (lambda p: tifffile.imwrite(p, np.ones((32, 32), np.uint16)), "float raw-intensity"),
+    "NaN": (lambda p: tifffile.imwrite(p, np.pad(np.array([[1.0, np.nan]], np.float32), ((0, 31), (0, 30)), constant_values=2.0)), "NaN/inf"),
+    "constant": (lambda p: tifffile.imwrite(p, np.full((32, 32), 4.0, np.float32)), "constant image"),
+    "too small": (lambda p: tifffile.imwrite(p, np.linspace(1, 2, 64, dtype=np.float32).reshape(8, 8)), "8x8 pixels; the networks need at least 32x32"),
+    "not positive": (lambda p: tifffile.imwrite(p, np.linspace(-1, 2, 1024, dtype=np.float32).reshape(32, 32)), "raw intensities must be positive"),
 }
 
 

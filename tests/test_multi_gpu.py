@@ -30,7 +30,8 @@ def test_two_process_training_and_evaluation_finish_on_both_ranks_with_one_set_o
     assert train.returncode == 0, train.stderr[-3000:]
     log = train.stdout + train.stderr
     assert log.count("SupervisedTrainer - INFO - Epoch[1] Complete") == 2  # both ranks trained
-    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["checkpoint.pt", "model.pt"]
+    files = sorted(path.name for path in (tmp_path / "models").iterdir())
+    assert files == [".training.lock", "checkpoint.pt", "model.pt"]  # one set, no temporary left
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in state)  # saved unwrapped from DistributedDataParallel
     assert len(list((tmp_path / "eval" / "configs").iterdir())) == 1  # only rank 0 keeps the run's configs

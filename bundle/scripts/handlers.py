@@ -114,8 +114,9 @@ class RunIdentity:
 
     Saved in ``checkpoint.pt``; a resume (:meth:`check_resume`, and again when ignite loads it) refuses a checkpoint
     of other data or settings, which would otherwise be continued silently. The data digest covers the training and
-    validation files (paths, sizes, modification times); the settings digest covers ``settings`` (the logged
-    hyperparameters) except the budget (``max_epochs``, ``max_minutes``), which a resume may extend.
+    validation files (paths, sizes, modification times); the settings digest covers ``settings`` (in ``train.json``:
+    network and loss classes, channels, learning rate, batch size, preprocessing, seed and precision) except a budget
+    (``max_epochs``, ``max_minutes``), which a resume may extend.
 
     Args:
         run_name: this run's name.
