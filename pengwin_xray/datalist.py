@@ -215,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--allow-unpaired", action="store_true", help="warn about unpaired files instead of failing")
     args = parser.parse_args(argv)
-    datalist = build_datalist(args.root, args.train_fraction, args.test_fraction, args.allow_unpaired)
-    write_json_atomic(args.out, datalist)
+    try:
+        datalist = build_datalist(args.root, args.train_fraction, args.test_fraction, args.allow_unpaired)
+        write_json_atomic(args.out, datalist)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"pengwin-datalist: {err}") from None
     print(", ".join(f"{key}: {len(items)}" for key, items in datalist.items()), f"-> {args.out}")

@@ -418,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         rows, summary = evaluate_folders(args.predictions_dir, args.labels_dir)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"pengwin-eval: {err}") from err
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"pengwin-eval: {err}") from None
     write_results(rows, summary, args.out)
     print(json.dumps(summary, indent=2))

@@ -138,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the current folder)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    archive = package_bundle(args.out, args.bundle_root)
+    try:
+        archive = package_bundle(args.out, args.bundle_root)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"pengwin-package: {err}") from None
     print(archive)
     return archive
 

@@ -41,6 +41,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         command = ui_command(args.store, args.host, args.port, args.workers)
     except FileNotFoundError as err:
-        parser.error(str(err))
+        raise SystemExit(f"pengwin-mlflow-ui: {err}") from None
     print(f"MLflow UI on http://{args.host}:{args.port} ({args.store})", flush=True)
     os.execv(command[0], command)

@@ -319,3 +319,9 @@ def test_unpacked_archive_runs_inference_with_its_own_code(tmp_path):
     verify_metadata(
         meta_file=str(root / "configs" / "metadata.json"), filepath=str(root / "configs" / "meta_schema.json")
     )
+
+
+def test_package_command_outside_a_bundle_folder_says_so_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default bundle root is the folder the command is started in
+    with pytest.raises(SystemExit, match=r"^pengwin-package: configs/metadata\.json: bundle metadata not found"):
+        main(["--out", str(tmp_path / "dist")])

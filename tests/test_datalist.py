@@ -180,3 +180,8 @@ def test_unreadable_datalist_json_is_a_clear_error(tmp_path, content, message):
         (tmp_path / "datalist.json").write_text(content)
     with pytest.raises((FileNotFoundError, ValueError), match=f"datalist.json: {message}"):
         load_datalist(tmp_path / "datalist.json")
+
+
+def test_cli_reports_a_bad_root_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=f"^pengwin-datalist: {re.escape(str(tmp_path / 'missing'))}"):
+        main([str(tmp_path / "missing"), "--out", str(tmp_path / "datalist.json")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from ignite.handlers import Checkpoint
 from monai.transforms import Compose, RandAffined, RandGaussianNoised
 
 from scripts.handlers import RandomStates, ReplacingDiskSaver, RunIdentity
-from scripts.loading import lock_training
+from scripts.loading import lock_training, warn_replacing_best_model
 
 
 def _fixed_name_checkpoint(folder, network, score=None) -> Checkpoint:
@@ -178,3 +179,11 @@ def test_one_training_at_a_time_holds_the_models_folder(tmp_path):
         lock_training(tmp_path / "models")
     first.close()  # the process ends: the lock goes with it
     lock_training(tmp_path / "models").close()
+
+
+def test_a_new_training_says_it_will_replace_an_earlier_best_model(tmp_path, caplog):
+    assert warn_replacing_best_model(tmp_path) is None and not caplog.text
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    with caplog.at_level(logging.WARNING, logger="scripts.loading"):
+        assert warn_replacing_best_model(tmp_path) == tmp_path / "model.pt"
+    assert "model.pt (written " in caplog.text and "will be replaced by this training's best model" in caplog.text

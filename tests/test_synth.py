@@ -315,5 +315,5 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     assert "wrote 2 image/label pairs" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "train" / LABEL_SUBDIR).glob("*.tif")) == ["001_0000.tif",
                                                                                        "001_0250.tif"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="pengwin-synth: projections must be 1..500, got 0"):
         main(["--out", str(tmp_path), "--projections", "0"])

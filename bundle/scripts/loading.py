@@ -16,6 +16,7 @@ The end-of-run report of inputs that failed lives here too, beside the input che
 
 from __future__ import annotations
 
+import datetime
 import fcntl
 import logging
 import os
@@ -33,6 +34,7 @@ from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tif
 __all__ = [
     "resolve_dataset",
     "resume_checkpoint",
+    "warn_replacing_best_model",
     "lock_training",
     "MODEL_FORMATS",
     "InputFailure",
@@ -75,6 +77,19 @@ def resume_checkpoint(ckpt_dir: str, required: bool = True) -> str | None:
     if required:
         raise FileNotFoundError(f"{path}: no training checkpoint to resume from")
     return None
+
+def warn_replacing_best_model(ckpt_dir: str | os.PathLike) -> Path | None:
+    """Say, before a new training starts, that it will replace the ``model.pt`` an earlier run left; return it."""
+    path = Path(ckpt_dir) / "model.pt"
+    if not path.is_file():
+        return None
+    written = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+    logger.warning(
+        f"{path} (written {written}) will be replaced by this training's best model; to keep it, stop now and give "
+        "this training its own --ckpt_dir"
+    )
+    return path
+
 
 def lock_training(ckpt_dir: str | os.PathLike) -> TextIO:
     """Hold an exclusive lock on ``<ckpt_dir>/.training.lock`` while this process lives; return its handle.

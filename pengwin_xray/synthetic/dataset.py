@@ -490,8 +490,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.out, args.patients, args.projections, args.size, args.seed, args.split, args.voxel_mm,
             progress=not args.no_progress,
         )
-    except ValueError as err:
-        parser.error(str(err))
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"pengwin-synth: {err}") from None
     print(f"wrote {args.patients * args.projections} image/label pairs under {root / args.split}")
 
 
