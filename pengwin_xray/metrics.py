@@ -78,6 +78,7 @@ __all__ = [
     "fracture_iou_by_size",
     "summarise",
     "evaluate_folders",
+    "RESULT_FILES",
     "write_results",
     "main",
 ]
@@ -288,6 +289,9 @@ def score_image(
 
 
 #: upper edges of the fragment-size bins of :func:`fracture_iou_by_size`, as fractions of the image area
+#: what :func:`write_results` writes: the per-image table and the summary
+RESULT_FILES: tuple[str, str] = ("metrics.csv", "summary.json")
+
 FRAGMENT_SIZE_BINS: tuple[float, ...] = (0.005, 0.01, 0.05)
 
 
@@ -392,7 +396,7 @@ def write_results(rows: Sequence[dict], summary: dict, out_dir: str | Path) -> t
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = out_dir / "metrics.csv", out_dir / "summary.json"
+    csv_path, json_path = (out_dir / name for name in RESULT_FILES)
 
     def write_csv(file) -> None:
         writer = csv.DictWriter(file, fieldnames=["name", *METRICS])

@@ -61,3 +61,12 @@ def test_metrics_saver_writes_official_means_and_iou_by_fragment_size(tmp_path):
     assert summary["num_fragments_under_0.5pct"] == 2 and summary["num_fragments_over_5pct"] == 2
     assert summary["fracture_iou_over_5pct"] == pytest.approx(1.0)
     assert summary["fracture_iou_1_5pct"] is None
+
+
+def test_an_evaluation_that_fails_leaves_no_earlier_results_to_pass_for_its_own(tmp_path):
+    for name in ("metrics.csv", "summary.json"):
+        (tmp_path / name).write_text("from an earlier evaluation")
+    broken = [{"prob": torch.zeros(6, 4, 4), "label": _label()}]  # not [30, H, W] probabilities
+    with pytest.raises(ValueError, match="expected probabilities of shape"):
+        _engine([broken], OfficialMetricsSaver(str(tmp_path)))
+    assert not list(tmp_path.iterdir())

@@ -33,7 +33,14 @@ from custom_transforms.constants import (
     check_threshold,
 )
 from custom_transforms.io import tensor_filename
-from pengwin_xray.metrics import fracture_iou_by_size, fragment_best_ious, score_image, summarise, write_results
+from pengwin_xray.metrics import (
+    RESULT_FILES,
+    fracture_iou_by_size,
+    fragment_best_ious,
+    score_image,
+    summarise,
+    write_results,
+)
 
 from .loading import InputFailure, error_reason
 from .postprocessing import postprocess_fragments
@@ -297,8 +304,11 @@ class OfficialMetricsSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     def reset(self, engine: Engine) -> None:
+        """Start afresh: no rows, and no result files of an earlier evaluation left to pass for this one's."""
         self.rows = []
         self.fragments = []
+        for name in RESULT_FILES:
+            Path(self.output_dir, name).unlink(missing_ok=True)
 
     def score_iteration(self, engine: Engine) -> None:
         output: Sequence[dict] = engine.state.output
