@@ -105,7 +105,7 @@ def test_epoch_time_limit_stops_only_at_the_end_of_an_epoch(minutes, epochs_run)
 
 @pytest.mark.parametrize("minutes", [0, -1.0, float("nan"), "abc"])
 def test_epoch_time_limit_rejects_a_budget_that_is_not_positive(minutes):
-    with pytest.raises(ValueError, match="max_minutes must be a positive number"):
+    with pytest.raises(ValueError, match="max_minutes must be a number above 0"):
         EpochTimeLimit(minutes)
 
 

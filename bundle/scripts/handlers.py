@@ -42,6 +42,7 @@ from pengwin_xray.metrics import (
     write_results,
 )
 
+from .flags import as_positive_number
 from .loading import InputFailure, error_reason
 from .postprocessing import postprocess_fragments
 from .writers import OUTPUT_KINDS, write_prediction
@@ -72,12 +73,7 @@ class EpochTimeLimit:
     """
 
     def __init__(self, minutes: float | str) -> None:
-        try:
-            self.minutes = float(minutes)
-        except (TypeError, ValueError):
-            self.minutes = float("nan")
-        if not self.minutes > 0:
-            raise ValueError(f"max_minutes must be a positive number of minutes, got {minutes!r}")
+        self.minutes = as_positive_number(minutes, "max_minutes")
         self.started = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
@@ -92,6 +88,7 @@ class EpochTimeLimit:
         if elapsed >= self.minutes:
             logger.info(f"stopping after epoch {engine.state.epoch}: {elapsed:.1f} of {self.minutes:g} minutes used")
             engine.terminate()
+
 
 class ReplacingDiskSaver(DiskSaver):
     """ignite's ``DiskSaver`` for checkpoints with a fixed file name (``model.pt``, ``checkpoint.pt``).
@@ -172,7 +169,11 @@ class RunIdentity:
 
 def _random_transforms(transform: Any, found: list[Randomizable] | None = None) -> list[Randomizable]:
     """Every random transform inside ``transform``, depth first: the members of a ``Compose`` and the random
-    transforms a transform holds (``RandAffined`` draws through its ``RandAffine`` and that one's grid)."""
+    transforms a transform holds (``RandAffined`` draws through its ``RandAffine`` and that one's grid).
+
+    MONAI has no public list of the random transforms a transform holds, so the walk looks at the values of its
+    attributes, relying on no attribute's name.
+    """
     found = [] if found is None else found
     if isinstance(transform, Randomizable) and all(transform is not known for known in found):
         found.append(transform)
