@@ -79,6 +79,7 @@ __all__ = [
     "summarise",
     "evaluate_folders",
     "RESULT_FILES",
+    "remove_results",
     "write_results",
     "main",
 ]
@@ -386,6 +387,12 @@ def evaluate_folders(
         label = read_fragment_label(label_path)
         rows.append({"name": label_path.name, **score_image(prediction, label, name=label_path.name)})
     return rows, summarise(rows)
+
+
+def remove_results(out_dir: str | Path) -> None:
+    """Delete the :data:`RESULT_FILES` of an earlier scoring in ``out_dir``, so that none passes for a new one's."""
+    for name in RESULT_FILES:
+        Path(out_dir, name).unlink(missing_ok=True)
 
 
 def write_results(rows: Sequence[dict], summary: dict, out_dir: str | Path) -> tuple[Path, Path]:

@@ -101,6 +101,9 @@ def test_a_bad_setting_or_split_ends_the_run_in_one_line(tmp_path, command, data
         "synthetic": lambda: "",
         "one patient": lambda: str(_one_patient_root(tmp_path / "one")),
     }[data]()
+    stale = tmp_path / "eval" / "evaluation" / "summary.json"  # an earlier evaluation's result
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
     synthetic = [] if command is INFERENCE else ["--synthetic", TINY_SYNTHETIC]
     result = bundle_run(
         *command, *setting, *synthetic, "--dataset_dir", dataset, "--bundle_root", str(tmp_path), "--num_workers", "0",
@@ -110,6 +113,7 @@ def test_a_bad_setting_or_split_ends_the_run_in_one_line(tmp_path, command, data
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+    assert stale.exists() != (command is EVALUATION)  # a failed evaluation leaves no earlier result behind
 
 
 @pytest.mark.slow

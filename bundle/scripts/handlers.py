@@ -34,9 +34,9 @@ from custom_transforms.constants import (
 )
 from custom_transforms.io import tensor_filename
 from pengwin_xray.metrics import (
-    RESULT_FILES,
     fracture_iou_by_size,
     fragment_best_ious,
+    remove_results,
     score_image,
     summarise,
     write_results,
@@ -308,8 +308,7 @@ class OfficialMetricsSaver:
         """Start afresh: no rows, and no result files of an earlier evaluation left to pass for this one's."""
         self.rows = []
         self.fragments = []
-        for name in RESULT_FILES:
-            Path(self.output_dir, name).unlink(missing_ok=True)
+        remove_results(self.output_dir)
 
     def score_iteration(self, engine: Engine) -> None:
         output: Sequence[dict] = engine.state.output
