@@ -16,6 +16,7 @@ import argparse
 import logging
 import statistics
 import tempfile
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,9 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
+#: the configs import the bundle's ``scripts``, importable from the bundle folder only (as ``python -m monai.bundle``
+#: runs them), and this script parses them in its own process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 CONFIGS = BUNDLE_ROOT / "configs"
 META_FILE = str(CONFIGS / "metadata.json")
 ONNX_CONVERTER_KWARGS = {

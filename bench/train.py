@@ -54,6 +54,7 @@ import os
 import resource
 import statistics
 import tempfile
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -67,6 +68,9 @@ from monai.utils import set_determinism
 from pengwin_xray.synthetic import generate_dataset
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"
+#: the configs import the bundle's ``scripts``, importable from the bundle folder only (as ``python -m monai.bundle``
+#: runs them), and this script parses them in its own process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 SEED = 0
 
 

@@ -27,6 +27,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,9 @@ from custom_transforms.constants import MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANN
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pengwin_real"
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"
+#: the configs import the bundle's ``scripts``, importable from the bundle folder only (as ``python -m monai.bundle``
+#: runs them), and this script parses them in its own process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 REAL_IMAGE = "101_0000.tif"
 REAL_LABELS = ("081_0000_maskrcnn_pred.tif", "081_0025_maskrcnn_pred.tif")
 OPENCV_CLIP_LIMIT = 4.0
