@@ -90,6 +90,8 @@ EVALUATION = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
          "min_component_size must be a whole number of pixels, 0 or more, got 'abc'"),
         (TRAINING, "synthetic", ["--learning_rate", "abc"], "learning_rate must be a number above 0, got 'abc'"),
         (TRAINING, "synthetic", ["--max_epochs", "0"], "max_epochs must be a whole number, 1 or more, got 0"),
+        (TRAINING, "synthetic", ["--seed", "abc"], "seed must be a whole number, 0 or more, got 'abc'"),
+        (TRAINING, "synthetic", ["--max_class_weight", "-2"], "max_class_weight must be a number above 0, got -2"),
         (TRAINING, "synthetic", ["--max_epoch", "1"], "--max_epoch: no such setting in configs/train.json; did you mean"),
         (TRAINING, "one patient", [], "no validation images (datalist: training 2, validation 0, test 0)"),
         (EVALUATION, "one patient", [], "no test images"),

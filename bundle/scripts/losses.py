@@ -16,6 +16,8 @@ from custom_transforms.bits import decode_fragment_bits
 from custom_transforms.io import read_fragment_label
 from pengwin_xray.atomic import write_json_atomic
 
+from .flags import as_positive_number
+
 __all__ = ["class_balanced_weights", "FragmentDiceBCELoss"]
 
 
@@ -35,6 +37,7 @@ def class_balanced_weights(
     """
     if not label_paths:
         raise ValueError("no training labels to compute class weights from")
+    max_weight = as_positive_number(max_weight, "max_class_weight")
     cache = None
     if cache_dir is not None:
         signature = hashlib.sha256(type(target_transform).__name__.encode())
