@@ -25,12 +25,20 @@ DEFAULT_THRESHOLD: float = 0.5
 DEFAULT_MIN_COMPONENT_SIZE: int = 10
 
 
+def as_number(value: object) -> float:
+    """``value`` (a number or its text, as configs and the command line give it) as a float; NaN for anything else,
+    booleans included, so that every range check on the result fails."""
+    if isinstance(value, bool):
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def check_threshold(value: float | str) -> float:
     """``value`` as a probability threshold; it must be a number strictly between 0 and 1."""
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError):
-        threshold = float("nan")
+    threshold = as_number(value)
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be a probability strictly between 0 and 1, got {value!r}")
     return threshold
@@ -38,13 +46,11 @@ def check_threshold(value: float | str) -> float:
 
 def check_min_component_size(value: int | str) -> int:
     """``value`` as a minimum component size in pixels; it must be a whole number, 0 or more."""
-    try:
-        size = float(value)
-    except (TypeError, ValueError):
-        size = float("nan")
-    if isinstance(value, bool) or not (size >= 0 and size.is_integer()):
+    size = as_number(value)
+    if not (size >= 0 and size.is_integer()):
         raise ValueError(f"min_component_size must be a whole number of pixels, 0 or more, got {value!r}")
     return int(size)
+
 
 #: every bit a PENGWIN label may carry (bits 1..30; never bit 0 or 31)
 VALID_BITS_MASK: int = sum(1 << bit for bit in range(1, NUM_CHANNELS + 1))

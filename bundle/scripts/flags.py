@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from monai.bundle import ConfigParser
 from monai.utils import ensure_tuple
 
+from custom_transforms.constants import as_number
+
 __all__ = ["as_flag", "as_positive_number", "as_count", "reject_unknown_overrides"]
 
 
@@ -33,11 +35,8 @@ def as_positive_number(value: float | int | str, name: str) -> float:
     Raises:
         ValueError: naming the setting, for anything else (text, 0, negative, NaN, infinite).
     """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not 0.0 < number < float("inf"):
+    number = as_number(value)
+    if not 0.0 < number < float("inf"):
         raise ValueError(f"{name} must be a number above 0, got {value!r}")
     return number
 
@@ -48,11 +47,8 @@ def as_count(value: int | str, name: str, minimum: int = 1) -> int:
     Raises:
         ValueError: naming the setting, for anything else (text, fractions, numbers below ``minimum``).
     """
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if isinstance(value, bool) or not (number >= minimum and number.is_integer()):
+    number = as_number(value)
+    if not (number >= minimum and number.is_integer()):
         raise ValueError(f"{name} must be a whole number, {minimum} or more, got {value!r}")
     return int(number)
 

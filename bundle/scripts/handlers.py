@@ -131,12 +131,8 @@ class RunIdentity:
     BUDGET: tuple[str, ...] = ("max_epochs", "max_minutes")
 
     def __init__(self, run_name: str, items: Sequence[Mapping[str, str]], settings: Mapping[str, Any]) -> None:
-        files = sorted(
-            (str(path), Path(path).stat().st_size, Path(path).stat().st_mtime_ns)
-            for item in items
-            for key, path in item.items()
-            if key in ("image", "label")
-        )
+        stats = {str(path): Path(path).stat() for item in items for key, path in item.items() if key in ("image", "label")}
+        files = sorted((path, stat.st_size, stat.st_mtime_ns) for path, stat in stats.items())
         self.identity = {
             "run_name": str(run_name),
             "data": _digest(files),
