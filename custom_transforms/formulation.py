@@ -81,7 +81,9 @@ class SplitOtherFragments(Transform):
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE) -> None:
+    def __init__(
+        self, threshold: float = DEFAULT_THRESHOLD, min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE
+    ) -> None:
         self.threshold = check_threshold(threshold)
         self.min_component_size = check_min_component_size(min_component_size)
 

@@ -45,7 +45,8 @@ class NegLogWindow(Transform):
             raise ValueError(f"{tensor_filename(img) or 'image'}: image contains NaN/inf values")
         shifted = image + image.min() + self.epsilon
         if shifted.min() <= 0:
-            raise ValueError(f"{tensor_filename(img) or 'image'}: raw intensities must be positive, minimum is {image.min():g}")
+            source = tensor_filename(img) or "image"
+            raise ValueError(f"{source}: raw intensities must be positive, minimum is {image.min():g}")
         attenuation = -torch.log(shifted)
         if self.quantiles is not None:
             low, high = torch.quantile(attenuation.flatten().as_tensor(), torch.tensor(self.quantiles))
@@ -83,7 +84,8 @@ class CLAHE(Transform):
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         if array.ndim != 3:
-            raise ValueError(f"{tensor_filename(img) or 'image'}: expected a channel-first [C, H, W] image, got {array.shape}")
+            source = tensor_filename(img) or "image"
+            raise ValueError(f"{source}: expected a channel-first [C, H, W] image, got {array.shape}")
         # cv2.CLAHE objects are not picklable; creating one costs microseconds, so make it per call
         clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=self.tile_grid_size)
         quantised = np.rint(np.clip(array, 0.0, 1.0) * self.scale).astype(self.dtype)

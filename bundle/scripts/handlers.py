@@ -131,7 +131,8 @@ class RunIdentity:
     BUDGET: tuple[str, ...] = ("max_epochs", "max_minutes")
 
     def __init__(self, run_name: str, items: Sequence[Mapping[str, str]], settings: Mapping[str, Any]) -> None:
-        stats = {str(path): Path(path).stat() for item in items for key, path in item.items() if key in ("image", "label")}
+        paths = {str(path) for item in items for key, path in item.items() if key in ("image", "label")}
+        stats = {path: Path(path).stat() for path in paths}
         files = sorted((path, stat.st_size, stat.st_mtime_ns) for path, stat in stats.items())
         self.identity = {
             "run_name": str(run_name),
