@@ -14,6 +14,7 @@ from .constants import (
     DEFAULT_THRESHOLD,
     IMAGE_SIZE,
     MIN_IMAGE_SIZE,
+    TUNED_POSTPROCESSING_FILE,
     MAX_FRAGMENTS,
     NUM_CATEGORIES,
     NUM_CHANNELS,
@@ -25,6 +26,7 @@ from .constants import (
 )
 from .formulation import (
     MAIN_OTHER_CHANNELS,
+    MAIN_OTHER_CONTACT_CHANNELS,
     MainOtherFragments,
     MainOtherFragmentsd,
     SplitOtherFragments,

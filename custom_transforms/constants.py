@@ -23,6 +23,9 @@ FIRST_TOOL_PROJECTION: int = 250
 #: fewer than DEFAULT_MIN_COMPONENT_SIZE pixels are dropped (the configs' ``threshold`` and ``min_component_size``)
 DEFAULT_THRESHOLD: float = 0.5
 DEFAULT_MIN_COMPONENT_SIZE: int = 10
+#: the file beside a model's ``model.pt`` holding the threshold and minimum component size chosen for it on
+#: validation images (``bundle/scripts/tuning.py``)
+TUNED_POSTPROCESSING_FILE: str = "postprocessing.json"
 
 
 def as_number(value: object) -> float:

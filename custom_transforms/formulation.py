@@ -5,6 +5,12 @@ rank by size) carries no meaning a network can see, and the official metric matc
 slot. The main/other formulation trains 6 channels (SA-main, SA-other, LI-main, LI-other, RI-main, RI-other)
 and turns the other-fragments channel back into fragments 2..10 by its 8-connected components, largest first,
 as the PENGWIN 2024 winners did.
+
+Other fragments that touch or overlap in the view merge into one component. With ``contacts=True`` each bone
+gets a third channel, the contact band: the other-fragments pixels whose 3x3 neighbourhood holds two different
+other fragments (9 channels: main, other, contact per bone). Decoding then takes the components of the other
+mask outside the contact band as seeds and floods the whole other mask from them over the contact
+probability (a watershed), so touching fragments come apart along the predicted contact.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor
 from scipy import ndimage
+from skimage.segmentation import watershed
+from torch.nn import functional as F
 
 from .constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
@@ -31,6 +39,7 @@ from .constants import (
 
 __all__ = [
     "MAIN_OTHER_CHANNELS",
+    "MAIN_OTHER_CONTACT_CHANNELS",
     "EIGHT_CONNECTED",
     "MainOtherFragments",
     "MainOtherFragmentsd",
@@ -40,6 +49,8 @@ __all__ = [
 
 #: channels of the main/other formulation: ``2 * (category - 1)`` is the main fragment, ``+ 1`` the others
 MAIN_OTHER_CHANNELS: int = 2 * NUM_CATEGORIES
+#: channels of the formulation with contact bands: ``3 * (category - 1)`` main, ``+ 1`` others, ``+ 2`` contacts
+MAIN_OTHER_CONTACT_CHANNELS: int = 3 * NUM_CATEGORIES
 #: 8-connectivity in 2D, for every connected-component labelling of fragment masks
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -50,22 +61,39 @@ def _like(result: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
     return result if isinstance(img, torch.Tensor) else result.numpy()
 
 
+def _channels_per_bone(contacts: bool) -> int:
+    return 3 if contacts else 2
+
+
 class MainOtherFragments(Transform):
-    """``[30, H, W]`` fragment masks to ``[6, H, W]``: per bone its fragment 1 and the union of fragments 2..10."""
+    """``[30, H, W]`` fragment masks to per bone its fragment 1 and the union of fragments 2..10.
+
+    Args:
+        contacts: add per bone the contact band of its other fragments (``[9, H, W]`` instead of ``[6, H, W]``).
+    """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, contacts: bool = False) -> None:
+        self.contacts = bool(contacts)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         masks = convert_to_tensor(img, track_meta=False)
         if masks.shape[0] != NUM_CHANNELS:
             raise ValueError(f"expected {NUM_CHANNELS} fragment channels, got shape {tuple(masks.shape)}")
         bones = masks.reshape(NUM_CATEGORIES, MAX_FRAGMENTS, *masks.shape[1:])
-        main_other = torch.stack((bones[:, 0], bones[:, 1:].amax(1)), dim=1)
-        return _like(main_other.reshape(MAIN_OTHER_CHANNELS, *masks.shape[1:]), img)
+        others = bones[:, 1:]
+        targets = [bones[:, 0], others.amax(1)]
+        if self.contacts:
+            # a pixel of an other fragment is in the contact band when its 3x3 neighbourhood holds two fragments
+            nearby = F.max_pool2d(others.float(), kernel_size=3, stride=1, padding=1)
+            targets.append((targets[1] > 0) & (nearby.sum(1) >= 2))
+        per_bone = torch.stack([target.to(masks.dtype) for target in targets], dim=1)
+        return _like(per_bone.reshape(-1, *masks.shape[1:]), img)
 
 
 class SplitOtherFragments(Transform):
-    """``[6, H, W]`` main/other probabilities to ``[30, H, W]`` fragment probabilities.
+    """Main/other (optionally contact) probabilities to ``[30, H, W]`` fragment probabilities.
 
     Fragment 1 of each bone takes the main channel. The other channel's pixels above ``threshold`` are split into
     8-connected components; components smaller than ``min_component_size`` pixels are dropped, the largest nine
@@ -74,28 +102,55 @@ class SplitOtherFragments(Transform):
     the result at ``threshold`` gives exactly the split masks, so the 30-channel post-processing, metrics and
     writers apply unchanged.
 
+    With ``contacts=True`` (9 input channels) the components are seeds taken outside the contact band (contact
+    probability at most ``threshold``); seeds smaller than ``min_component_size`` are dropped, a part of the
+    other mask without any seed becomes its own seed, and scikit-image's watershed on the contact probability
+    grows the seeds over the whole other mask.
+
     Args:
-        threshold: probability above which an other-fragments pixel belongs to a fragment.
+        threshold: probability above which an other-fragments (or contact) pixel belongs to it.
         min_component_size: smaller components are dropped before the fragments are numbered.
+        contacts: the input has the contact channel of :class:`MainOtherFragments` with ``contacts=True``.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
     def __init__(
-        self, threshold: float = DEFAULT_THRESHOLD, min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE
+        self,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
+        contacts: bool = False,
     ) -> None:
         self.threshold = check_threshold(threshold)
         self.min_component_size = check_min_component_size(min_component_size)
+        self.contacts = bool(contacts)
+
+    def _components(self, other: np.ndarray, contact: np.ndarray | None) -> tuple[np.ndarray, int]:
+        """Labels of the other fragments of one bone, and their count."""
+        mask = other > self.threshold
+        if contact is None:
+            return ndimage.label(mask, structure=EIGHT_CONNECTED)
+        seeds, count = ndimage.label(mask & (contact <= self.threshold), structure=EIGHT_CONNECTED)
+        sizes = np.bincount(seeds.ravel(), minlength=count + 1)
+        seeds[sizes[seeds] < self.min_component_size] = 0
+        unseeded, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
+        orphans = np.isin(unseeded, np.unique(unseeded[seeds > 0]), invert=True) & mask
+        seeds[orphans] = unseeded[orphans] + count
+        return watershed(contact, seeds, mask=mask), int(seeds.max(initial=0))
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         probs = convert_to_numpy(img, dtype=np.float32)
-        if probs.shape[0] != MAIN_OTHER_CHANNELS:
-            raise ValueError(f"expected {MAIN_OTHER_CHANNELS} main/other channels, got shape {probs.shape}")
+        per_bone = _channels_per_bone(self.contacts)
+        if probs.shape[0] != per_bone * NUM_CATEGORIES:
+            raise ValueError(
+                f"expected {per_bone * NUM_CATEGORIES} channels ({'main/other/contact' if self.contacts else 'main/other'}"
+                f" per bone), got shape {probs.shape}"
+            )
         fragments = np.zeros((NUM_CATEGORIES, MAX_FRAGMENTS, *probs.shape[1:]), dtype=np.float32)
         for bone in range(NUM_CATEGORIES):
-            main, other = probs[2 * bone], probs[2 * bone + 1]
+            main, other = probs[per_bone * bone], probs[per_bone * bone + 1]
             fragments[bone, 0] = main
-            components, count = ndimage.label(other > self.threshold, structure=EIGHT_CONNECTED)
+            components, count = self._components(other, probs[per_bone * bone + 2] if self.contacts else None)
             sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
             kept = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= self.min_component_size]
             for rank, component in enumerate(kept):
@@ -111,9 +166,9 @@ class MainOtherFragmentsd(MapTransform):
 
     backend = MainOtherFragments.backend
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, contacts: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = MainOtherFragments()
+        self.converter = MainOtherFragments(contacts)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
@@ -132,10 +187,11 @@ class SplitOtherFragmentsd(MapTransform):
         keys: KeysCollection,
         threshold: float = DEFAULT_THRESHOLD,
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
+        contacts: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.splitter = SplitOtherFragments(threshold, min_component_size)
+        self.splitter = SplitOtherFragments(threshold, min_component_size, contacts)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

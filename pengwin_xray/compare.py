@@ -54,6 +54,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "vgg16unet": ("train.json", "train_vgg16.json"),
     "seed": ("train.json", "train_seed.json"),
     "slots": ("train.json", "train_slots.json"),
+    "contacts": ("train.json", "train_contacts.json"),
 }
 #: what ``pengwin-compare`` runs without ``--recipes``: the two networks
 DEFAULT_RECIPES: tuple[str, ...] = ("default", "vgg16unet")
@@ -256,7 +257,10 @@ def compare(
     }
     if max_epochs is not None:
         shared["max_epochs"] = int(max_epochs)
-    # resolve (and, for the synthetic default, generate) the data once, so no run's figures include it
+    # resolve (and, for the synthetic default, generate) the data once, so no run's figures include it; the
+    # configs import the bundle's own `scripts`, importable from the bundle folder as under `python -m monai.bundle`
+    if str(bundle) not in sys.path:
+        sys.path.insert(0, str(bundle))
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / RECIPES["default"][0]))
     parser.update(shared)

@@ -1,7 +1,7 @@
 """Pack the bundle into one self-contained model-zoo archive, ``pengwin_xray_v<version>.zip``.
 
 The archive holds a single folder ``pengwin_xray/`` (the MONAI Bundle Specification's archive format) with
-``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present), ``scripts/``, ``docs/``, ``LICENSE``
+``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present, and ``postprocessing.json``), ``scripts/``, ``docs/``, ``LICENSE``
 and copies of the ``custom_transforms`` and ``pengwin_xray`` packages next to ``scripts/``. ``python -m monai.bundle
 run`` started in the unpacked folder puts that folder first on ``sys.path``, so the configs' ``$import scripts``
 and ``$import custom_transforms`` (and the scripts' own imports) find the copies in the archive without
@@ -97,6 +97,9 @@ def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
         for path in model_files
         if path.is_file() and path.suffix in MODEL_SUFFIXES and not path.match(_RESUME_CHECKPOINTS)
     ]
+    tuned = models / custom_transforms.TUNED_POSTPROCESSING_FILE  # the post-processing chosen for model.pt
+    if packed_models and tuned.is_file():
+        packed_models.append(tuned)
     if not packed_models:
         logger.warning(f"{models}: no model file ({', '.join(MODEL_SUFFIXES)}); the archive holds no weights")
     elif not (models / "model.pt").is_file():

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import json
+
 import numpy as np
 import tifffile
 
@@ -60,3 +62,17 @@ def bundle_run(*args: str, env: dict | None = None, timeout: int = 600) -> subpr
         text=True,
         timeout=timeout,
     )
+
+
+def assert_valid_submissions(images: Path, out: Path, size: int) -> None:
+    """Every image of ``images`` has a PENGWIN bit map in ``out``: uint32, its size, not empty, bits 1..30 only,
+    at most 10 fragments per bone in its report."""
+    names = sorted(path.name for path in images.glob("*.tif"))
+    assert names and sorted(path.name for path in out.glob("*.tif")) == names
+    for name in names:
+        bitmap = tifffile.imread(out / name)
+        assert bitmap.dtype == np.uint32 and bitmap.shape == (size, size) and bitmap.any()
+        assert not (bitmap & ~np.uint32(0x7FFFFFFE)).any()  # bits 1..30 only
+        report = json.loads((out / name).with_suffix(".json").read_text())
+        for category in (1, 2, 3):
+            assert sum(f["category"] == category for f in report["fragments"]) <= 10

@@ -232,7 +232,9 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
 
 
 def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
-    bundle = _bundle_copy(tmp_path, ("model.pt", "model.onnx", "checkpoint.pt", "checkpoint_epoch=3.pt"))
+    bundle = _bundle_copy(
+        tmp_path, ("model.pt", "model.onnx", "checkpoint.pt", "checkpoint_epoch=3.pt", "postprocessing.json")
+    )
     out = tmp_path / "dist"
 
     archive = main(["--out", str(out), "--bundle_root", str(bundle)])
@@ -246,7 +248,7 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
                      "configs/train.json", "configs/inference.json", "scripts/__init__.py", "scripts/handlers.py",
                      "docs/README.md", "docs/data_license.txt", "LICENSE", "custom_transforms/__init__.py",
                      "custom_transforms/constants.py", "pengwin_xray/__init__.py", "pengwin_xray/synthetic/__init__.py",
-                     "models/model.pt", "models/model.onnx"):
+                     "models/model.pt", "models/model.onnx", "models/postprocessing.json"):
         assert prefix + required in names, required
     assert not [name for name in names if name.startswith(prefix + "models/checkpoint")]
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]

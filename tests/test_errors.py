@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import sys
 
 import numpy as np
@@ -81,19 +82,47 @@ TRAINING = ["training", "--config_file", "configs/train.json"]
 EVALUATION = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
 
 
+@pytest.mark.parametrize(
+    "config_files, data, overrides, item, message",
+    [
+        (["inference.json"], "inputs", {"min_component_size": "abc"}, "fragment_decoding",
+         "min_component_size must be a whole number of pixels, 0 or more, got 'abc'"),
+        (["train.json"], "synthetic", {"max_epochs": 0}, "train#trainer#max_epochs",
+         "max_epochs must be a whole number, 1 or more, got 0"),
+        (["train.json"], "synthetic", {"batch_size": "two"}, "train#dataloader#batch_size",
+         "batch_size must be a whole number, 1 or more, got 'two'"),
+        (["train.json"], "synthetic", {"seed": "abc"}, "initialize", "seed must be a whole number, 0 or more, got 'abc'"),
+        (["train.json"], "one patient", {"max_class_weight": -2}, "class_weights",
+         "max_class_weight must be a number above 0, got -2"),
+        (["train.json"], "one patient", {}, "initialize", "no validation images (datalist: training 2, validation 0"),
+    ],
+)  # fmt: skip
+def test_each_setting_is_checked_where_the_config_uses_it(
+    tmp_path, monkeypatch, config_files, data, overrides, item, message
+):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # initialize installs the one-line hook
+    dataset = {
+        "inputs": lambda: str(_inputs(tmp_path / "inputs")),
+        "synthetic": lambda: "",
+        "one patient": lambda: str(_one_patient_root(tmp_path / "one")),
+    }[data]()
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in config_files])
+    parser.update({"bundle_root": str(tmp_path), "dataset_dir": dataset, **overrides})
+    if "train.json" in config_files:
+        parser.update({"synthetic": ast.literal_eval(TINY_SYNTHETIC)})
+    with pytest.raises((RuntimeError, ValueError)) as raised:
+        parser.get_parsed_content(item)
+    assert isinstance(root_cause(raised.value), ValueError) and message in str(root_cause(raised.value))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "command, data, setting, message",
     [
         (INFERENCE, "inputs", ["--threshold", "2"], "threshold must be a probability strictly between 0 and 1, got 2"),
-        (INFERENCE, "inputs", ["--min_component_size", "abc"],
-         "min_component_size must be a whole number of pixels, 0 or more, got 'abc'"),
         (TRAINING, "synthetic", ["--learning_rate", "abc"], "learning_rate must be a number above 0, got 'abc'"),
-        (TRAINING, "synthetic", ["--max_epochs", "0"], "max_epochs must be a whole number, 1 or more, got 0"),
-        (TRAINING, "synthetic", ["--seed", "abc"], "seed must be a whole number, 0 or more, got 'abc'"),
-        (TRAINING, "synthetic", ["--max_class_weight", "-2"], "max_class_weight must be a number above 0, got -2"),
         (TRAINING, "synthetic", ["--max_epoch", "1"], "--max_epoch: no such setting in configs/train.json; did you mean"),
-        (TRAINING, "one patient", [], "no validation images (datalist: training 2, validation 0, test 0)"),
         (EVALUATION, "one patient", [], "no test images"),
     ],
 )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The main/other formulation: 30 fragment channels to 6 main/other channels and back through components."""
+"""The main/other formulation: 30 fragment channels to 6 main/other (or 9 main/other/contact) channels and back."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from monai.data import MetaTensor
 
 from custom_transforms import (
     MAIN_OTHER_CHANNELS,
+    MAIN_OTHER_CONTACT_CHANNELS,
     MainOtherFragments,
     MainOtherFragmentsd,
     SplitOtherFragments,
@@ -77,5 +78,65 @@ def test_split_never_exceeds_ten_fragments_per_bone():
 def test_split_accepts_numpy_and_rejects_thirty_channels():
     probs = MainOtherFragments()(_fragments()).numpy()
     assert isinstance(SplitOtherFragments(min_component_size=1)(probs), np.ndarray)
-    with pytest.raises(ValueError, match="6 main/other channels"):
+    with pytest.raises(ValueError, match=r"expected 6 channels \(main/other per bone\)"):
         SplitOtherFragments()(np.zeros((30, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"expected 9 channels \(main/other/contact per bone\)"):
+        SplitOtherFragments(contacts=True)(probs)
+
+
+def _touching_fragments(shape=(40, 40)) -> torch.Tensor:
+    """RI: main fragment on top; fragments 2 (left) and 3 (right) share an edge at column 20 below it."""
+    masks = torch.zeros(30, *shape)
+    masks[fragment_channel(3, 1), :10] = 1
+    masks[fragment_channel(3, 2), 20:40, :20] = 1
+    masks[fragment_channel(3, 3), 20:40, 20:] = 1
+    return masks
+
+
+def test_contact_band_is_the_other_pixels_next_to_a_different_other_fragment():
+    masks = _touching_fragments()
+    masks[fragment_channel(3, 3), 30, 19] = 1  # one pixel where fragments 2 and 3 overlap
+    targets = MainOtherFragmentsd(keys="label", contacts=True)({"label": masks})["label"]
+    assert targets.shape == (MAIN_OTHER_CONTACT_CHANNELS, 40, 40)
+    ri_main, ri_other, ri_contact = targets[6], targets[7], targets[8]
+    torch.testing.assert_close(ri_main, masks[fragment_channel(3, 1)])
+    assert ri_other.sum() == 800
+    contact = ri_contact > 0
+    assert contact[20:40, 19:21].all()  # both sides of the shared edge
+    assert contact.sum() == 2 * 20 + 3  # and fragment 2's three neighbours of the overlap pixel, column 18
+    assert not contact[:20].any() and not contact[:, :18].any()  # not the main fragment's edge, not the interior
+    assert targets[:6].sum() == 0
+
+
+@pytest.mark.parametrize("contacts, fragments", [(False, 1), (True, 2)])
+def test_contacts_split_touching_fragments_that_components_merge(contacts, fragments):
+    masks = _touching_fragments()
+    probs = MainOtherFragments(contacts)(masks) * 0.9
+    split = SplitOtherFragments(threshold=0.5, min_component_size=1, contacts=contacts)(probs) > 0.5
+    ri_others = split[fragment_channel(3, 2) : fragment_channel(3, 10) + 1]
+    assert int(ri_others.flatten(1).any(1).sum()) == fragments
+    assert ri_others.sum(0).eq(1).sum() == 800  # every other pixel in exactly one fragment
+    if contacts:
+        left, right = ri_others[0], ri_others[1]  # equal sizes: the order of the two is the labelling order
+        assert left[20:40, :20].all() and right[20:40, 20:].all()
+
+
+def test_contacts_keep_an_other_region_that_lies_wholly_in_the_contact_band():
+    probs = torch.zeros(MAIN_OTHER_CONTACT_CHANNELS, 32, 32)
+    probs[1, 4:20, 4:20] = 0.9  # SA other fragment with a seed
+    probs[1, 26:28, 4:20] = 0.9  # a thin sliver the network also calls contact
+    probs[2, 26:28, 4:20] = 0.8
+    split = SplitOtherFragments(threshold=0.5, min_component_size=1, contacts=True)(probs) > 0.5
+    assert split[fragment_channel(1, 2)].sum() == 256 and split[fragment_channel(1, 3)].sum() == 32
+    assert split[fragment_channel(1, 3), 26:28, 4:20].all()
+
+
+def test_contact_seeds_below_the_minimum_size_join_their_neighbours():
+    probs = torch.zeros(MAIN_OTHER_CONTACT_CHANNELS, 32, 32)
+    probs[4, 4:28, 4:28] = 0.9  # LI other region
+    probs[5, 4:28, 10] = 0.9  # a contact line cutting off a 24 x 6 strip on the left
+    probs[5, 4:28, 4:10] = 0.9  # ... whose inside is contact too, except one pixel
+    probs[5, 15, 5] = 0.0
+    split = SplitOtherFragments(threshold=0.5, min_component_size=2, contacts=True)(probs) > 0.5
+    li_others = split[fragment_channel(2, 2) : fragment_channel(2, 10) + 1]
+    assert li_others[0].sum() == 24 * 24 and li_others[1:].sum() == 0

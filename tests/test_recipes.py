@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import tifffile
 import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from monai.handlers import ValidationHandler
 
-from custom_transforms import MAIN_OTHER_CHANNELS, NUM_CHANNELS, fragment_channel
+from custom_transforms import MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS, NUM_CHANNELS, fragment_channel
 from scripts.handlers import EpochTimeLimit
 from scripts.losses import FragmentDiceBCELoss
 from scripts.metrics import FractureIoU
 
-from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, bundle_run
+from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, assert_valid_submissions, bundle_run
 
 
 
@@ -39,6 +37,7 @@ def recipe_parser(root: Path, *overlays: str, base: tuple[str, ...] = ("train.js
         ((), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
         (("train_seed.json",), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
         (("train_slots.json",), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS),
+        (("train_contacts.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CONTACT_CHANNELS),
         (("train_vgg16.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
         (("train_vgg16.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
     ],
@@ -82,6 +81,28 @@ def test_default_postprocessing_turns_six_logits_into_thirty_fragments(pengwin_r
     assert pred.sum() == 320 + 100 + 16
 
 
+@pytest.mark.parametrize("base", [("train.json",), ("inference.json",)])
+def test_contacts_overlay_trains_contact_bands_and_splits_touching_fragments_along_them(pengwin_root, base):
+    parser = recipe_parser(pengwin_root, "train_contacts.json", base=base)
+    if base == ("train.json",):
+        parser["train#augmentation"] = []
+        assert parser.get_parsed_content("train#dataset")[0]["label"].shape[0] == MAIN_OTHER_CONTACT_CHANNELS
+    logits = torch.full((MAIN_OTHER_CONTACT_CHANNELS, 32, 32), -8.0)
+    logits[4, 16:32] = 8.0  # one LI other region ...
+    logits[5, 16:32, 15:17] = 8.0  # ... with a predicted contact down its middle
+    pred = parser.get_parsed_content("postprocessing")({"pred": logits})["pred"] > 0.5
+    assert pred[fragment_channel(2, 2)].sum() == pred[fragment_channel(2, 3)].sum() == 16 * 16
+    assert pred.sum() == 16 * 32
+
+
+@pytest.mark.parametrize("evaluation", [False, True])
+def test_flip_tta_serves_the_trained_model_but_not_the_per_epoch_validation(pengwin_root, evaluation):
+    parser = recipe_parser(pengwin_root, *(("evaluate.json",) if evaluation else ()))
+    assert parser.get_parsed_content("validate#inferer").flip_tta is evaluation
+    assert parser.get_parsed_content("model_inferer").flip_tta is True
+    assert recipe_parser(pengwin_root, base=("inference.json",)).get_parsed_content("inferer").flip_tta is True
+
+
 @pytest.mark.parametrize("minutes", [None, 1.5])
 def test_max_minutes_adds_a_time_limit_after_validation(pengwin_root, minutes):
     parser = recipe_parser(pengwin_root)
@@ -110,8 +131,9 @@ def test_epoch_time_limit_rejects_a_budget_that_is_not_positive(minutes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overlays, channels", [((), MAIN_OTHER_CHANNELS), (("train_seed.json",), NUM_CHANNELS)])
+@pytest.mark.parametrize("overlays, channels", [(("train_seed.json",), NUM_CHANNELS)])
 def test_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path, overlays, channels):
+    """The seed recipe end to end (the default's run is in test_training)."""
     common = ["--bundle_root", str(tmp_path), "--synthetic", TINY_SYNTHETIC, "--num_workers", "0"]
     overlay = "".join(f",'configs/{name}'" for name in overlays)
     train = bundle_run(
@@ -134,12 +156,4 @@ def test_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path, overlays
         "--dataset_dir", str(images), "--output_dir", str(out), "--num_workers", "0",
     )  # fmt: skip
     assert infer.returncode == 0, infer.stderr[-3000:]
-    names = sorted(path.name for path in images.glob("*.tif"))
-    assert sorted(path.name for path in out.glob("*.tif")) == names
-    for name in names:
-        bitmap = tifffile.imread(out / name)
-        assert bitmap.dtype == np.uint32 and bitmap.shape == (64, 64) and bitmap.any()
-        assert not (bitmap & ~np.uint32(0x7FFFFFFE)).any()  # bits 1..30 only
-        report = json.loads((out / name).with_suffix(".json").read_text())
-        for category in (1, 2, 3):
-            assert sum(f["category"] == category for f in report["fragments"]) <= 10
+    assert_valid_submissions(images, out, 64)

@@ -19,10 +19,10 @@ import torch
 from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
-from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, bundle_run, free_port, tiny_training_args
-from custom_transforms import MAIN_OTHER_CHANNELS
+from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, assert_valid_submissions, bundle_run, free_port, tiny_training_args
+from custom_transforms import MAIN_OTHER_CHANNELS, MainOtherFragments
 from pengwin_xray.metrics import OFFICIAL_METRICS
-from scripts.inferers import PengwinInferer, native_cpu_bf16
+from scripts.inferers import PengwinInferer, native_cpu_bf16, swap_sides
 from scripts.loading import resume_checkpoint
 from scripts.losses import class_balanced_weights
 from scripts.metrics import category_iou_output
@@ -55,6 +55,19 @@ def test_class_weights_are_cached_per_label_set(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache").glob("class_pixels_*.json"))) == 1
 
 
+def test_class_weight_cache_tells_target_settings_apart(tmp_path):
+    bitmap = np.zeros((8, 8), np.uint32)
+    bitmap[:, :4] |= 1 << 2  # SA fragment 2
+    bitmap[:, 4:] |= 1 << 3  # SA fragment 3, touching it
+    paths = write_labels(tmp_path / "labels", [bitmap])
+    cache = str(tmp_path / "cache")
+    plain = class_balanced_weights(paths, cache_dir=cache, target_transform=MainOtherFragments())
+    contacts = class_balanced_weights(paths, cache_dir=cache, target_transform=MainOtherFragments(contacts=True))
+    assert len(plain) == 6 and len(contacts) == 9
+    assert contacts[2] == 4.0  # the contact band: columns 3 and 4, 16 of 64 pixels
+    assert len(list(Path(cache).glob("class_pixels_*.json"))) == 2
+
+
 def test_class_weights_need_labels():
     with pytest.raises(ValueError, match="no training labels"):
         class_balanced_weights([])
@@ -69,6 +82,33 @@ def test_inferer_runs_the_network_at_its_size_and_returns_logits_at_the_input_si
 
     logits = PengwinInferer(spatial_size=(32, 32))(torch.zeros(2, 3, 64, 64), network)
     assert seen == [(32, 32)] and logits.shape == (2, 30, 64, 64)
+
+
+@pytest.mark.parametrize("channels", [6, 9, 30])
+def test_swap_sides_exchanges_the_left_and_right_hip_channel_groups(channels):
+    logits = torch.arange(channels, dtype=torch.float32).view(1, channels, 1, 1)
+    group = channels // 3
+    swapped = swap_sides(logits).flatten().tolist()
+    assert swapped == list(range(group)) + list(range(2 * group, channels)) + list(range(group, 2 * group))
+    torch.testing.assert_close(swap_sides(swap_sides(logits)), logits)
+
+
+def test_flip_tta_averages_the_mirrored_run_with_its_sides_swapped_back():
+    image = torch.zeros(1, 1, 4, 6)
+    image[..., :3] = 1.0  # bright on the left half
+
+    def network(x):  # "SA" where bright, "LI" on the image's right half
+        out = torch.zeros(x.shape[0], 6, *x.shape[2:])
+        out[:, 0] = x[:, 0]
+        out[:, 2, :, 3:] = 1.0
+        return out
+
+    plain = PengwinInferer()(image, network)
+    tta = PengwinInferer(flip_tta=True)(image, network)
+    torch.testing.assert_close(tta[:, :2], plain[:, :2])  # mirror-consistent output: unchanged
+    # the mirrored run's "LI" on its right half is, mirrored back and swapped, RI on the image's left half
+    assert tta[0, 2, :, 3:].eq(0.5).all() and tta[0, 2, :, :3].eq(0).all()
+    assert tta[0, 4, :, :3].eq(0.5).all() and tta[0, 4, :, 3:].eq(0).all()
 
 
 @pytest.mark.parametrize(
@@ -223,6 +263,23 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     summary = json.loads((tmp_path / "eval/evaluation/summary.json").read_text())
     assert all(np.isfinite(summary[key]) for key in OFFICIAL_METRICS) and summary["num_images"] == 2
     assert 0.0 <= summary["val_mean_iou"] <= 1.0
+    # the post-processing chosen on the validation split at the end of training is the one evaluation used
+    chosen = json.loads((tmp_path / "models" / "postprocessing.json").read_text())
+    assert chosen["num_validation"] == 2 and len(chosen["grid"]) == 25
+    runs = rest(mlflow_server, "runs/search", body={"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    scored = next(r for r in runs if r["info"]["run_name"].startswith("evaluate-"))
+    params = {p["key"]: p["value"] for p in scored["data"]["params"]}
+    assert float(params["threshold"]) == chosen["threshold"] and params["flip_tta"] == "True"
+    assert int(params["min_component_size"]) == chosen["min_component_size"]
+
+    images = tmp_path / "data/synthetic/train/input/images/x-ray"
+    out = tmp_path / "predictions"
+    infer = bundle_run(
+        "--config_file", "configs/inference.json", "--bundle_root", str(tmp_path), "--dataset_dir", str(images),
+        "--output_dir", str(out), "--num_workers", "0",
+    )  # fmt: skip
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert_valid_submissions(images, out, 64)
 
 
 @pytest.mark.slow

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 
+from custom_transforms.constants import CATEGORY_NAMES, NUM_CATEGORIES
+
 from .flags import as_flag
 
-__all__ = ["native_cpu_bf16", "PengwinInferer"]
+__all__ = ["native_cpu_bf16", "swap_sides", "PengwinInferer"]
 
 
 def native_cpu_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -29,6 +31,14 @@ def native_cpu_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
         return False
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
+
+def swap_sides(logits: torch.Tensor) -> torch.Tensor:
+    """Swap the left-hip and right-hip channel groups of ``[B, C, H, W]`` outputs (C: three per-bone groups)."""
+    li, ri = CATEGORY_NAMES.index("LI"), CATEGORY_NAMES.index("RI")
+    order = [ri if bone == li else li if bone == ri else bone for bone in range(NUM_CATEGORIES)]
+    return logits.unflatten(1, (NUM_CATEGORIES, -1))[:, order].flatten(1, 2)
+
+
 class PengwinInferer(Inferer):
     """Run the network at a fixed input size and optional CPU bf16 autocast; return logits at the input size.
 
@@ -37,15 +47,23 @@ class PengwinInferer(Inferer):
     With ``spatial_size`` (e.g. 224 for the VGG16 U-Net on 448 images), inputs are resized bilinearly and
     logits brought back to the input size, so losses, metrics and outputs always live at the label size.
 
+    With ``flip_tta``, the logits are the mean of the network's logits for the input and, mirrored back, for
+    its left-right mirror image, whose left- and right-hip channels (the second and third of the three equal
+    per-bone channel groups, whatever the formulation) are swapped first: a mirrored left hip is a right hip.
+
     Args:
         spatial_size: network input size ``(H, W)``, or ``None`` to use the input as it is.
         cpu_bf16: autocast to bfloat16 when running on the CPU.
+        flip_tta: also run the mirror image (twice the network time).
     """
 
-    def __init__(self, spatial_size: Sequence[int] | None = None, cpu_bf16: bool | str = False) -> None:
+    def __init__(
+        self, spatial_size: Sequence[int] | None = None, cpu_bf16: bool | str = False, flip_tta: bool | str = False
+    ) -> None:
         super().__init__()
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
         self.cpu_bf16 = as_flag(cpu_bf16)
+        self.flip_tta = as_flag(flip_tta)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         size = tuple(inputs.shape[2:])
@@ -53,8 +71,10 @@ class PengwinInferer(Inferer):
         if resize:
             inputs = F.interpolate(inputs, size=self.spatial_size, mode="bilinear", align_corners=False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16 and inputs.device.type == "cpu"):
-            logits = network(inputs, *args, **kwargs)
-        logits = logits.float()
+            logits = network(inputs, *args, **kwargs).float()
+            if self.flip_tta:
+                mirrored = network(inputs.flip(-1), *args, **kwargs).float().flip(-1)
+                logits = (logits + swap_sides(mirrored)) / 2
         if resize:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits

@@ -33,14 +33,15 @@ def class_balanced_weights(
     what ``target_transform`` makes of them (e.g. ``custom_transforms.MainOtherFragments()``). A channel absent
     from every training label gets weight 1: it has no positive pixel, so its weight would never enter the
     loss, and 1 keeps it finite. The counts are cached in ``cache_dir`` under a hash of the label files (paths,
-    sizes, times) and the name of the target transform.
+    sizes, times) and the target transform (class and settings).
     """
     if not label_paths:
         raise ValueError("no training labels to compute class weights from")
     max_weight = as_positive_number(max_weight, "max_class_weight")
     cache = None
     if cache_dir is not None:
-        signature = hashlib.sha256(type(target_transform).__name__.encode())
+        settings = json.dumps(vars(target_transform) if target_transform is not None else {}, sort_keys=True, default=str)
+        signature = hashlib.sha256(f"{type(target_transform).__name__}|{settings}".encode())
         for path in sorted(label_paths):
             stat = Path(path).stat()
             signature.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

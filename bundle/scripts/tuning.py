@@ -1,0 +1,160 @@
+"""Post-processing chosen on the validation split: the threshold and minimum component size of the trained model.
+
+At the end of training, :func:`choose_postprocessing` runs the best network once over the validation images and
+scores every pair of a small grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENT_SIZES`) with the official fracture
+IoU, ties going to the higher anatomical IoU, then to the grid's earlier pair. The choice is written to
+``postprocessing.json`` beside ``model.pt`` with the model file's SHA-256; evaluation and inference read it through
+:func:`tuned_setting`, which ignores (with a warning) a file written for another ``model.pt``. Test images never
+enter the choice. A value given on the command line (``--threshold``, ``--min_component_size``) still wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from custom_transforms.bits import encode_fragment_bits
+from custom_transforms.constants import (
+    DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_THRESHOLD,
+    NUM_CATEGORIES,
+    NUM_CHANNELS,
+    TUNED_POSTPROCESSING_FILE,
+)
+from custom_transforms.formulation import SplitOtherFragments
+from pengwin_xray.atomic import write_json_atomic
+from pengwin_xray.metrics import score_image
+
+from .postprocessing import postprocess_fragments
+
+__all__ = [
+    "THRESHOLDS",
+    "MIN_COMPONENT_SIZES",
+    "fragment_probabilities",
+    "choose_postprocessing",
+    "tuned_setting",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the grid searched on the validation split
+THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_COMPONENT_SIZES: tuple[int, ...] = (0, 10, 25, 50, 100)
+#: what :func:`tuned_setting` falls back to without a tuned file
+DEFAULTS: dict[str, float | int] = {"threshold": DEFAULT_THRESHOLD, "min_component_size": DEFAULT_MIN_COMPONENT_SIZE}
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fragment_probabilities(probs: torch.Tensor, threshold: float, min_component_size: int) -> torch.Tensor:
+    """``[C, H, W]`` sigmoid outputs of any formulation to ``[30, H, W]`` fragment probabilities.
+
+    The channel count tells the formulation: 30 fragment slots pass through; 6 (main/other) and 9 (with contact
+    bands) are split by :class:`~custom_transforms.formulation.SplitOtherFragments`.
+    """
+    channels = probs.shape[0]
+    if channels == NUM_CHANNELS:
+        return probs
+    if channels not in (2 * NUM_CATEGORIES, 3 * NUM_CATEGORIES):
+        raise ValueError(f"expected 6, 9 or {NUM_CHANNELS} output channels, got {channels}")
+    return SplitOtherFragments(threshold, min_component_size, contacts=channels == 3 * NUM_CATEGORIES)(probs)
+
+
+def choose_postprocessing(
+    network: torch.nn.Module,
+    dataloader: Iterable[dict[str, Any]],
+    inferer: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor],
+    model_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    thresholds: Sequence[float] = THRESHOLDS,
+    min_component_sizes: Sequence[int] = MIN_COMPONENT_SIZES,
+    max_images: int = 200,
+) -> dict[str, Any]:
+    """Choose the post-processing of ``network`` (the weights in ``model_path``) on the validation ``dataloader``.
+
+    Args:
+        network: the trained network, already holding the weights of ``model_path``.
+        dataloader: batches of ``image`` and 30-channel ``label`` of the validation split.
+        inferer: the network call (e.g. :class:`scripts.inferers.PengwinInferer`) giving logits.
+        model_path: the model file; the result goes to ``postprocessing.json`` in its folder.
+        device: where the network runs.
+        thresholds: probability thresholds to try.
+        min_component_sizes: minimum component sizes (pixels) to try.
+        max_images: score at most this many validation images (the first ones: each costs a scoring per pair).
+
+    Returns:
+        what was written: the chosen ``threshold`` and ``min_component_size``, their validation scores, the
+        scores of the defaults, the whole grid and the model file's SHA-256.
+    """
+    grid = [(float(threshold), int(size)) for threshold in thresholds for size in min_component_sizes]
+    scores = {pair: [] for pair in grid}
+    network.eval()
+    with torch.no_grad():
+        for batch in dataloader:
+            if len(scores[grid[0]]) >= max_images:
+                break
+            probs = torch.sigmoid(inferer(batch["image"].to(device), network)).float().cpu()
+            for prob, label in list(zip(probs, batch["label"]))[: max_images - len(scores[grid[0]])]:
+                label_bits = encode_fragment_bits(label.cpu())
+                for threshold, size in grid:
+                    fragments = fragment_probabilities(prob, threshold, size)
+                    masks = postprocess_fragments(fragments, threshold, size).masks
+                    result = score_image(encode_fragment_bits(masks), label_bits)
+                    scores[(threshold, size)].append((result["fracture_iou"], result["anatomical_iou"]))
+    if not any(scores.values()):
+        raise ValueError("no validation image to choose the post-processing on")
+    means = {pair: tuple(np.mean(values, axis=0).tolist()) for pair, values in scores.items()}
+    best = max(grid, key=lambda pair: means[pair])  # max keeps the first of equal scores
+    default = (float(DEFAULT_THRESHOLD), int(DEFAULT_MIN_COMPONENT_SIZE))
+    chosen = {
+        "threshold": best[0],
+        "min_component_size": best[1],
+        "validation_fracture_iou": means[best][0],
+        "validation_anatomical_iou": means[best][1],
+        "default_validation_fracture_iou": means[default][0] if default in means else None,
+        "num_validation": len(scores[best]),
+        "model_sha256": _sha256(model_path),
+        "grid": [{"threshold": t, "min_component_size": m, "fracture_iou": means[(t, m)][0],
+                  "anatomical_iou": means[(t, m)][1]} for t, m in grid],
+    }  # fmt: skip
+    path = write_json_atomic(Path(model_path).parent / TUNED_POSTPROCESSING_FILE, chosen)
+    logger.info(
+        f"post-processing chosen on {chosen['num_validation']} validation images: threshold {best[0]:g}, "
+        f"min_component_size {best[1]} (fracture IoU {means[best][0]:.4f}; defaults "
+        f"{chosen['default_validation_fracture_iou'] or float('nan'):.4f}); written to {path}"
+    )
+    return chosen
+
+
+def tuned_setting(model_path: str | os.PathLike, key: str) -> float | int:
+    """The ``key`` (``threshold`` or ``min_component_size``) chosen for ``model_path`` on validation, or its default.
+
+    The default is used when no ``postprocessing.json`` lies beside the model, or when it was chosen for another
+    model file (then with a warning: e.g. for ``checkpoint.pt``, or a ``model.pt`` trained after the choice);
+    exported models (``model.ts``, ``model.onnx``) share the choice of the ``model.pt`` beside them.
+    """
+    if key not in DEFAULTS:
+        raise ValueError(f"no tuned post-processing setting {key!r}; settings are {', '.join(DEFAULTS)}")
+    path = Path(model_path).parent / TUNED_POSTPROCESSING_FILE
+    if not path.is_file():
+        return DEFAULTS[key]
+    chosen = json.loads(path.read_text())
+    weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / "model.pt"
+    if weights.is_file() and chosen.get("model_sha256") != _sha256(weights):
+        logger.warning(f"{path}: chosen for another model than {weights.name}; using the default {key} {DEFAULTS[key]}")
+        return DEFAULTS[key]
+    return chosen[key]

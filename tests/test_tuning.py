@@ -1,0 +1,85 @@
+"""Post-processing chosen on validation images, and read back only for the model it was chosen for."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from custom_transforms.constants import (
+    DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_THRESHOLD,
+    TUNED_POSTPROCESSING_FILE,
+    fragment_channel,
+)
+from scripts.inferers import PengwinInferer
+from scripts.tuning import choose_postprocessing, fragment_probabilities, tuned_setting
+
+
+def _logit(probability: float) -> float:
+    return float(torch.logit(torch.tensor(probability)))
+
+
+def _validation_batch() -> dict[str, torch.Tensor]:
+    """One image whose SA has a main fragment (rows 8..23) and a fragment 2 (rows 40..47)."""
+    label = torch.zeros(1, 30, 64, 64)
+    label[0, fragment_channel(1, 1), 8:24, 8:56] = 1
+    label[0, fragment_channel(1, 2), 40:48, 8:56] = 1
+    return {"image": torch.zeros(1, 1, 64, 64), "label": label}
+
+
+class _WeakNetwork(torch.nn.Module):
+    """Main/other logits: both fragments at probability 0.45 (lost at thresholds >= 0.5), 5-pixel specks at 0.9."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((x.shape[0], 6, *x.shape[2:]), _logit(0.01))
+        logits[:, 0, 8:24, 8:56] = _logit(0.45)
+        logits[:, 1, 40:48, 8:56] = _logit(0.45)
+        logits[:, 1, 58:59, 2:7] = _logit(0.9)  # a speck: another fragment that no label has
+        return logits
+
+
+def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_beside_the_model(tmp_path):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
+    # 0.3 and 0.4 find both fragments; a minimum size of 10 drops the speck, which only the anatomy IoU sees
+    assert (chosen["threshold"], chosen["min_component_size"]) == (0.3, 10)
+    assert chosen["validation_fracture_iou"] == pytest.approx(1.0) and chosen["num_validation"] == 1
+    assert chosen["validation_anatomical_iou"] == pytest.approx(1.0)
+    assert chosen["default_validation_fracture_iou"] == pytest.approx(0.5)  # the never-empty fallback: main only
+    assert len(chosen["grid"]) == 25
+    assert json.loads((tmp_path / TUNED_POSTPROCESSING_FILE).read_text()) == chosen
+    assert tuned_setting(model_path, "threshold") == 0.3 and tuned_setting(model_path, "min_component_size") == 10
+
+
+def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_model(tmp_path, caplog):
+    model_path = tmp_path / "model.pt"
+    assert tuned_setting(model_path, "threshold") == DEFAULT_THRESHOLD
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
+    torch.save({"weights": torch.ones(1)}, model_path)  # a newer model.pt, trained after the choice
+    with caplog.at_level(logging.WARNING):
+        assert tuned_setting(model_path, "min_component_size") == DEFAULT_MIN_COMPONENT_SIZE
+    assert "chosen for another model than model.pt" in caplog.text
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "checkpoint.pt")  # the same weights, another file
+    choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
+    assert tuned_setting(model_path, "threshold") == 0.3
+    assert tuned_setting(tmp_path / "model.onnx", "threshold") == 0.3  # an export shares the choice of model.pt
+    assert tuned_setting(tmp_path / "checkpoint.pt", "threshold") == DEFAULT_THRESHOLD
+    with pytest.raises(ValueError, match="no tuned post-processing setting 'clip'"):
+        tuned_setting(model_path, "clip")
+
+
+@pytest.mark.parametrize("channels, split", [(30, False), (6, True), (9, True)])
+def test_fragment_probabilities_follow_the_formulation_the_channel_count_tells(channels, split):
+    probs = torch.zeros(channels, 16, 16)
+    probs[1, 2:6, 2:6] = 0.9  # slots: SA fragment 2; main/other(/contact): SA other fragments
+    fragments = fragment_probabilities(probs, 0.5, 1)
+    assert fragments.shape == (30, 16, 16)
+    assert torch.equal(fragments, probs) is not split
+    assert fragments[fragment_channel(1, 2), 2:6, 2:6].eq(0.9).all()
+    with pytest.raises(ValueError, match="expected 6, 9 or 30 output channels, got 4"):
+        fragment_probabilities(torch.zeros(4, 8, 8), 0.5, 1)
