@@ -2,7 +2,8 @@
 
 Each recipe is ``bundle/configs/train.json`` with the config overlays a user merges after it (``pengwin_xray.compare
 .RECIPES``: ``default`` = nothing (main/other formulation), ``seed`` = ``train_seed.json``, ``slots`` =
-``train_slots.json`` (30 fixed slots, default loss), ``vgg16unet`` = ``train_vgg16.json``). ``pengwin-compare`` runs them one after the other, each in its own child
+``train_slots.json`` (30 fixed slots, default loss), ``contacts`` = ``train_contacts.json`` (contact bands),
+``vgg16unet`` = ``train_vgg16.json``). ``pengwin-compare`` runs them one after the other, each in its own child
 process, on the built-in synthetic dataset (generated once, so the phantom-disjoint training, validation and
 test splits are the same for all) with the same ``--seed``, ``--epochs`` and optional ``--max-minutes``:
 training, then the best checkpoint (chosen on the validation split) scored on the test split, which no recipe

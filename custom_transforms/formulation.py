@@ -61,10 +61,6 @@ def _like(result: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
     return result if isinstance(img, torch.Tensor) else result.numpy()
 
 
-def _channels_per_bone(contacts: bool) -> int:
-    return 3 if contacts else 2
-
-
 class MainOtherFragments(Transform):
     """``[30, H, W]`` fragment masks to per bone its fragment 1 and the union of fragments 2..10.
 
@@ -140,12 +136,10 @@ class SplitOtherFragments(Transform):
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         probs = convert_to_numpy(img, dtype=np.float32)
-        per_bone = _channels_per_bone(self.contacts)
+        per_bone, names = (3, "main/other/contact") if self.contacts else (2, "main/other")
         if probs.shape[0] != per_bone * NUM_CATEGORIES:
-            raise ValueError(
-                f"expected {per_bone * NUM_CATEGORIES} channels ({'main/other/contact' if self.contacts else 'main/other'}"
-                f" per bone), got shape {probs.shape}"
-            )
+            channels = per_bone * NUM_CATEGORIES
+            raise ValueError(f"expected {channels} channels ({names} per bone), got shape {probs.shape}")
         fragments = np.zeros((NUM_CATEGORIES, MAX_FRAGMENTS, *probs.shape[1:]), dtype=np.float32)
         for bone in range(NUM_CATEGORIES):
             main, other = probs[per_bone * bone], probs[per_bone * bone + 1]

@@ -1,11 +1,11 @@
 """Pack the bundle into one self-contained model-zoo archive, ``pengwin_xray_v<version>.zip``.
 
 The archive holds a single folder ``pengwin_xray/`` (the MONAI Bundle Specification's archive format) with
-``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present, and ``postprocessing.json``), ``scripts/``, ``docs/``, ``LICENSE``
-and copies of the ``custom_transforms`` and ``pengwin_xray`` packages next to ``scripts/``. ``python -m monai.bundle
-run`` started in the unpacked folder puts that folder first on ``sys.path``, so the configs' ``$import scripts``
-and ``$import custom_transforms`` (and the scripts' own imports) find the copies in the archive without
-installing anything.
+``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present, and ``postprocessing.json``),
+``scripts/``, ``docs/``, ``LICENSE`` and copies of the ``custom_transforms`` and ``pengwin_xray`` packages next to
+``scripts/``. ``python -m monai.bundle run`` started in the unpacked folder puts that folder first on ``sys.path``,
+so the configs' ``$import scripts`` and ``$import custom_transforms`` (and the scripts' own imports) find the
+copies in the archive without installing anything.
 
 Usage::
 

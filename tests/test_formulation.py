@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import tifffile
 import torch
 from monai.data import MetaTensor
 
@@ -16,6 +21,7 @@ from custom_transforms import (
     SplitOtherFragmentsd,
     fragment_channel,
 )
+from helpers import REPO_ROOT, write_pair
 
 
 def _fragments(shape=(40, 40)) -> torch.Tensor:
@@ -140,3 +146,24 @@ def test_contact_seeds_below_the_minimum_size_join_their_neighbours():
     split = SplitOtherFragments(threshold=0.5, min_component_size=2, contacts=True)(probs) > 0.5
     li_others = split[fragment_channel(2, 2) : fragment_channel(2, 10) + 1]
     assert li_others[0].sum() == 24 * 24 and li_others[1:].sum() == 0
+
+
+def test_formulation_benchmark_shows_what_each_formulation_loses_on_touching_fragments(tmp_path):
+    label = np.zeros((64, 64), np.uint32)
+    label[:32] |= 1 << 1  # SA main fragment
+    label[32:, :32] |= 1 << 2  # SA fragments 2 and 3, touching along column 32
+    label[32:, 32:] |= 1 << 3
+    write_pair(tmp_path, "001_0000.tif", size=64, label=False)
+    label_dir = tmp_path / "train" / "output" / "images" / "x-ray"
+    label_dir.mkdir(parents=True)
+    tifffile.imwrite(label_dir / "001_0000.tif", label)
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "formulations.py"), str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = dict(re.findall(r"^\| ([a-z/ ]+) \| ([0-9.]+) \|", result.stdout, flags=re.M))
+    assert rows["slots"] == "1.000" and rows["main/other/contact"] == "1.000"
+    assert float(rows["main/other"]) == pytest.approx((1 + 0.5 + 0.5) / 3, abs=1e-3)  # 2 and 3 merged: IoU 1/2 each
+    assert float(rows["bones only"]) == pytest.approx((0.5 + 0.25 + 0.25) / 3, abs=1e-3)
+    assert "touching another of their bone: 2 of 2" in result.stdout

@@ -40,7 +40,7 @@ def class_balanced_weights(
     max_weight = as_positive_number(max_weight, "max_class_weight")
     cache = None
     if cache_dir is not None:
-        settings = json.dumps(vars(target_transform) if target_transform is not None else {}, sort_keys=True, default=str)
+        settings = json.dumps(vars(target_transform) if target_transform else {}, sort_keys=True, default=str)
         signature = hashlib.sha256(f"{type(target_transform).__name__}|{settings}".encode())
         for path in sorted(label_paths):
             stat = Path(path).stat()
