@@ -45,6 +45,7 @@ from helpers import BUNDLE_ROOT
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"
+EVALUATE_CONFIG = BUNDLE_ROOT / "configs" / "evaluate.json"
 FEATURES = [8, 8, 16, 32, 64, 8]
 SIZE = 64
 #: formats agree on probabilities to this absolute tolerance (float32 PyTorch against ONNX Runtime kernels) ...
@@ -73,11 +74,11 @@ def raw_xray(size: int = SIZE, seed: int = 0) -> np.ndarray:
 
 
 def bitmap_of(network: torch.nn.Module, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Main/other probabilities and bit map of one raw image, by the recipe of inference.json (fp32, default
-    post-processing: other fragments split into components, threshold, small components dropped)."""
+    """Main/other probabilities and bit map of one raw image, by the recipe of inference.json (fp32, flip TTA,
+    default post-processing: other fragments split into components, threshold, small components dropped)."""
     image = torch.as_tensor(np.asarray(CLAHE()(NegLogWindow()(raw[None]))))[None]
     with torch.no_grad():
-        probs = torch.sigmoid(PengwinInferer(cpu_bf16=False)(image, network))[0].numpy()
+        probs = torch.sigmoid(PengwinInferer(cpu_bf16=False, flip_tta=True)(image, network))[0].numpy()
     return probs, encode_fragment_bits(postprocess_fragments(SplitOtherFragments()(probs)).masks)
 
 
@@ -369,9 +370,23 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
     assert parser.get_parsed_content("outputs") == outputs
 
 
-@pytest.mark.parametrize("key", ["network_def", "inferer", "image_transforms", "use_clahe", "cpu_bf16", "threshold"])
-def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key):
-    assert parsed()[key] == ConfigParser.load_config_file(str(TRAIN_CONFIG))[key]
+@pytest.mark.parametrize(
+    "key, config",
+    [
+        ("network_def", TRAIN_CONFIG), ("image_transforms", TRAIN_CONFIG), ("use_clahe", TRAIN_CONFIG),
+        ("cpu_bf16", TRAIN_CONFIG), ("flip_tta", TRAIN_CONFIG), ("contact_bands", TRAIN_CONFIG),
+        ("threshold", EVALUATE_CONFIG), ("min_component_size", EVALUATE_CONFIG),
+    ],
+)  # fmt: skip
+def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key, config):
+    assert parsed()[key] == ConfigParser.load_config_file(str(config))[key]
+
+
+def test_inference_runs_the_trained_model_as_evaluation_does():
+    train = ConfigParser()
+    train.read_config(str(TRAIN_CONFIG))
+    model_inferer, inferer = train.get_parsed_content("model_inferer"), parsed().get_parsed_content("inferer")
+    assert vars(inferer) == vars(model_inferer) and inferer.flip_tta
 
 
 def test_config_network_follows_model_format(model_root):

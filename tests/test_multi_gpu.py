@@ -31,7 +31,7 @@ def test_two_process_training_and_evaluation_finish_on_both_ranks_with_one_set_o
     log = train.stdout + train.stderr
     assert log.count("SupervisedTrainer - INFO - Epoch[1] Complete") == 2  # both ranks trained
     files = sorted(path.name for path in (tmp_path / "models").iterdir())
-    assert files == [".training.lock", "checkpoint.pt", "model.pt"]  # one set, no temporary left
+    assert files == [".training.lock", "checkpoint.pt", "model.pt", "postprocessing.json"]  # one set, no temporary
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in state)  # saved unwrapped from DistributedDataParallel
     assert len(list((tmp_path / "eval" / "configs").iterdir())) == 1  # only rank 0 keeps the run's configs
