@@ -6,6 +6,7 @@ killed run never leaves half a file where a good one was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "write_json_atomic", "remove_stale_temporaries"]
+__all__ = ["atomic_open", "write_json_atomic", "remove_stale_temporaries", "file_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,3 +80,12 @@ def remove_stale_temporaries(folder: str | os.PathLike, min_age_s: float = 60.0)
         path.unlink(missing_ok=True)
         logger.info(f"removed {path}: a temporary file left by an interrupted write")
     return stale
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex: what ties a choice or a tracked run to one model file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -26,6 +26,7 @@ __all__ = [
     "LABEL_SUBDIR",
     "PENGWIN_NAME",
     "patient_id",
+    "split_folders",
     "find_pairs",
     "split_by_patient",
     "build_datalist",
@@ -52,7 +53,9 @@ def patient_id(path: str | Path) -> str:
     return match.group(1)
 
 
-def _split_folders(root: Path) -> list[Path]:
+def split_folders(root: str | Path) -> list[Path]:
+    """The split folders of a PENGWIN root (those holding ``input/images/x-ray``), or ``[root]`` for a split folder."""
+    root = Path(root)
     if (root / IMAGE_SUBDIR).is_dir():
         return [root]
     return sorted(child for child in root.iterdir() if (child / IMAGE_SUBDIR).is_dir())
@@ -72,7 +75,7 @@ def find_pairs(root: str | Path, allow_unpaired: bool = False) -> tuple[list[dic
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder does not exist")
-    folders = _split_folders(root)
+    folders = split_folders(root)
     if not folders:
         raise FileNotFoundError(f"{root}: no '<split>/{IMAGE_SUBDIR.as_posix()}' folder found (PENGWIN layout)")
     pairs, unlabelled, unpaired = [], [], []

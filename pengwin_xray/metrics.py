@@ -431,5 +431,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows, summary = evaluate_folders(args.predictions_dir, args.labels_dir)
     except (OSError, ValueError) as err:
         raise SystemExit(f"pengwin-eval: {err}") from None
-    write_results(rows, summary, args.out)
+    csv_path, json_path = write_results(rows, summary, args.out)
     print(json.dumps(summary, indent=2))
+    print(f"written: {json_path} and {csv_path}")

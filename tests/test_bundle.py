@@ -197,18 +197,17 @@ def test_torchscript_and_onnx_exports_match_eager(tmp_path, case):
         **common,
     )
 
-    image = torch.rand(check_shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        eager = network(image).numpy()
     torchscript, meta, extra = load_net_with_metadata(str(tmp_path / "model.ts"), more_extra_files=["train.json"])
-    with torch.no_grad():
-        scripted = torchscript(image).numpy()
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    (onnx_output,) = session.run(["pred"], {"image": image.numpy()})
-
-    assert eager.shape == (check_shape[0], MAIN_OTHER_CHANNELS, *check_shape[2:])
-    np.testing.assert_allclose(scripted, eager, rtol=0, atol=EXPORT_ATOL)
-    np.testing.assert_allclose(onnx_output, eager, rtol=0, atol=EXPORT_ATOL)
+    channels = check_shape[1]
+    for shape in (check_shape, (1, channels, 224, 224), (1, channels, 448, 448)):  # the demo's and PENGWIN's sizes
+        image = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            eager, scripted = network(image).numpy(), torchscript(image).numpy()
+        (onnx_output,) = session.run(["pred"], {"image": image.numpy()})
+        assert eager.shape == (shape[0], MAIN_OTHER_CHANNELS, *shape[2:])
+        np.testing.assert_allclose(scripted, eager, rtol=0, atol=EXPORT_ATOL)
+        np.testing.assert_allclose(onnx_output, eager, rtol=0, atol=EXPORT_ATOL)
     assert meta["version"] == _metadata()["version"]
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == check_shape[1]
     assert json.loads(extra["train.json"]) == json.loads(Path(config_files[0]).read_text())

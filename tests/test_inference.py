@@ -31,6 +31,7 @@ from custom_transforms.intensity import CLAHE, NegLogWindow
 from scripts.flags import as_flag
 from scripts.handlers import PredictionWriter
 from scripts.inferers import PengwinInferer
+from scripts.networks import VGG16UNet
 from scripts.loading import (
     InputFailure,
     OnnxRuntimeNetwork,
@@ -41,7 +42,7 @@ from scripts.loading import (
 )
 from scripts.postprocessing import postprocess_fragments
 
-from helpers import BUNDLE_ROOT
+from helpers import BUNDLE_ROOT, write_pair
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"
@@ -196,11 +197,24 @@ def test_list_inputs_rejects_second_file_with_the_same_output_name(tmp_path):
     assert scan.failures == [InputFailure(str(tmp_path / "x.tiff"), "same output name x.tif as x.tif")]
 
 
+def test_list_inputs_takes_the_input_folder_of_each_split_of_a_pengwin_root(pengwin_root):
+    for split, name in (("val", "101_0000.tif"), ("test", "102_0000.tif")):
+        write_pair(pengwin_root, name, split=split, label=False)
+    scan = list_inputs(pengwin_root)
+    assert len(scan.items) == 22 and scan.failures == []
+    assert {Path(item["image"]).parent.relative_to(pengwin_root).as_posix() for item in scan.items} == {
+        f"{split}/input/images/x-ray" for split in ("train", "val", "test")
+    }
+    assert [item["image"] for item in list_inputs(pengwin_root / "test").items] == [
+        str(pengwin_root / "test/input/images/x-ray/102_0000.tif")
+    ]  # a split folder given directly
+
+
 @pytest.mark.parametrize(
     "name, error, message",
     [
         ("missing", FileNotFoundError, "input folder does not exist"),
-        ("empty", FileNotFoundError, "no .tif/.tiff files"),
+        ("empty", FileNotFoundError, "no .tif/.tiff files in the input folder, nor in <split>/input/images/x-ray"),
         ("image.tif", NotADirectoryError, "must be a folder"),
     ],
 )
@@ -244,11 +258,31 @@ def test_load_network_pt_restores_saved_weights_plain_or_wrapped(tmp_path, wrap)
     assert not network.training
 
 
-def test_load_checkpoint_names_file_when_it_does_not_fit_the_network(tmp_path):
-    other = BasicUNet(spatial_dims=2, in_channels=1, out_channels=NUM_CHANNELS, features=[4, 4, 8, 16, 32, 4])
-    torch.save(other.state_dict(), tmp_path / "model.pt")
-    with pytest.raises(ValueError, match=r"model\.pt: checkpoint does not fit network_def"):
-        load_checkpoint(small_unet(), tmp_path / "model.pt")
+def basic_unet(out_channels: int, features: list[int] = FEATURES) -> torch.nn.Module:
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=out_channels, features=features)
+
+
+def vgg16_unet(out_channels: int = MAIN_OTHER_CHANNELS) -> torch.nn.Module:
+    return VGG16UNet(in_channels=3, out_channels=out_channels, decoder_channels=(8, 8, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "saved, network, message",
+    [
+        (lambda: basic_unet(NUM_CHANNELS), small_unet, "it predicts 30 channels, network_def 6: for the checkpoint's "
+         "formulation use configs/train_seed.json or configs/train_slots.json"),
+        (lambda: basic_unet(9), small_unet, "it predicts 9 channels, network_def 6: .* configs/train_contacts.json"),
+        (vgg16_unet, small_unet, "it holds a VGG16UNet, network_def is a BasicUNet: merge configs/train_vgg16.json"),
+        (small_unet, vgg16_unet, "it holds a BasicUNet, network_def is a VGG16UNet: .*leave out configs/train_vgg16"),
+        (lambda: basic_unet(6, [8, 4, 8, 16, 32, 4]), small_unet, r"\d+ of another shape \(first: down_1\.\S+\)$"),
+    ],
+    ids=["slots", "contacts", "vgg16_into_basicunet", "basicunet_into_vgg16", "other_widths"],
+)  # fmt: skip
+def test_load_checkpoint_says_in_one_line_which_config_fits_the_checkpoint(tmp_path, saved, network, message):
+    torch.save(saved().state_dict(), tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.pt: checkpoint does not fit network_def: " + message) as info:
+        load_checkpoint(network(), tmp_path / "model.pt")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
 
 
 @pytest.mark.parametrize("model_format", ["pt", "ts", "onnx"])
@@ -374,7 +408,7 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
     "key, config",
     [
         ("network_def", TRAIN_CONFIG), ("image_transforms", TRAIN_CONFIG), ("use_clahe", TRAIN_CONFIG),
-        ("cpu_bf16", TRAIN_CONFIG), ("flip_tta", TRAIN_CONFIG), ("contact_bands", TRAIN_CONFIG),
+        ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("contact_bands", TRAIN_CONFIG),
         ("threshold", EVALUATE_CONFIG), ("min_component_size", EVALUATE_CONFIG),
     ],
 )  # fmt: skip
@@ -382,11 +416,11 @@ def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(
     assert parsed()[key] == ConfigParser.load_config_file(str(config))[key]
 
 
-def test_inference_runs_the_trained_model_as_evaluation_does():
-    train = ConfigParser()
-    train.read_config(str(TRAIN_CONFIG))
-    model_inferer, inferer = train.get_parsed_content("model_inferer"), parsed().get_parsed_content("inferer")
-    assert vars(inferer) == vars(model_inferer) and inferer.flip_tta
+def test_inference_runs_the_trained_model_as_evaluation_does_in_float32_on_cpu():
+    evaluation = ConfigParser()
+    evaluation.read_config([str(TRAIN_CONFIG), str(EVALUATE_CONFIG)])
+    model_inferer, inferer = evaluation.get_parsed_content("validate#inferer"), parsed().get_parsed_content("inferer")
+    assert vars(inferer) == vars(model_inferer) and inferer.flip_tta and not inferer.cpu_bf16
 
 
 def test_config_network_follows_model_format(model_root):

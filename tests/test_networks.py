@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch import nn
 from pengwin_xray.compare import count_parameters
 from scripts.handlers import EncoderFreezeHandler
 from scripts.networks import (
+    MAKE_VGG16_WEIGHTS,
     VGG16Encoder,
     VGG16UNet,
     load_vgg16_encoder_weights,
@@ -184,8 +186,18 @@ def test_unreadable_or_absent_weights_file_raises(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="garbage.pth"):
         VGG16UNet(pretrained_path=garbage)
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
+    with pytest.raises(FileNotFoundError, match="absent.pth") as info:
         VGG16UNet(pretrained_path=tmp_path / "absent.pth")
+    assert str(info.value).endswith(MAKE_VGG16_WEIGHTS) and "\n" not in str(info.value)
+
+
+def test_the_weight_making_command_is_well_formed_and_documented() -> None:
+    words = shlex.split(MAKE_VGG16_WEIGHTS)
+    code = words[words.index("-c") + 1]
+    compile(code, "make_vgg16_weights", "exec")  # the Python it runs parses
+    assert "torchvision" in words and "torchvision.models.vgg16(weights='IMAGENET1K_V1')" in code
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert MAKE_VGG16_WEIGHTS in readme
 
 
 @pytest.mark.parametrize("in_channels", [1, 2])

@@ -12,10 +12,17 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
+import torch
+from monai.networks.nets import BasicUNet
 from monai.utils import path_to_sqlite_uri
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
-from pengwin_xray.tracking import main, ui_command
+from pengwin_xray.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, log_trained_model, main, prepare_experiment, ui_command
 from helpers import free_port
 
 
@@ -46,30 +53,101 @@ def test_the_command_defaults_to_the_store_of_the_bundle_it_is_started_in(tmp_pa
         main([])
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc/net/tcp to see bound addresses")
-def test_ui_serves_the_store_on_loopback_only(tmp_path):
-    store = tmp_path / "mlruns.db"
-    mlflow.MlflowClient(path_to_sqlite_uri(str(store))).create_experiment("pengwin-xray")
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def ui_with_a_run(tmp_path_factory):
+    """``pengwin-mlflow-ui`` on a store with one tiny training run and its registered model; yields the base
+    address, the runs address the command printed, and the run."""
+    folder = tmp_path_factory.mktemp("ui")
+    store = folder / "eval" / "mlruns.db"
+    store.parent.mkdir()
+    uri = path_to_sqlite_uri(str(store))
+    experiment_id = prepare_experiment(uri, "pengwin-xray")
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(experiment_id, run_name="tiny")
+    for step, iou in enumerate((0.1, 0.2, 0.25), start=1):
+        client.log_metric(run.info.run_id, "val_fracture_iou", iou, step=step)
+    client.set_terminated(run.info.run_id)
+    network = BasicUNet(2, 1, 6, features=(4, 4, 4, 4, 4, 4))
+    torch.save(network.state_dict(), folder / "model.pt")
+    example = np.zeros((1, 1, 32, 32), np.float32)
+    log_trained_model(uri, "pengwin-xray", "tiny", network, folder / "model.pt", example, "pengwin-xray-basicunet")
     port = free_port()
     ui = subprocess.Popen(
         [str(Path(sys.executable).parent / "pengwin-mlflow-ui"), "--store", str(store), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
         start_new_session=True,
     )
     try:
+        printed = ui.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
         while True:
             try:
-                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=pengwin-xray"
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    experiment = json.loads(response.read())["experiment"]
+                urllib.request.urlopen(f"{base}/health", timeout=2)
                 break
             except OSError:
                 assert ui.poll() is None and time.time() < deadline, "MLflow UI did not start"
                 time.sleep(0.5)
-        assert experiment["name"] == "pengwin-xray"
-        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only, not 0.0.0.0
+        yield base, printed.split("training runs: ")[1].strip(), run
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc/net/tcp to see bound addresses")
+def test_ui_serves_the_store_on_loopback_only(ui_with_a_run):
+    base, _, _ = ui_with_a_run
+    url = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=pengwin-xray"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        experiment = json.loads(response.read())["experiment"]
+    assert experiment["name"] == "pengwin-xray"
+    assert {"key": EXPERIMENT_KIND_TAG, "value": MODEL_TRAINING} in experiment["tags"]
+    assert listening_addresses(int(base.rsplit(":", 1)[1])) == {"0100007F"}  # 127.0.0.1 only, not 0.0.0.0
+
+
+def chromium() -> webdriver.Chrome:
+    """Headless Debian Chromium, with no network of its own (the machine has none to offer)."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        message = "the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs them: their absence there is a failure, not a reason to skip
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1400,1000"):  # fmt: skip
+        options.add_argument(argument)
+    return webdriver.Chrome(service=webdriver.ChromeService(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.mark.slow
+def test_browser_finds_the_run_under_model_training_with_its_iou_chart_and_registered_model(ui_with_a_run):
+    _, runs_url, run = ui_with_a_run
+    browser = chromium()
+    wait = WebDriverWait(browser, 90)
+
+    def page_text() -> str:
+        return browser.find_element(By.TAG_NAME, "body").text
+
+    try:
+        browser.get(runs_url)  # the address pengwin-mlflow-ui printed
+        wait.until(lambda _: browser.find_elements(By.LINK_TEXT, "tiny"))
+        assert "Model registry" in page_text() and "Evaluation runs" not in page_text()  # the model-training view
+        assert "pengwin-xray-basicunet" in page_text()  # the run's registered model, in its row
+        browser.find_element(By.LINK_TEXT, "tiny").click()
+        wait.until(lambda _: "Registered models" in page_text())
+        assert "pengwin-xray-basicunet\nv1" in page_text()
+        wait.until(lambda _: browser.find_elements(By.XPATH, "//*[text()='Model metrics']"))[0].click()
+        chart = ("\nval_fracture_iou\n", "\nStep\n", "tiny (val_fracture_iou)")  # title, x axis and legend
+        wait.until(lambda _: all(text in page_text() for text in chart))
+    except TimeoutException:
+        browser.save_screenshot(str(Path(os.environ.get("TMPDIR", "/tmp")) / "mlflow_ui_failure.png"))
+        raise AssertionError(f"the MLflow UI page did not show what was expected; it showed: {page_text()[:2000]}")
+    finally:
+        browser.quit()

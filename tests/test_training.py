@@ -12,6 +12,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
 import pytest
 import tifffile
@@ -250,8 +252,21 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     artifacts = rest(mlflow_server, "artifacts/list", run_id=run["info"]["run_id"])
     assert {"model.pt", "train.json", "evaluate.json"} <= {f["path"] for f in artifacts.get("files", [])}
 
+    assert experiment["tags"] and {"key": "mlflow.experimentKind", "value": "custom_model_development"} in experiment["tags"]
+    assert {d["dataset"]["name"] for d in run["inputs"]["dataset_inputs"]} == {"training_dataset_0", "validation_dataset_0"}
+    assert all(d["dataset"]["digest"] for d in run["inputs"]["dataset_inputs"])
+    # the best network is a registered MLflow model that loads back as the very network of model.pt
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    BasicUNet(2, 1, MAIN_OTHER_CHANNELS, features=(32, 32, 64, 128, 256, 32)).load_state_dict(state)
+    mlflow.set_tracking_uri(mlflow_server)
+    version = mlflow.MlflowClient().get_model_version("pengwin-xray-basicunet", "1")
+    assert version.run_id == run["info"]["run_id"] and float(version.tags["val_fracture_iou"]) > 0
+    registered = mlflow.pytorch.load_model("models:/pengwin-xray-basicunet/latest")
+    assert isinstance(registered, BasicUNet) and registered.state_dict().keys() == state.keys()
+    assert all(torch.equal(registered.state_dict()[key], state[key]) for key in state)
+    # a resume with no epoch left is refused in one line, and logs no empty run
+    noop = bundle_run(*train.args[4:], "--resume", "true", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    assert noop.returncode == 1 and noop.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "nothing to resume: 8 epochs are already trained" in noop.stderr
 
     evaluate = bundle_run(
         "--config_file",
@@ -271,6 +286,10 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     params = {p["key"]: p["value"] for p in scored["data"]["params"]}
     assert float(params["threshold"]) == chosen["threshold"] and params["flip_tta"] == "True"
     assert int(params["min_component_size"]) == chosen["min_component_size"]
+    tags = {t["key"]: t["value"] for t in scored["data"]["tags"]}
+    assert tags["mlflow.parentRunId"] == run["info"]["run_id"]  # shown under the training run it scored
+    assert len(runs) == 2  # training and evaluation; the refused resume added none
+    assert "summary: " + str(tmp_path / "eval/evaluation/summary.json") in evaluate.stderr + evaluate.stdout
 
     images = tmp_path / "data/synthetic/train/input/images/x-ray"
     out = tmp_path / "predictions"

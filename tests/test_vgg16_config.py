@@ -128,6 +128,17 @@ def test_freeze_encoder_epochs_appends_a_handler_that_unfreezes_after_those_epoc
     assert seen == trainable_per_epoch
 
 
+@pytest.mark.parametrize(
+    "configs, key",
+    [(["train.json"], "ckpt_dir"), (["train.json", "evaluate.json"], "ckpt_path"), (["inference.json"], "ckpt_path")],
+)
+def test_vgg16_files_live_beside_not_over_the_basicunet_model(configs: list[str], key: str) -> None:
+    default = Path(merged_parser(*configs).get_parsed_content(key))
+    vgg16 = Path(merged_parser(*configs, "train_vgg16.json").get_parsed_content(key))
+    assert vgg16.relative_to(BUNDLE_ROOT).as_posix().startswith("models/vgg16unet")
+    assert vgg16 != default and default.relative_to(BUNDLE_ROOT).parts[:2] in (("models",), ("models", "model.pt"))
+
+
 @pytest.mark.parametrize("base", ["minimal", "inference.json"])
 def test_vgg16_override_merges_after_an_inference_config_without_a_train_section(base: str, tmp_path: Path) -> None:
     if base == "minimal":

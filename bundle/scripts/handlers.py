@@ -34,6 +34,7 @@ from custom_transforms.constants import (
 )
 from custom_transforms.io import tensor_filename
 from pengwin_xray.metrics import (
+    OFFICIAL_METRICS,
     fracture_iou_by_size,
     fragment_best_ious,
     remove_results,
@@ -153,8 +154,10 @@ class RunIdentity:
                 "or give this training its own --ckpt_dir)"
             )
 
-    def check_resume(self, checkpoint_path: str) -> None:
-        """Before training: refuse ``checkpoint_path`` unless it was written with this data and these settings."""
+    def check_resume(self, checkpoint_path: str, max_epochs: int | None = None) -> None:
+        """Before training: refuse ``checkpoint_path`` unless it was written with this data and these settings, and
+        (given ``max_epochs``) unless epochs are left to train, so that a resume with nothing to do logs no empty run.
+        """
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if "run" not in checkpoint:
             raise ValueError(f"{checkpoint_path}: no run identity (written by an older version); it cannot be resumed")
@@ -162,6 +165,13 @@ class RunIdentity:
             self.load_state_dict(checkpoint["run"])
         except ValueError as err:
             raise ValueError(f"{checkpoint_path}: {err}") from None
+        trainer = checkpoint.get("trainer", {})
+        completed = trainer.get("iteration", 0) // max(trainer.get("epoch_length") or 1, 1)
+        if max_epochs is not None and completed >= max_epochs:
+            raise ValueError(
+                f"{checkpoint_path}: nothing to resume: {completed} epochs are already trained and max_epochs is "
+                f"{max_epochs}; pass a larger --max_epochs to train on"
+            )
 
 
 def _random_transforms(transform: Any, found: list[Randomizable] | None = None) -> list[Randomizable]:
@@ -335,7 +345,9 @@ class OfficialMetricsSaver:
         summary.update(fracture_iou_by_size(*zip(*fragments)))
         summary["num_images"] = num_images
         if not distributed or dist.get_rank() == 0:
-            write_results(rows, summary, self.output_dir)
+            csv_path, json_path = write_results(rows, summary, self.output_dir)
+            scores = "\n".join(f"  {key:<15} {summary[key]:.4f}" for key in OFFICIAL_METRICS)
+            logger.info(f"official metrics over {num_images} images:\n{scores}\nsummary: {json_path}\nper image: {csv_path}")
 
 class PredictionWriter:
     """Ignite handler writing each image's PENGWIN files when its iteration completes.

@@ -29,7 +29,10 @@ import numpy as np
 import torch
 from monai.utils import convert_to_numpy
 
+from custom_transforms.constants import NUM_CHANNELS
+from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS
 from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
+from pengwin_xray.datalist import IMAGE_SUBDIR, split_folders
 
 __all__ = [
     "resolve_dataset",
@@ -43,6 +46,7 @@ __all__ = [
     "list_inputs",
     "OnnxRuntimeNetwork",
     "load_checkpoint",
+    "checkpoint_mismatch",
     "load_network",
     "report_failures",
 ]
@@ -140,14 +144,15 @@ def error_reason(err: BaseException, path: str) -> str:
     return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
 
 def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> InputScan:
-    """Find the X-rays directly inside ``dataset_dir`` (not recursive) and check each one before the run.
+    """Find the X-rays directly inside ``dataset_dir`` (not recursive), or, for a PENGWIN root, in the
+    ``<split>/input/images/x-ray`` folder of each split, and check each one before the run.
 
     Every ``*.tif``/``*.tiff`` file is read with :func:`custom_transforms.read_xray_image`; an unreadable, non-float,
     NaN/inf or constant image is logged with its reason and listed in ``failures``, and so is a file whose output
     name (``<stem>.tif``) another input already takes (``a.tif`` and ``a.tiff``).
 
     Args:
-        dataset_dir: folder of raw PENGWIN X-ray TIFFs.
+        dataset_dir: folder of raw PENGWIN X-ray TIFFs, or a PENGWIN root.
         output_dir: the output folder, if known, to refuse writing bit maps over the inputs.
 
     Raises:
@@ -164,7 +169,12 @@ def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | 
         raise ValueError(f"{folder}: output_dir is the input folder; the bit maps would overwrite the inputs")
     paths = list_tiffs(folder)
     if not paths:
-        raise FileNotFoundError(f"{folder}: no {'/'.join(TIFF_SUFFIXES)} files in the input folder")
+        paths = [path for split in split_folders(folder) for path in list_tiffs(split / IMAGE_SUBDIR)]
+    if not paths:
+        raise FileNotFoundError(
+            f"{folder}: no {'/'.join(TIFF_SUFFIXES)} files in the input folder, nor in "
+            f"<split>/{IMAGE_SUBDIR.as_posix()} folders of a PENGWIN root"
+        )
 
     items: list[dict[str, str]] = []
     failures: list[InputFailure] = []
@@ -245,11 +255,56 @@ def load_checkpoint(
         state = state["model"]
     if not isinstance(state, Mapping):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: checkpoint does not fit network_def ({err})") from err
+    mismatch = checkpoint_mismatch(state, network)
+    if mismatch:
+        raise ValueError(f"{path}: checkpoint does not fit network_def: {mismatch}")
+    network.load_state_dict(state, strict=True)
     return network
+
+
+#: the first parameter name of each network the configs build, with the network's name and what builds it
+NETWORK_SIGNATURES: dict[str, tuple[str, str]] = {
+    "conv_0.conv_0.conv.weight": ("BasicUNet", "the default network_def (leave out configs/train_vgg16.json)"),
+    "encoder.features.0.weight": ("VGG16UNet", "configs/train_vgg16.json"),
+}
+#: output channels of each formulation, with the overlay that sets them
+FORMULATION_OVERLAYS: dict[int, str] = {
+    MAIN_OTHER_CHANNELS: "the default main/other formulation (no formulation overlay)",
+    MAIN_OTHER_CONTACT_CHANNELS: "configs/train_contacts.json",
+    NUM_CHANNELS: "configs/train_seed.json or configs/train_slots.json",
+}
+
+
+def checkpoint_mismatch(state: Mapping[str, torch.Tensor], network: torch.nn.Module) -> str:
+    """Why the state dict ``state`` does not load into ``network`` ("" when it does), in one line that names the
+    config to merge when the checkpoint is of another network or formulation of this bundle.
+
+    ``load_state_dict``'s own error lists every missing and unexpected key, hundreds for a whole network.
+    """
+    expected = network.state_dict()
+    saved_kind = NETWORK_SIGNATURES.get(next(iter(state), ""))
+    wanted_kind = NETWORK_SIGNATURES.get(next(iter(expected), ""))
+    if saved_kind and wanted_kind and saved_kind != wanted_kind:
+        return f"it holds a {saved_kind[0]}, network_def is a {wanted_kind[0]}: merge {saved_kind[1]} after the config"
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    if not missing and not unexpected and not reshaped:
+        return ""
+    last = [key for key in expected if key.endswith("weight")][-1]
+    if last in reshaped and not missing and not unexpected:
+        saved, wanted = state[last].shape[0], expected[last].shape[0]
+        if saved in FORMULATION_OVERLAYS and saved != wanted:
+            return (
+                f"it predicts {saved} channels, network_def {wanted}: for the checkpoint's formulation use "
+                f"{FORMULATION_OVERLAYS[saved]}"
+            )
+    problems = [
+        f"{len(keys)} {what} (first: {keys[0]})"
+        for keys, what in ((missing, "missing keys"), (unexpected, "unexpected keys"), (reshaped, "of another shape"))
+        if keys
+    ]
+    return "; ".join(problems)
 
 def load_network(
     model_format: str,

@@ -26,6 +26,7 @@ __all__ = [
     "VGG16Encoder",
     "VGG16UNet",
     "load_vgg16_encoder_weights",
+    "MAKE_VGG16_WEIGHTS",
 ]
 
 #: VGG16 ("configuration D"): output channels of each 3x3 convolution, "M" for a 2x2 max pool.
@@ -35,6 +36,12 @@ _VGG16_LAYOUT: tuple[int | str, ...] = (
 #: indices in ``features`` of the ReLU ending each level (full resolution, 1/2, 1/4, 1/8, 1/16): the skips.
 _SKIP_INDICES: tuple[int, ...] = (3, 8, 15, 22, 29)
 _SKIP_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
+#: the command that writes torchvision's ImageNet VGG16 weights to ``vgg16_imagenet.pt`` (needs internet)
+MAKE_VGG16_WEIGHTS = (
+    "python3 -m venv vgg16-env && vgg16-env/bin/pip install torch torchvision && vgg16-env/bin/python -c "
+    "\"import torch, torchvision; torch.save(torchvision.models.vgg16(weights='IMAGENET1K_V1').state_dict(), "
+    "'vgg16_imagenet.pt')\""
+)
 #: VGG16's input channels (RGB); the first convolution's weight in a pretrained file has this many.
 _VGG16_IN_CHANNELS = 3
 #: the encoder halves the size four times, so the input's height and width must divide by this.
@@ -179,7 +186,10 @@ class VGG16UNet(nn.Module):
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict saved with ``torch.save``, unwrapping a ``"state_dict"`` or ``"model"`` entry."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"VGG16 weights file not found: {path}")
+        raise FileNotFoundError(
+            f"{path}: VGG16 weights file not found (--vgg16_weights); make it once, on a machine with internet, in an "
+            f"environment of its own (torchvision does not install beside this bundle's torch): {MAKE_VGG16_WEIGHTS}"
+        )
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError) as error:

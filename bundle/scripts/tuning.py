@@ -10,7 +10,6 @@ enter the choice. A value given on the command line (``--threshold``, ``--min_co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from custom_transforms.constants import (
     TUNED_POSTPROCESSING_FILE,
 )
 from custom_transforms.formulation import SplitOtherFragments
-from pengwin_xray.atomic import write_json_atomic
+from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_image
 
 from .postprocessing import postprocess_fragments
@@ -51,13 +50,6 @@ MIN_COMPONENT_SIZES: tuple[int, ...] = (0, 10, 25, 50, 100)
 #: what :func:`tuned_setting` falls back to without a tuned file
 DEFAULTS: dict[str, float | int] = {"threshold": DEFAULT_THRESHOLD, "min_component_size": DEFAULT_MIN_COMPONENT_SIZE}
 
-
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fragment_probabilities(probs: torch.Tensor, threshold: float, min_component_size: int) -> torch.Tensor:
@@ -127,7 +119,7 @@ def choose_postprocessing(
         "validation_anatomical_iou": means[best][1],
         "default_validation_fracture_iou": means[default][0] if default in means else None,
         "num_validation": len(scores[best]),
-        "model_sha256": _sha256(model_path),
+        "model_sha256": file_sha256(model_path),
         "grid": [{"threshold": t, "min_component_size": m, "fracture_iou": means[(t, m)][0],
                   "anatomical_iou": means[(t, m)][1]} for t, m in grid],
     }  # fmt: skip
@@ -154,7 +146,7 @@ def tuned_setting(model_path: str | os.PathLike, key: str) -> float | int:
         return DEFAULTS[key]
     chosen = json.loads(path.read_text())
     weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / "model.pt"
-    if weights.is_file() and chosen.get("model_sha256") != _sha256(weights):
+    if weights.is_file() and chosen.get("model_sha256") != file_sha256(weights):
         logger.warning(f"{path}: chosen for another model than {weights.name}; using the default {key} {DEFAULTS[key]}")
         return DEFAULTS[key]
     return chosen[key]
