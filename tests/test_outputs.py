@@ -21,7 +21,9 @@ from scripts.writers import (
     FRAGMENT_PALETTE,
     display_image,
     fragment_report,
+    overlay_font_size,
     overlay_image,
+    place_labels,
     write_bitmap_tiff,
     write_png,
     write_prediction,
@@ -315,8 +317,9 @@ def test_palette_has_30_distinct_colours_in_bone_hue_families():
 def test_overlay_tints_fragments_and_leaves_background_grey():
     display = np.random.default_rng(1).uniform(0.0, 1.0, (SIZE, SIZE)).astype(np.float32)
     masks = sample_masks()
-    rgb = overlay_image(display, masks)
-    assert rgb.shape == (SIZE, SIZE, 3) and rgb.dtype == np.uint8
+    full = overlay_image(display, masks)
+    assert full.shape[0] == SIZE and full.shape[1] > SIZE and full.dtype == np.uint8  # picture, then legend
+    rgb = full[:, :SIZE]
     grey = np.rint(display * 255).astype(np.uint8)
     for channel in (0, 13, 29):
         under = rgb[masks[channel]]
@@ -332,12 +335,45 @@ def test_overlay_draws_the_fragment_name_near_its_centroid():
     display = np.full((SIZE, SIZE), 0.5, np.float32)
     masks = np.zeros((NUM_CHANNELS, SIZE, SIZE), bool)
     masks[fragment_channel(3, 1)] = disc(SIZE, 32, 32, 20)
-    rgb = overlay_image(display, masks).astype(int)
+    rgb = overlay_image(display, masks)[:, :SIZE].astype(int)
     tint = np.rint(0.55 * 127.5 + 0.45 * FRAGMENT_PALETTE[fragment_channel(3, 1)].astype(float)).astype(int)
     changed = (rgb != tint).any(axis=-1) & masks[fragment_channel(3, 1)]
     rows, cols = np.nonzero(changed)  # the label's pixels inside the fragment
     assert 20 < rows.size < 0.3 * masks.sum()
     assert abs(rows.mean() - 32) < 6 and abs(cols.mean() - 32) < 6
+
+
+def test_overlay_legend_shows_each_fragment_colour_in_bit_order():
+    display = np.full((SIZE, SIZE), 0.5, np.float32)
+    legend = overlay_image(display, sample_masks())[:, SIZE:].reshape(-1, 3)
+    for channel in (0, 13, 29):
+        swatch = (legend == FRAGMENT_PALETTE[channel]).all(axis=1).sum()
+        assert swatch >= overlay_font_size(SIZE) ** 2, channel  # a full square of the fragment's own colour
+    first_rows = [np.flatnonzero((overlay_image(display, sample_masks())[:, SIZE:] == FRAGMENT_PALETTE[c]).all(-1).any(1))[0]
+                  for c in (0, 13, 29)]  # fmt: skip
+    assert first_rows == sorted(first_rows)
+
+
+@pytest.mark.parametrize("height, size", [(128, 11), (224, 11), (448, 14), (896, 28)])
+def test_overlay_text_stays_readable_at_small_sizes_and_grows_with_the_image(height, size):
+    assert overlay_font_size(height) == size
+
+
+def test_labels_never_overlap_and_stay_inside_the_image():
+    anchors = [(60.0, 60.0, 24.0, 12.0)] * 12 + [(126.0, 126.0, 24.0, 12.0), (127.0, 2.0, 24.0, 12.0)]
+    boxes = place_labels(anchors, 128, 128)
+    assert boxes[0] == (48, 54, 72, 66)  # the first (largest) fragment keeps its centre
+    assert all(box is not None for box in boxes)  # twelve labels find room around one spot
+    shown = [box for box in boxes if box is not None]
+    for index, (x0, y0, x1, y1) in enumerate(shown):
+        assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
+        assert max(abs((x0 + x1) / 2 - anchors[index][0]), abs((y0 + y1) / 2 - anchors[index][1])) < 80  # near
+        for other in shown[index + 1 :]:
+            assert x1 <= other[0] or other[2] <= x0 or y1 <= other[1] or other[3] <= y0, (shown[index], other)
+
+
+def test_a_label_with_no_free_place_is_left_to_the_legend():
+    assert place_labels([(8.0, 8.0, 16.0, 16.0)] * 2, 16, 16) == [(0, 0, 16, 16), None]
 
 
 def test_overlay_rejects_display_of_another_size():
@@ -391,8 +427,8 @@ def test_write_prediction_on_real_xray_writes_three_named_files(real_data, tmp_p
     assert report["fragments"][0]["centroid"] == {"x": 300.0, "y": 120.0}
 
     with Image.open(paths["png"]) as picture:
-        assert picture.size == (448, 448) and picture.mode == "RGB"
-        overlay = np.asarray(picture)
+        assert picture.size[0] > 448 and picture.size[1] == 448 and picture.mode == "RGB"  # with its legend
+        overlay = np.asarray(picture)[:, :448]
     display = np.rint(display_image(image) * 255).astype(np.uint8)
     background = ~(sa1 | li1)
     assert (overlay[background][:, 0] == display[background]).mean() > 0.99  # only the labels differ there

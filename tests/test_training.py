@@ -22,7 +22,7 @@ from monai.bundle import ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
 from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, assert_valid_submissions, bundle_run, free_port, tiny_training_args
-from custom_transforms import MAIN_OTHER_CHANNELS, MainOtherFragments
+from custom_transforms import MainOtherFragments
 from pengwin_xray.metrics import OFFICIAL_METRICS
 from scripts.inferers import PengwinInferer, native_cpu_bf16, swap_sides
 from scripts.loading import resume_checkpoint

@@ -4,7 +4,7 @@ For each input X-ray ``<stem>.tif`` inference writes, into one output folder:
 
 - ``<stem>.tif``: the PENGWIN submission bit map (uint32 ``[H, W]``, one page, uncompressed, never empty),
 - ``<stem>.json``: a fragment report (name, area, centroid, bounding box, components, mean probability),
-- ``<stem>_overlay.png``: the CLAHE display of the X-ray with each fragment tinted and labelled.
+- ``<stem>_overlay.png``: the CLAHE display of the X-ray with each fragment tinted and labelled, and a legend.
 
 Arrays are numpy row-major ``[H, W]`` throughout, as read by tifffile: ``y`` is the row and ``x`` the column.
 Every file is written atomically (:func:`pengwin_xray.atomic.atomic_open`), so a reader never sees a
@@ -50,6 +50,8 @@ __all__ = [
     "OUTPUT_KINDS",
     "FRAGMENT_PALETTE",
     "fragment_report",
+    "overlay_font_size",
+    "place_labels",
     "overlay_image",
     "display_image",
     "write_bitmap_tiff",
@@ -61,7 +63,6 @@ __all__ = [
 #: the files :func:`write_prediction` can write: submission bit map, fragment report, overlay picture
 OUTPUT_KINDS: tuple[str, ...] = ("tif", "json", "png")
 _OVERLAY_ALPHA = 0.45
-_LABEL_FONT_SIZE = 14
 
 
 def _fragment_palette() -> np.ndarray:
@@ -126,15 +127,88 @@ def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None
         )
     return report
 
+#: overlay label sizes: one font pixel per 32 image rows (14 px at 448), never under this
+_MIN_FONT_SIZE = 11
+#: the legend's background grey and its gaps (pixels)
+_LEGEND_BACKGROUND = (32, 32, 32)
+_LEGEND_GAP = 4
+#: rings of candidate positions tried around a fragment's centroid before its label is left to the legend
+_LABEL_RINGS = 6
+
+
+def overlay_font_size(height: int) -> int:
+    """The label and legend font size for an image ``height`` pixels high: readable at 224 and 448."""
+    return max(_MIN_FONT_SIZE, round(height / 32))
+
+
+def place_labels(
+    anchors: Sequence[tuple[float, float, float, float]], width: int, height: int
+) -> list[tuple[int, int, int, int] | None]:
+    """Boxes ``(x0, y0, x1, y1)`` for labels that do not overlap each other, inside a ``width`` x ``height`` image.
+
+    Each anchor is ``(centre_x, centre_y, label_width, label_height)``; anchors are placed in order, each at its
+    centre if that is free, else at the nearest free spot of a few rings of positions around it, else not at
+    all (``None``: the legend still lists the fragment). PIL draws text where it is told, so the placing is ours.
+    """
+    placed: list[tuple[int, int, int, int]] = []
+    boxes: list[tuple[int, int, int, int] | None] = []
+    for centre_x, centre_y, label_width, label_height in anchors:
+        step_x, step_y = label_width + 1, label_height + 1
+        candidates = [(0.0, 0.0)] + [
+            (ring * step_x * dx, ring * step_y * dy)
+            for ring in range(1, _LABEL_RINGS + 1)
+            for dx, dy in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, 1), (1, -1), (-1, -1))
+        ]
+        box = None
+        for dx, dy in candidates:
+            x0 = int(round(min(max(centre_x + dx - label_width / 2, 0), max(width - label_width, 0))))
+            y0 = int(round(min(max(centre_y + dy - label_height / 2, 0), max(height - label_height, 0))))
+            candidate = (x0, y0, x0 + int(label_width), y0 + int(label_height))
+            if all(candidate[2] <= o[0] or o[2] <= candidate[0] or candidate[3] <= o[1] or o[3] <= candidate[1]
+                   for o in placed):  # fmt: skip
+                box = candidate
+                break
+        if box is not None:
+            placed.append(box)
+        boxes.append(box)
+    return boxes
+
+
+def _legend(entries: Sequence[Mapping[str, Any]], height: int, font: ImageFont.ImageFont) -> Image.Image:
+    """A panel ``height`` pixels high (or more) listing each fragment as a colour swatch, its name and area."""
+    size = font.size
+    row = size + _LEGEND_GAP
+    lines = [f"{entry['name']}  {entry['area_px']} px" for entry in entries] or ["no fragment"]
+    text_width = max(int(font.getlength(line)) for line in lines)
+    rows_per_column = max(1, (height - _LEGEND_GAP) // row)
+    columns = -(-len(lines) // rows_per_column)
+    column_width = _LEGEND_GAP + size + _LEGEND_GAP + text_width + _LEGEND_GAP
+    panel = Image.new(
+        "RGB", (columns * column_width, max(height, min(len(lines), rows_per_column) * row + _LEGEND_GAP)), _LEGEND_BACKGROUND
+    )
+    draw = ImageDraw.Draw(panel)
+    for index, line in enumerate(lines):
+        x = (index // rows_per_column) * column_width + _LEGEND_GAP
+        y = (index % rows_per_column) * row + _LEGEND_GAP
+        if entries:
+            colour = tuple(int(c) for c in FRAGMENT_PALETTE[entries[index]["bit"] - 1])
+            draw.rectangle((x, y, x + size - 1, y + size - 1), fill=colour)
+        draw.text((x + size + _LEGEND_GAP, y), line, fill="white", font=font)
+    return panel
+
+
 def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarray:
-    """Tint each fragment of ``masks`` ``[30, H, W]`` over a grey ``display`` ``[H, W]`` in [0, 1].
+    """Tint each fragment of ``masks`` ``[30, H, W]`` over a grey ``display`` ``[H, W]`` in [0, 1], label it and
+    add a legend on the right.
 
     Fragments are alpha-blended in bit order with their :data:`FRAGMENT_PALETTE` colour and labelled with their
-    name (e.g. "LI-2") at their centroid, in white with a black outline, so that everything outside the
-    fragments stays grey (R = G = B).
+    name (e.g. "LI-2") at or near their centroid, in white with a black outline, larger fragments first, labels
+    never overlapping (:func:`place_labels`); everything outside fragments and labels stays grey (R = G = B).
+    The legend lists every fragment shown (colour, name, area in pixels), in bit order.
 
     Returns:
-        uint8 RGB ``[H, W, 3]``.
+        uint8 RGB ``[H, W + legend width, 3]`` (taller than ``H`` only when the legend needs it); the first ``W``
+        columns are the picture.
     """
     grey = convert_to_numpy(display, dtype=np.float32)
     mask_array = _as_masks(masks)
@@ -148,14 +222,25 @@ def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarra
         rgb[mask] = (1.0 - _OVERLAY_ALPHA) * rgb[mask] + _OVERLAY_ALPHA * FRAGMENT_PALETTE[channel]
     picture = Image.fromarray(np.rint(rgb).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=_LABEL_FONT_SIZE)
     height, width = grey.shape
-    for entry in fragment_report(mask_array):
-        left, top, right, bottom = draw.textbbox((0, 0), entry["name"], font=font, stroke_width=1)
-        x = min(max(entry["centroid"]["x"] - (right - left) / 2, 0), max(width - (right - left), 0))
-        y = min(max(entry["centroid"]["y"] - (bottom - top) / 2, 0), max(height - (bottom - top), 0))
-        draw.text((x - left, y - top), entry["name"], fill="white", font=font, stroke_width=1, stroke_fill="black")
-    return np.asarray(picture)
+    font = ImageFont.load_default(size=overlay_font_size(height))
+    entries = fragment_report(mask_array)
+    by_size = sorted(entries, key=lambda entry: -entry["area_px"])
+    extents = [draw.textbbox((0, 0), entry["name"], font=font, stroke_width=1) for entry in by_size]
+    anchors = [
+        (entry["centroid"]["x"], entry["centroid"]["y"], right - left, bottom - top)
+        for entry, (left, top, right, bottom) in zip(by_size, extents)
+    ]
+    for entry, (left, top, _, _), box in zip(by_size, extents, place_labels(anchors, width, height)):
+        if box is not None:
+            draw.text((box[0] - left, box[1] - top), entry["name"], fill="white", font=font, stroke_width=1,
+                      stroke_fill="black")  # fmt: skip
+    legend = _legend(entries, height, font)
+    canvas = Image.new("RGB", (width + legend.width, max(height, legend.height)), _LEGEND_BACKGROUND)
+    canvas.paste(picture, (0, 0))
+    canvas.paste(legend, (width, 0))
+    return np.asarray(canvas)
+
 
 def display_image(image: NdarrayOrTensor) -> np.ndarray:
     """The organisers' display of a raw X-ray ``[H, W]``: neg-log window, then CLAHE (clip 4, 8x8 tiles), in [0, 1]."""
