@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -433,4 +434,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"pengwin-eval: {err}") from None
     csv_path, json_path = write_results(rows, summary, args.out)
     print(json.dumps(summary, indent=2))
-    print(f"written: {json_path} and {csv_path}")
+    print(f"written: {json_path} and {csv_path}", file=sys.stderr)  # stdout stays one JSON document

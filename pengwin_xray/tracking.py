@@ -14,7 +14,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "TRAINING_RUN_TAG",
     "artifact_location",
     "prepare_experiment",
+    "using_tracking_uri",
     "log_trained_model",
     "link_evaluation",
     "ui_command",
@@ -91,6 +93,27 @@ def _named_run(client: Any, experiment_name: str, run_name: str) -> Any:
     return runs[0] if runs else None
 
 
+@contextmanager
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Make ``tracking_uri`` MLflow's tracking URI inside the block only.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment, which every process started
+    later would inherit; both are put back on leaving.
+    """
+    import mlflow
+
+    previous_uri, previous_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 def log_trained_model(
     tracking_uri: str,
     experiment_name: str,
@@ -129,8 +152,7 @@ def log_trained_model(
         Schema([TensorSpec(np.dtype(np.float32), (-1, input_example.shape[1], -1, -1))]),
         Schema([TensorSpec(np.dtype(np.float32), (-1, output.shape[1], -1, -1))]),
     )
-    mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run.info.run_id):
+    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run.info.run_id):
         info = mlflow.pytorch.log_model(
             network.cpu(),
             name="model",

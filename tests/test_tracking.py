@@ -73,7 +73,9 @@ def ui_with_a_run(tmp_path_factory):
     network = BasicUNet(2, 1, 6, features=(4, 4, 4, 4, 4, 4))
     torch.save(network.state_dict(), folder / "model.pt")
     example = np.zeros((1, 1, 32, 32), np.float32)
+    environment = os.environ.get("MLFLOW_TRACKING_URI")
     log_trained_model(uri, "pengwin-xray", "tiny", network, folder / "model.pt", example, "pengwin-xray-basicunet")
+    assert os.environ.get("MLFLOW_TRACKING_URI") == environment  # nothing leaks to processes started later
     port = free_port()
     ui = subprocess.Popen(
         [str(Path(sys.executable).parent / "pengwin-mlflow-ui"), "--store", str(store), "--port", str(port)],

@@ -24,6 +24,7 @@ from monai.networks.nets import BasicUNet
 from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, assert_valid_submissions, bundle_run, free_port, tiny_training_args
 from custom_transforms import MainOtherFragments
 from pengwin_xray.metrics import OFFICIAL_METRICS
+from pengwin_xray.tracking import using_tracking_uri
 from scripts.inferers import PengwinInferer, native_cpu_bf16, swap_sides
 from scripts.loading import resume_checkpoint
 from scripts.losses import class_balanced_weights
@@ -257,10 +258,11 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert all(d["dataset"]["digest"] for d in run["inputs"]["dataset_inputs"])
     # the best network is a registered MLflow model that loads back as the very network of model.pt
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    mlflow.set_tracking_uri(mlflow_server)
-    version = mlflow.MlflowClient().get_model_version("pengwin-xray-basicunet", "1")
+    version = mlflow.MlflowClient(mlflow_server).get_model_version("pengwin-xray-basicunet", "1")
     assert version.run_id == run["info"]["run_id"] and float(version.tags["val_fracture_iou"]) > 0
-    registered = mlflow.pytorch.load_model("models:/pengwin-xray-basicunet/latest")
+    with using_tracking_uri(mlflow_server):
+        registered = mlflow.pytorch.load_model("models:/pengwin-xray-basicunet/latest")
+    assert os.environ.get("MLFLOW_TRACKING_URI") != mlflow_server  # later processes do not inherit the server
     assert isinstance(registered, BasicUNet) and registered.state_dict().keys() == state.keys()
     assert all(torch.equal(registered.state_dict()[key], state[key]) for key in state)
     # a resume with no epoch left is refused in one line, and logs no empty run
