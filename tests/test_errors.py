@@ -146,17 +146,3 @@ def test_a_bad_setting_or_split_ends_the_run_in_one_line(tmp_path, command, data
     assert last.startswith("error: ") and message in last, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert stale.exists() != (command is EVALUATION)  # a failed evaluation leaves no earlier result behind
-
-
-@pytest.mark.slow
-def test_resuming_the_checkpoint_of_another_dataset_is_refused_in_one_line(tmp_path):
-    common = ["--bundle_root", str(tmp_path), "--num_workers", "0", "--batch_size", "2"]
-    first = bundle_run(*TRAINING, *common, "--synthetic", TINY_SYNTHETIC, "--max_epochs", "1")
-    assert first.returncode == 0, first.stderr[-2000:]
-    other_data = TINY_SYNTHETIC.replace("'seed': 0", "'seed': 1")
-    resumed = bundle_run(*TRAINING, *common, "--synthetic", other_data, "--max_epochs", "2", "--resume", "true",
-                         env={DEBUG_VARIABLE: ""})  # fmt: skip
-    assert resumed.returncode != 0
-    last = resumed.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {tmp_path / 'models' / 'checkpoint.pt'}: the checkpoint to resume was written by run")
-    assert "with other data" in last and "Traceback" not in resumed.stderr

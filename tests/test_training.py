@@ -302,6 +302,18 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert infer.returncode == 0, infer.stderr[-3000:]
     assert_valid_submissions(images, out, 64)
 
+    # last, as it regenerates the synthetic data: a resume on other data is refused in one line, and logs no run
+    other_data = TINY_SYNTHETIC.replace("'seed': 0", "'seed': 1")
+    options = train.args[4:]
+    options[options.index(TINY_SYNTHETIC)] = other_data
+    options[options.index("--max_epochs") + 1] = "9"
+    resumed = bundle_run(*options, "--resume", "true", env={"MLFLOW_TRACKING_URI": mlflow_server})
+    last = resumed.stderr.strip().splitlines()[-1]
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
+    assert last.startswith(f"error: {tmp_path / 'models' / 'checkpoint.pt'}: the checkpoint to resume was written by run")
+    assert "with other data" in last
+    assert len(rest(mlflow_server, "runs/search", body={"experiment_ids": [experiment["experiment_id"]]})["runs"]) == 2
+
 
 @pytest.mark.slow
 def test_killed_training_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
