@@ -3,7 +3,7 @@
 Run inference on a labelled split first, then, from the repository root::
 
     python bench/overlay_figure.py --images ROOT/test/input/images/x-ray --labels ROOT/test/output/images/x-ray \
-        --predictions PREDICTIONS_DIR --name 003_0000 --out bundle/docs/images/overlay_example.png
+        --predictions PREDICTIONS_DIR --name 010_0125 --scale 3 --out bundle/docs/images/overlay_example.png
 
 Both panels are :func:`scripts.writers.overlay_image` of the same display (the organisers' neg-log window and
 CLAHE), the left one from the predicted bit map, the right one from the label.
@@ -46,13 +46,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predictions", type=Path, required=True, help="inference output folder (bit maps)")
     parser.add_argument("--name", required=True, help="file stem of the image to show, e.g. 003_0000")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--scale", type=int, default=1, help="enlarge small images this many times (nearest pixel)")
     args = parser.parse_args(argv)
-    display = display_image(read_xray_image(args.images / f"{args.name}.tif"))
+    enlarge = np.ones((args.scale, args.scale), dtype=np.uint8)
+    display = np.kron(display_image(read_xray_image(args.images / f"{args.name}.tif")), enlarge)
     panels = []
     for title, bitmap_path in (("prediction", args.predictions), ("ground truth", args.labels)):
         bitmap = read_fragment_label(bitmap_path / f"{args.name}.tif")
-        masks = decode_fragment_bits(bitmap, source=str(bitmap_path / f"{args.name}.tif")).numpy().astype(bool)
-        panels.append((f"{title} ({args.name})", overlay_image(display, masks)))
+        channels = decode_fragment_bits(bitmap, source=str(bitmap_path / f"{args.name}.tif")).numpy()
+        masks = np.kron(channels, enlarge[None]).astype(bool)
+        shown = f", shown {args.scale}x: areas in shown pixels" if args.scale > 1 else ""
+        panels.append((f"{title} ({args.name}{shown})", overlay_image(display, masks)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     side_by_side(panels).save(args.out)
     print(f"wrote {args.out}")

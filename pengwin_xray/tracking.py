@@ -10,6 +10,7 @@ it scored (:func:`link_evaluation`).
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import shutil
@@ -130,10 +131,11 @@ def log_trained_model(
     ``run_name``, register it as a new version of ``registered_name`` and return that version.
 
     The model has a signature (float32 ``[batch, channels, height, width]`` in, logits out, any batch and size),
-    ``input_example``, the ``*.json`` of ``config_dir`` (the bundle's configs and metadata) beside it and ``code_dir`` (the bundle's
-    ``scripts``, for networks defined there); ``mlflow.pytorch.load_model("models:/<name>/latest")`` gives the
-    network back. The version is tagged with ``tags`` (e.g. the validation IoU), the run with the model file's
-    SHA-256, which :func:`link_evaluation` looks for. Returns ``None`` (with a warning) when the run is not found.
+    ``input_example``, the ``*.json`` of ``config_dir`` (the bundle's configs and metadata) beside it and
+    ``code_dir`` (the bundle's ``scripts``, for networks defined there); it is a CPU copy of ``network``, and
+    ``mlflow.pytorch.load_model("models:/<name>/latest")`` gives it back. The version is tagged with ``tags``
+    (e.g. the validation IoU), the run with the model file's SHA-256, which :func:`link_evaluation` looks for.
+    Returns ``None`` (with a warning) when the run is not found.
     """
     import mlflow
     import mlflow.pytorch
@@ -154,7 +156,7 @@ def log_trained_model(
     )
     with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run.info.run_id):
         info = mlflow.pytorch.log_model(
-            network.cpu(),
+            copy.deepcopy(network).cpu(),
             name="model",
             signature=signature,
             input_example=input_example.astype(np.float32),
@@ -172,7 +174,9 @@ def log_trained_model(
     return version
 
 
-def link_evaluation(tracking_uri: str, experiment_name: str, run_name: str, model_path: str | os.PathLike) -> str | None:
+def link_evaluation(
+    tracking_uri: str, experiment_name: str, run_name: str, model_path: str | os.PathLike
+) -> str | None:
     """Nest the evaluation run ``run_name`` under the training run that logged ``model_path`` (found by the file's
     SHA-256) and tag it with that run's id, which it returns; ``None`` when no training run logged this file."""
     import mlflow
@@ -226,7 +230,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="pengwin-mlflow-ui", description="The MLflow UI over the bundle's runs, on this machine only by default."
     )
-    parser.add_argument("--store", default=str(DEFAULT_STORE), help="SQLite store (default: eval/mlruns.db in the bundle folder you stand in)")
+    parser.add_argument(
+        "--store",
+        default=str(DEFAULT_STORE),
+        help="SQLite store (default: eval/mlruns.db in the bundle folder you stand in)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the UI to the network")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
@@ -237,5 +245,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     except FileNotFoundError as err:
         raise SystemExit(f"pengwin-mlflow-ui: {err}") from None
     base_url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {base_url} ({args.store}); training runs: {training_runs_url(args.store, base_url, args.experiment)}", flush=True)
+    runs_url = training_runs_url(args.store, base_url, args.experiment)
+    print(f"MLflow UI on {base_url} ({args.store}); training runs: {runs_url}", flush=True)
     os.execv(command[0], command)

@@ -409,7 +409,8 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
     [
         ("network_def", TRAIN_CONFIG), ("image_transforms", TRAIN_CONFIG), ("use_clahe", TRAIN_CONFIG),
         ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("contact_bands", TRAIN_CONFIG),
-        ("threshold", EVALUATE_CONFIG), ("min_component_size", EVALUATE_CONFIG),
+        ("postprocessing_choice", EVALUATE_CONFIG), ("threshold", EVALUATE_CONFIG),
+        ("min_component_size", EVALUATE_CONFIG),
     ],
 )  # fmt: skip
 def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key, config):

@@ -15,7 +15,7 @@ from custom_transforms.constants import (
     fragment_channel,
 )
 from scripts.inferers import PengwinInferer
-from scripts.tuning import choose_postprocessing, fragment_probabilities, tuned_setting
+from scripts.tuning import choose_postprocessing, fragment_probabilities, tuned_postprocessing
 
 
 def _logit(probability: float) -> float:
@@ -52,25 +52,24 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
     assert chosen["default_validation_fracture_iou"] == pytest.approx(0.5)  # the never-empty fallback: main only
     assert len(chosen["grid"]) == 25
     assert json.loads((tmp_path / TUNED_POSTPROCESSING_FILE).read_text()) == chosen
-    assert tuned_setting(model_path, "threshold") == 0.3 and tuned_setting(model_path, "min_component_size") == 10
+    assert tuned_postprocessing(model_path) == {"threshold": 0.3, "min_component_size": 10}
 
 
 def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_model(tmp_path, caplog):
     model_path = tmp_path / "model.pt"
-    assert tuned_setting(model_path, "threshold") == DEFAULT_THRESHOLD
+    defaults = {"threshold": DEFAULT_THRESHOLD, "min_component_size": DEFAULT_MIN_COMPONENT_SIZE}
+    assert tuned_postprocessing(model_path) == defaults
     torch.save({"weights": torch.zeros(1)}, model_path)
     choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
     torch.save({"weights": torch.ones(1)}, model_path)  # a newer model.pt, trained after the choice
     with caplog.at_level(logging.WARNING):
-        assert tuned_setting(model_path, "min_component_size") == DEFAULT_MIN_COMPONENT_SIZE
-    assert "chosen for another model than model.pt" in caplog.text
+        assert tuned_postprocessing(model_path) == defaults
+    assert caplog.text.count("chosen for another model than model.pt") == 1
     torch.save({"weights": torch.zeros(1)}, tmp_path / "checkpoint.pt")  # the same weights, another file
     choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
-    assert tuned_setting(model_path, "threshold") == 0.3
-    assert tuned_setting(tmp_path / "model.onnx", "threshold") == 0.3  # an export shares the choice of model.pt
-    assert tuned_setting(tmp_path / "checkpoint.pt", "threshold") == DEFAULT_THRESHOLD
-    with pytest.raises(ValueError, match="no tuned post-processing setting 'clip'"):
-        tuned_setting(model_path, "clip")
+    assert tuned_postprocessing(model_path)["threshold"] == 0.3
+    assert tuned_postprocessing(tmp_path / "model.onnx")["threshold"] == 0.3  # an export shares model.pt's choice
+    assert tuned_postprocessing(tmp_path / "checkpoint.pt") == defaults
 
 
 @pytest.mark.parametrize("channels, split", [(30, False), (6, True), (9, True)])

@@ -347,7 +347,9 @@ class OfficialMetricsSaver:
         if not distributed or dist.get_rank() == 0:
             csv_path, json_path = write_results(rows, summary, self.output_dir)
             scores = "\n".join(f"  {key:<15} {summary[key]:.4f}" for key in OFFICIAL_METRICS)
-            logger.info(f"official metrics over {num_images} images:\n{scores}\nsummary: {json_path}\nper image: {csv_path}")
+            logger.info(
+                f"official metrics over {num_images} images:\n{scores}\nsummary: {json_path}\nper image: {csv_path}"
+            )
 
 class PredictionWriter:
     """Ignite handler writing each image's PENGWIN files when its iteration completes.

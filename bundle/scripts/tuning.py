@@ -4,7 +4,7 @@ At the end of training, :func:`choose_postprocessing` runs the best network once
 scores every pair of a small grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENT_SIZES`) with the official fracture
 IoU, ties going to the higher anatomical IoU, then to the grid's earlier pair. The choice is written to
 ``postprocessing.json`` beside ``model.pt`` with the model file's SHA-256; evaluation and inference read it through
-:func:`tuned_setting`, which ignores (with a warning) a file written for another ``model.pt``. Test images never
+:func:`tuned_postprocessing`, which ignores (with a warning) a file written for another ``model.pt``. Test images never
 enter the choice. A value given on the command line (``--threshold``, ``--min_component_size``) still wins.
 """
 
@@ -39,7 +39,7 @@ __all__ = [
     "MIN_COMPONENT_SIZES",
     "fragment_probabilities",
     "choose_postprocessing",
-    "tuned_setting",
+    "tuned_postprocessing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 #: the grid searched on the validation split
 THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_COMPONENT_SIZES: tuple[int, ...] = (0, 10, 25, 50, 100)
-#: what :func:`tuned_setting` falls back to without a tuned file
+#: what :func:`tuned_postprocessing` falls back to without a tuned file
 DEFAULTS: dict[str, float | int] = {"threshold": DEFAULT_THRESHOLD, "min_component_size": DEFAULT_MIN_COMPONENT_SIZE}
 
 
@@ -132,21 +132,19 @@ def choose_postprocessing(
     return chosen
 
 
-def tuned_setting(model_path: str | os.PathLike, key: str) -> float | int:
-    """The ``key`` (``threshold`` or ``min_component_size``) chosen for ``model_path`` on validation, or its default.
+def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int]:
+    """The ``threshold`` and ``min_component_size`` chosen for ``model_path`` on validation, or the defaults.
 
-    The default is used when no ``postprocessing.json`` lies beside the model, or when it was chosen for another
+    The defaults are used when no ``postprocessing.json`` lies beside the model, or when it was chosen for another
     model file (then with a warning: e.g. for ``checkpoint.pt``, or a ``model.pt`` trained after the choice);
     exported models (``model.ts``, ``model.onnx``) share the choice of the ``model.pt`` beside them.
     """
-    if key not in DEFAULTS:
-        raise ValueError(f"no tuned post-processing setting {key!r}; settings are {', '.join(DEFAULTS)}")
     path = Path(model_path).parent / TUNED_POSTPROCESSING_FILE
     if not path.is_file():
-        return DEFAULTS[key]
+        return dict(DEFAULTS)
     chosen = json.loads(path.read_text())
     weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / "model.pt"
     if weights.is_file() and chosen.get("model_sha256") != file_sha256(weights):
-        logger.warning(f"{path}: chosen for another model than {weights.name}; using the default {key} {DEFAULTS[key]}")
-        return DEFAULTS[key]
-    return chosen[key]
+        logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
+        return dict(DEFAULTS)
+    return {key: chosen[key] for key in DEFAULTS}

@@ -183,9 +183,8 @@ def _legend(entries: Sequence[Mapping[str, Any]], height: int, font: ImageFont.I
     rows_per_column = max(1, (height - _LEGEND_GAP) // row)
     columns = -(-len(lines) // rows_per_column)
     column_width = _LEGEND_GAP + size + _LEGEND_GAP + text_width + _LEGEND_GAP
-    panel = Image.new(
-        "RGB", (columns * column_width, max(height, min(len(lines), rows_per_column) * row + _LEGEND_GAP)), _LEGEND_BACKGROUND
-    )
+    panel_height = max(height, min(len(lines), rows_per_column) * row + _LEGEND_GAP)
+    panel = Image.new("RGB", (columns * column_width, panel_height), _LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(panel)
     for index, line in enumerate(lines):
         x = (index // rows_per_column) * column_width + _LEGEND_GAP
