@@ -80,6 +80,14 @@ def prepare_experiment(tracking_uri: str, experiment_name: str) -> str:
         )
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    beside_store = artifact_location(tracking_uri)
+    if beside_store and experiment.artifact_location != beside_store:
+        logger.warning(
+            f"{tracking_uri}: experiment {experiment_name!r} keeps its artifacts in {experiment.artifact_location}, "
+            f"not in {beside_store} beside the store (was the store moved or copied?): MLflow keeps artifact "
+            "locations as absolute paths, so this run's artifacts go there too; use a new --experiment_name to "
+            "keep them beside the store"
+        )
     return experiment.experiment_id
 
 

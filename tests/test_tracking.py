@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +24,14 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from pengwin_xray.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, log_trained_model, main, prepare_experiment, ui_command
+from pengwin_xray.tracking import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING,
+    log_trained_model,
+    main,
+    prepare_experiment,
+    ui_command,
+)
 from helpers import free_port
 
 
@@ -51,6 +60,24 @@ def test_the_command_defaults_to_the_store_of_the_bundle_it_is_started_in(tmp_pa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="^pengwin-mlflow-ui: eval/mlruns.db: no MLflow store yet"):  # one line
         main([])
+
+
+def test_a_moved_store_is_named_with_where_its_artifacts_still_go(tmp_path, caplog):
+    first, moved = tmp_path / "first" / "mlruns.db", tmp_path / "moved" / "mlruns.db"
+    first.parent.mkdir()
+    moved.parent.mkdir()
+    prepare_experiment(path_to_sqlite_uri(str(first)), "pengwin-xray")
+    shutil.copy(first, moved)
+    def warnings() -> list[str]:
+        ours = [record for record in caplog.records if record.name == "pengwin_xray.tracking"]
+        return [record.getMessage() for record in ours if record.levelno >= logging.WARNING]
+
+    with caplog.at_level(logging.WARNING, logger="pengwin_xray.tracking"):
+        prepare_experiment(path_to_sqlite_uri(str(first)), "pengwin-xray")
+        assert not warnings()  # in place: nothing to say
+        prepare_experiment(path_to_sqlite_uri(str(moved)), "pengwin-xray")
+    (warning,) = warnings()
+    assert str(tmp_path / "first" / "mlruns") in warning and "use a new --experiment_name" in warning
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
