@@ -273,7 +273,7 @@ def vgg16_unet(out_channels: int = MAIN_OTHER_CHANNELS) -> torch.nn.Module:
          "formulation use configs/train_seed.json or configs/train_slots.json"),
         (lambda: basic_unet(9), small_unet, "it predicts 9 channels, network_def 6: .* configs/train_contacts.json"),
         (vgg16_unet, small_unet, "it holds a VGG16UNet, network_def is a BasicUNet: merge configs/train_vgg16.json"),
-        (small_unet, vgg16_unet, "it holds a BasicUNet, network_def is a VGG16UNet: .*leave out configs/train_vgg16"),
+        (small_unet, vgg16_unet, "it holds a BasicUNet, network_def is a VGG16UNet: leave out configs/train_vgg16\\.json"),
         (lambda: basic_unet(6, [8, 4, 8, 16, 32, 4]), small_unet, r"\d+ of another shape \(first: down_1\.\S+\)$"),
     ],
     ids=["slots", "contacts", "vgg16_into_basicunet", "basicunet_into_vgg16", "other_widths"],

@@ -262,10 +262,10 @@ def load_checkpoint(
     return network
 
 
-#: the first parameter name of each network the configs build, with the network's name and what builds it
+#: the first parameter name of each network the configs build, with the network's name and how to build it
 NETWORK_SIGNATURES: dict[str, tuple[str, str]] = {
-    "conv_0.conv_0.conv.weight": ("BasicUNet", "the default network_def (leave out configs/train_vgg16.json)"),
-    "encoder.features.0.weight": ("VGG16UNet", "configs/train_vgg16.json"),
+    "conv_0.conv_0.conv.weight": ("BasicUNet", "leave out configs/train_vgg16.json (the default network_def)"),
+    "encoder.features.0.weight": ("VGG16UNet", "merge configs/train_vgg16.json after the config"),
 }
 #: output channels of each formulation, with the overlay that sets them
 FORMULATION_OVERLAYS: dict[int, str] = {
@@ -285,7 +285,7 @@ def checkpoint_mismatch(state: Mapping[str, torch.Tensor], network: torch.nn.Mod
     saved_kind = NETWORK_SIGNATURES.get(next(iter(state), ""))
     wanted_kind = NETWORK_SIGNATURES.get(next(iter(expected), ""))
     if saved_kind and wanted_kind and saved_kind != wanted_kind:
-        return f"it holds a {saved_kind[0]}, network_def is a {wanted_kind[0]}: merge {saved_kind[1]} after the config"
+        return f"it holds a {saved_kind[0]}, network_def is a {wanted_kind[0]}: {saved_kind[1]}"
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
