@@ -196,7 +196,9 @@ def _legend(entries: Sequence[Mapping[str, Any]], height: int, font: ImageFont.I
     return panel
 
 
-def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarray:
+def overlay_image(
+    display: NdarrayOrTensor, masks: NdarrayOrTensor, report: Sequence[Mapping[str, Any]] | None = None
+) -> np.ndarray:
     """Tint each fragment of ``masks`` ``[30, H, W]`` over a grey ``display`` ``[H, W]`` in [0, 1], label it and
     add a legend on the right.
 
@@ -204,6 +206,11 @@ def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarra
     name (e.g. "LI-2") at or near their centroid, in white with a black outline, larger fragments first, labels
     never overlapping (:func:`place_labels`); everything outside fragments and labels stays grey (R = G = B).
     The legend lists every fragment shown (colour, name, area in pixels), in bit order.
+
+    Args:
+        display: grey display ``[H, W]`` in [0, 1].
+        masks: fragment masks ``[30, H, W]``.
+        report: :func:`fragment_report` of ``masks``, when the caller has it already (it is computed otherwise).
 
     Returns:
         uint8 RGB ``[H, W + legend width, 3]`` (taller than ``H`` only when the legend needs it); the first ``W``
@@ -223,7 +230,7 @@ def overlay_image(display: NdarrayOrTensor, masks: NdarrayOrTensor) -> np.ndarra
     draw = ImageDraw.Draw(picture)
     height, width = grey.shape
     font = ImageFont.load_default(size=overlay_font_size(height))
-    entries = fragment_report(mask_array)
+    entries = fragment_report(mask_array) if report is None else report
     by_size = sorted(entries, key=lambda entry: -entry["area_px"])
     extents = [draw.textbbox((0, 0), entry["name"], font=font, stroke_width=1) for entry in by_size]
     anchors = [
@@ -334,6 +341,7 @@ def write_prediction(
     paths: dict[str, Path] = {}
     if "tif" in outputs:
         paths["tif"] = write_bitmap_tiff(folder / f"{stem}.tif", encode_fragment_bits(masks))
+    report = fragment_report(masks, probabilities) if {"json", "png"} & set(outputs) else []
     if "json" in outputs:
         extra = {
             "image": Path(image_name).name,
@@ -341,7 +349,7 @@ def write_prediction(
             "min_component_size": min_component_size,
             "fallback_used": fallback_used,
         }
-        paths["json"] = write_report_json(folder / f"{stem}.json", fragment_report(masks, probabilities), extra)
+        paths["json"] = write_report_json(folder / f"{stem}.json", report, extra)
     if "png" in outputs:
-        paths["png"] = write_png(folder / f"{stem}_overlay.png", overlay_image(display_image(raw), masks))
+        paths["png"] = write_png(folder / f"{stem}_overlay.png", overlay_image(display_image(raw), masks, report))
     return paths
