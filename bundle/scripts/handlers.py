@@ -166,7 +166,7 @@ class RunIdentity:
         except ValueError as err:
             raise ValueError(f"{checkpoint_path}: {err}") from None
         trainer = checkpoint.get("trainer", {})
-        completed = trainer.get("iteration", 0) // max(trainer.get("epoch_length") or 1, 1)
+        completed = trainer.get("iteration", 0) // (trainer.get("epoch_length") or 1)
         if max_epochs is not None and completed >= max_epochs:
             raise ValueError(
                 f"{checkpoint_path}: nothing to resume: {completed} epochs are already trained and max_epochs is "

@@ -51,7 +51,6 @@ MIN_COMPONENT_SIZES: tuple[int, ...] = (0, 10, 25, 50, 100)
 DEFAULTS: dict[str, float | int] = {"threshold": DEFAULT_THRESHOLD, "min_component_size": DEFAULT_MIN_COMPONENT_SIZE}
 
 
-
 def fragment_probabilities(probs: torch.Tensor, threshold: float, min_component_size: int) -> torch.Tensor:
     """``[C, H, W]`` sigmoid outputs of any formulation to ``[30, H, W]`` fragment probabilities.
 
