@@ -10,7 +10,8 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_tensor
 
 from .constants import NUM_CHANNELS
-from .io import invalid_label_bits, tensor_filename
+from .io import as_bitmap
+from .reader import tensor_filename
 
 __all__ = [
     "decode_fragment_bits",
@@ -30,19 +31,7 @@ def decode_fragment_bits(bitmap: NdarrayOrTensor, source: str = "bit map") -> to
     Raises:
         ValueError: for a float bit map, a wrong shape, or bits outside 1..30 (``source`` names the input).
     """
-    if isinstance(bitmap, torch.Tensor):
-        array = bitmap.detach().cpu().numpy() if bitmap.dtype != torch.uint32 else bitmap.cpu().numpy()
-    else:
-        array = np.asarray(bitmap)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{source}: bit maps must have an integer dtype, got {array.dtype}")
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise ValueError(f"{source}: expected a bit map of shape [H, W] or [1, H, W], got {tuple(array.shape)}")
-    bad_bits = invalid_label_bits(array)
-    if bad_bits:
-        raise ValueError(f"{source}: bit map sets bits {bad_bits}; PENGWIN labels use only bits 1..30")
+    array = as_bitmap(bitmap, source)
     # int32 is exact for bits 1..30 and the fastest dtype for torch shifts (torch has none on uint32)
     values = torch.from_numpy(array.astype(np.int32, copy=False))
     return ((values.unsqueeze(0) >> _SHIFTS) & 1).to(torch.uint8)

@@ -13,7 +13,7 @@ from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
-from .io import tensor_filename
+from .reader import tensor_filename
 
 __all__ = ["NegLogWindow", "CLAHE", "NegLogWindowd", "CLAHEd"]
 

@@ -1,4 +1,8 @@
-"""Exact, validating readers for PENGWIN TIFF files, for use with MONAI's ``LoadImage``/``LoadImaged``.
+"""Exact, validating reading of PENGWIN TIFF files and bit maps, in plain numpy and tifffile.
+
+No torch or MONAI here: the scorer (``pengwin-eval``) imports this module and starts in about a second.
+MONAI's ``LoadImage``/``LoadImaged`` reads through :class:`custom_transforms.reader.PengwinTiffReader`, built on these
+functions.
 
 MONAI's own readers do not fit these files: ``PILReader`` wraps uint32 values above 2**31, ``ITKReader``
 transposes and needs the full ITK, and the default float32 cast of ``LoadImage`` silently drops low bits of
@@ -11,12 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
-from monai.config import NdarrayOrTensor
-from monai.data import ImageReader, MetaTensor
-from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
 from .constants import MIN_IMAGE_SIZE, VALID_BITS_MASK
 
@@ -25,11 +27,10 @@ __all__ = [
     "list_tiffs",
     "tiff_stem",
     "tiffs_by_stem",
-    "PengwinTiffReader",
     "read_xray_image",
     "read_fragment_label",
     "invalid_label_bits",
-    "tensor_filename",
+    "as_bitmap",
 ]
 
 #: file suffixes read as TIFF, in any case (``a.tif``, ``b.TIFF``)
@@ -45,13 +46,6 @@ def tiffs_by_stem(folder: str | Path) -> dict[str, Path]:
     """The TIFFs directly in ``folder`` keyed by :func:`tiff_stem`, so that ``a.tif`` pairs with ``a.TIFF``; ``{}``
     when the folder does not exist."""
     return {tiff_stem(path): path for path in list_tiffs(folder)} if Path(folder).is_dir() else {}
-
-
-def tensor_filename(img: NdarrayOrTensor) -> str | None:
-    """The file a MetaTensor was loaded from (its ``filename_or_obj``), or ``None`` for other arrays."""
-    if isinstance(img, MetaTensor) and img.meta.get("filename_or_obj"):
-        return str(img.meta["filename_or_obj"])
-    return None
 
 
 def tiff_stem(name: str | Path) -> str:
@@ -124,6 +118,27 @@ def invalid_label_bits(bitmap: np.ndarray) -> list[int]:
     return [bit for bit in range(invalid.bit_length()) if invalid >> bit & 1]
 
 
+def as_bitmap(bitmap: Any, source: str = "bit map") -> np.ndarray:
+    """An integer bit map ``[H, W]`` or ``[1, H, W]`` (numpy, or a torch tensor) as a checked numpy ``[H, W]``.
+
+    Raises:
+        ValueError: for a float dtype, a wrong shape, or bits outside 1..30 (``source`` names the input).
+    """
+    if hasattr(bitmap, "detach"):  # a torch tensor, read without importing torch
+        bitmap = (bitmap.detach() if bitmap.is_floating_point() else bitmap).cpu().numpy()
+    array = np.asarray(bitmap)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{source}: bit maps must have an integer dtype, got {array.dtype}")
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"{source}: expected a bit map of shape [H, W] or [1, H, W], got {tuple(array.shape)}")
+    bad_bits = invalid_label_bits(array)
+    if bad_bits:
+        raise ValueError(f"{source}: bit map sets bits {bad_bits}; PENGWIN labels use only bits 1..30")
+    return array
+
+
 def read_fragment_label(path: str | Path, expected_shape: Sequence[int] | None = None) -> np.ndarray:
     """Read a PENGWIN bit-map label exactly as int32 ``[H, W]``; reject float dtypes and bits outside 1..30."""
     array = _read_single_page(path)
@@ -135,42 +150,3 @@ def read_fragment_label(path: str | Path, expected_shape: Sequence[int] | None =
         raise ValueError(f"{path}: label sets bits {bad_bits}; PENGWIN labels use only bits 1..30")
     # exact: all valid values are below 2**31
     return array.astype(np.int32)
-
-
-class PengwinTiffReader(ImageReader):
-    """MONAI ``ImageReader`` for PENGWIN TIFFs: raw float32 X-rays or exact integer bit-map labels.
-
-    Use one ``LoadImaged`` per kind, e.g. ``LoadImaged("label", reader=PengwinTiffReader(label=True),
-    dtype=None, ensure_channel_first=True)``, so that labels are never cast to float.
-
-    Args:
-        label: read bit-map labels (int32) instead of float32 images.
-        expected_shape: optional required ``(H, W)``; ``None`` accepts any 2D size.
-    """
-
-    def __init__(self, label: bool = False, expected_shape: Sequence[int] | None = None) -> None:
-        super().__init__()
-        self.label = label
-        self.expected_shape = expected_shape
-
-    def verify_suffix(self, filename: Sequence[str | Path] | str | Path) -> bool:
-        return all(Path(name).suffix.lower() in TIFF_SUFFIXES for name in ensure_tuple(filename))
-
-    def read(self, data: Sequence[str | Path] | str | Path, **kwargs) -> list[np.ndarray] | np.ndarray:
-        read_one = read_fragment_label if self.label else read_xray_image
-        arrays = [read_one(name, self.expected_shape) for name in ensure_tuple(data)]
-        return arrays if len(arrays) > 1 else arrays[0]
-
-    def get_data(self, img: list[np.ndarray] | np.ndarray) -> tuple[np.ndarray, dict]:
-        arrays = img if isinstance(img, list) else [img]
-        meta = {
-            MetaKeys.SPATIAL_SHAPE: np.asarray(arrays[0].shape),
-            MetaKeys.SPACE: SpaceKeys.RAS,
-            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
-            MetaKeys.AFFINE: np.eye(3),
-            MetaKeys.ORIGINAL_AFFINE: np.eye(3),
-        }
-        if len(arrays) == 1:
-            return arrays[0], meta
-        meta[MetaKeys.ORIGINAL_CHANNEL_DIM] = 0  # several files of one item are stacked as channels
-        return np.stack(arrays), meta

@@ -121,3 +121,15 @@ def test_reader_claims_only_tiff_suffixes():
     reader = PengwinTiffReader()
     assert reader.verify_suffix("a/b/001_0000.tif") and reader.verify_suffix(["x.TIFF", "y.tif"])
     assert not reader.verify_suffix("x.nii.gz")
+
+
+def test_package_names_load_their_modules_on_first_use() -> None:
+    """``custom_transforms.X`` works for every exported name and an unknown name is an AttributeError (that the
+    plain file functions then load without torch is pinned by the scorer's import test)."""
+    import custom_transforms
+
+    for name in custom_transforms.__all__:
+        assert getattr(custom_transforms, name) is not None
+    assert set(custom_transforms.__all__) <= set(dir(custom_transforms))
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchTransform'"):
+        custom_transforms.NoSuchTransform  # noqa: B018

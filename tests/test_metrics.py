@@ -7,6 +7,8 @@ import csv
 import itertools
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from pengwin_xray.metrics import (
     hd95_assd,
     main,
     miss_radius,
+    nearest_distances,
     score_image,
     surface_points,
     write_results,
@@ -169,9 +172,11 @@ def _random_case(seed: int, shape: tuple[int, int] = (48, 48)) -> tuple[np.ndarr
 
 
 def _assert_scores_equal(actual: dict[str, float], expected: dict[str, float]) -> None:
+    """The official six to the last bit; the one-to-one IoU (summed in another order here) to 1e-12."""
     assert set(actual) == set(METRICS)
-    for key in METRICS:
-        assert actual[key] == pytest.approx(expected[key], abs=1e-6), key
+    for key in OFFICIAL_METRICS:
+        assert actual[key] == expected[key], key
+    assert actual["fracture_iou_hungarian"] == pytest.approx(expected["fracture_iou_hungarian"], abs=1e-12)
 
 
 SHAPE = (40, 40)
@@ -381,6 +386,20 @@ def test_subsampling_draws_what_sklearn_resample_draws() -> None:
     np.testing.assert_array_equal(surface_points(mask), resample(points, n_samples=10_000, random_state=2024))
 
 
+@pytest.mark.parametrize(
+    "size, spread, offset",
+    [(50, 40, 0), (400, 200, 0), (30, 5, 430), (2000, 448, 0), (5, 2, 200)],
+)
+def test_nearest_distances_equal_all_pairs_cdist_in_float32(size: int, spread: int, offset: int) -> None:
+    """The distance transform gives every nearest distance exactly as the reference's float32 ``cdist`` minimum,
+    also for far-apart sets in a large box (where OpenCV's own square roots are off by an ulp)."""
+    rng = np.random.default_rng(size + spread)
+    points = rng.integers(0, spread, size=(size, 2))
+    other = rng.integers(0, spread, size=(size // 2 + 1, 2)) + offset
+    np.testing.assert_array_equal(nearest_distances(points, other), _ref_directed(points, other))
+    np.testing.assert_array_equal(nearest_distances(other, points), _ref_directed(other, points))
+
+
 def test_hd95_assd_of_identical_point_sets_is_zero() -> None:
     points = np.argwhere(_band_by_hand(_rect(SHAPE, 4, 4, 6, 9)))
     assert hd95_assd(points, points) == (0.0, 0.0)
@@ -442,6 +461,20 @@ def test_write_results_and_cli_write_csv_and_summary(folders: tuple[Path, Path],
     printed = json.loads(capsys.readouterr().out)
     assert printed == summary
     assert json.loads((tmp_path / "cli" / "summary.json").read_text()) == summary
+
+
+def test_folders_score_the_same_in_parallel_processes(folders: tuple[Path, Path]) -> None:
+    predictions, labels = folders
+    assert evaluate_folders(predictions, labels, workers=2) == evaluate_folders(predictions, labels, workers=1)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        evaluate_folders(predictions, labels, workers=0)
+
+
+def test_scorer_imports_neither_torch_nor_monai() -> None:
+    """pengwin-eval starts in about a second: torch and MONAI alone take several."""
+    code = "import sys, pengwin_xray.metrics; print(sorted({'torch', 'monai'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_tiff_and_upper_case_labels_pair_with_predictions_by_stem(folders: tuple[Path, Path]) -> None:

@@ -32,7 +32,7 @@ from custom_transforms.constants import (
     check_min_component_size,
     check_threshold,
 )
-from custom_transforms.io import tensor_filename
+from custom_transforms.reader import tensor_filename
 from pengwin_xray.metrics import (
     OFFICIAL_METRICS,
     fracture_iou_by_size,
