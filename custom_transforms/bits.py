@@ -7,7 +7,7 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_tensor
+from monai.utils import TransformBackends, convert_to_numpy
 
 from .constants import NUM_CHANNELS
 from .io import as_bitmap
@@ -38,13 +38,18 @@ def decode_fragment_bits(bitmap: NdarrayOrTensor, source: str = "bit map") -> to
 
 
 def encode_fragment_bits(masks: NdarrayOrTensor, threshold: float = 0.5) -> np.ndarray:
-    """Encode ``[30, H, W]`` binary masks (or probabilities, kept where ``> threshold``) into a uint32 ``[H, W]``."""
-    channels = convert_to_tensor(masks, track_meta=False)
+    """Encode ``[30, H, W]`` binary masks (or probabilities, kept where ``> threshold``) into a uint32 ``[H, W]``.
+
+    Only the channels with a pixel set are shifted in (a prediction sets a few of the 30).
+    """
+    channels = convert_to_numpy(masks)
     if channels.ndim != 3 or channels.shape[0] != NUM_CHANNELS:
         raise ValueError(f"expected masks of shape [{NUM_CHANNELS}, H, W], got {tuple(channels.shape)}")
-    binary = channels > threshold if channels.is_floating_point() else channels != 0
-    weights = (1 << _SHIFTS.to(torch.int64)).to(channels.device)
-    return (binary.to(torch.int64) * weights).sum(dim=0).cpu().numpy().astype(np.uint32)
+    binary = channels > threshold if np.issubdtype(channels.dtype, np.floating) else channels != 0
+    bitmap = np.zeros(channels.shape[1:], dtype=np.uint32)
+    for channel in np.flatnonzero(binary.reshape(NUM_CHANNELS, -1).any(axis=1)):
+        bitmap |= binary[channel].astype(np.uint32) << np.uint32(channel + 1)
+    return bitmap
 
 
 class DecodeFragmentBits(Transform):

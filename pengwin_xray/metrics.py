@@ -62,6 +62,7 @@ from custom_transforms.constants import MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANN
 from custom_transforms.io import as_bitmap, read_fragment_label, tiffs_by_stem
 
 from .atomic import atomic_open, write_json_atomic
+from .masks import Box, bounding_boxes, grow_box, union_box
 
 if TYPE_CHECKING:  # only for annotations: the scorer runs without torch and MONAI, and starts in about a second
     from monai.config import NdarrayOrTensor
@@ -108,9 +109,6 @@ SURFACE_SEED: int = 2024
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
-Box = tuple[slice, slice]
-
-
 def fragment_masks(bitmap: NdarrayOrTensor, source: str = "bit map") -> tuple[np.ndarray, np.ndarray]:
     """Non-empty fragment masks of an integer bit map ``[H, W]`` (or ``[1, H, W]``), in bit order.
 
@@ -151,30 +149,6 @@ def subsample_points(
     return points[indices]
 
 
-def _bounding_boxes(masks: np.ndarray) -> list[Box]:
-    """The bounding box of each non-empty mask of ``masks`` ``[N, H, W]``, from two reductions over all masks."""
-    boxes = []
-    for rows, cols in zip(masks.any(axis=2), masks.any(axis=1)):
-        rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
-        boxes.append((slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)))
-    return boxes
-
-
-def _union_box(boxes: Sequence[Box]) -> Box:
-    return (
-        slice(min(box[0].start for box in boxes), max(box[0].stop for box in boxes)),
-        slice(min(box[1].start for box in boxes), max(box[1].stop for box in boxes)),
-    )
-
-
-def _grow(box: Box, margin: int, shape: tuple[int, ...]) -> Box:
-    """``box`` grown by ``margin`` pixels on every side, clipped to an image of ``shape``."""
-    return (
-        slice(max(box[0].start - margin, 0), min(box[0].stop + margin, shape[0])),
-        slice(max(box[1].start - margin, 0), min(box[1].stop + margin, shape[1])),
-    )
-
-
 def surface_points(mask: np.ndarray, box: Box | None = None) -> np.ndarray:
     """Row-major ``(row, col)`` coordinates of the surface band of a non-empty mask, sub-sampled above 10,000.
 
@@ -183,7 +157,7 @@ def surface_points(mask: np.ndarray, box: Box | None = None) -> np.ndarray:
     the whole-image band.
     """
     mask = np.asarray(mask, dtype=bool)
-    grown = _grow(_bounding_boxes(mask[None])[0] if box is None else box, 1, mask.shape)
+    grown = grow_box(bounding_boxes(mask[None])[0] if box is None else box, 1, mask.shape)
     points = np.argwhere(surface_band(mask[grown])) + np.array([grown[0].start, grown[1].start])
     return subsample_points(points)
 
@@ -245,7 +219,7 @@ class _Fragments(NamedTuple):
         members = np.flatnonzero(self.categories == category)
         if not len(members):
             return np.zeros(self.masks.shape[1:], dtype=bool), None
-        return np.logical_or.reduce(self.masks[members]), _union_box([self.boxes[i] for i in members])
+        return np.logical_or.reduce(self.masks[members]), union_box([self.boxes[i] for i in members])
 
 
 def _iou_matrix(first: _Fragments, second: _Fragments) -> np.ndarray:
@@ -284,11 +258,12 @@ def _fragments_and_ious(
     if label.shape != prediction.shape:
         raise ValueError(f"{name}: prediction shape {prediction.shape} != label shape {label.shape}")
     foreground = (label != 0) | (prediction != 0)
-    crop = _grow(_bounding_boxes(foreground[None])[0], 1, label.shape) if foreground.any() else (slice(0, None),) * 2
+    everything = (slice(0, None), slice(0, None))
+    crop = grow_box(bounding_boxes(foreground[None])[0], 1, label.shape) if foreground.any() else everything
     fragments = []
     for bitmap in (label, prediction):
         masks, categories = fragment_masks(bitmap[crop])
-        fragments.append(_Fragments(masks, categories, _bounding_boxes(masks)))
+        fragments.append(_Fragments(masks, categories, bounding_boxes(masks)))
     label_fragments, pred_fragments = fragments
     if len(pred_fragments.masks):
         iou = _iou_matrix(label_fragments, pred_fragments)

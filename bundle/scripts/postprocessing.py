@@ -22,6 +22,7 @@ from custom_transforms.constants import (
     check_threshold,
 )
 from custom_transforms.formulation import EIGHT_CONNECTED
+from pengwin_xray.masks import bounding_boxes
 
 __all__ = ["PostprocessResult", "as_probabilities", "postprocess_fragments", "resize_probabilities"]
 
@@ -40,9 +41,9 @@ def as_probabilities(probs: NdarrayOrTensor, source: str = "probabilities") -> n
     array = convert_to_numpy(probs, dtype=np.float32)
     if array.ndim != 3 or array.shape[0] != NUM_CHANNELS:
         raise ValueError(f"{source}: expected probabilities of shape [{NUM_CHANNELS}, H, W], got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{source}: probabilities contain {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
-    if array.size and (array.min() < 0.0 or array.max() > 1.0):
+    if array.size and not (array.min() >= 0.0 and array.max() <= 1.0):  # also false for NaN and inf
+        if not np.isfinite(array).all():
+            raise ValueError(f"{source}: probabilities contain {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
         raise ValueError(
             f"{source}: probabilities must lie in [0, 1], got [{array.min():g}, {array.max():g}] "
             "(logits? apply a sigmoid first)"
@@ -51,8 +52,6 @@ def as_probabilities(probs: NdarrayOrTensor, source: str = "probabilities") -> n
 
 def _remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     """Drop 8-connected components of a 2D bool ``mask`` with fewer than ``min_size`` pixels."""
-    if min_size <= 1 or not mask.any():
-        return mask
     labels, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_size
@@ -93,8 +92,10 @@ def postprocess_fragments(
     array = as_probabilities(probs)
     threshold, min_component_size = check_threshold(threshold), check_min_component_size(min_component_size)
     masks = array > threshold
-    for channel in range(NUM_CHANNELS):
-        masks[channel] = _remove_small_components(masks[channel], min_component_size)
+    if min_component_size > 1:
+        for channel, box in enumerate(bounding_boxes(masks)):  # labelled on its box: fragments are small
+            if box is not None:
+                masks[channel][box] = _remove_small_components(masks[channel][box], min_component_size)
     if ensure_nonempty and not masks.any():
         return PostprocessResult(_fallback_masks(array), True)
     return PostprocessResult(masks, False)

@@ -1,0 +1,42 @@
+"""Bounding boxes of stacks of binary masks: the crops that per-fragment work (scoring, post-processing, reports,
+overlays) runs on, since a fragment covers a small part of the image. Plain numpy, no torch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["Box", "bounding_boxes", "grow_box", "union_box"]
+
+#: ``(rows, columns)`` slices of an image region
+Box = tuple[slice, slice]
+
+
+def bounding_boxes(masks: np.ndarray) -> list[Box | None]:
+    """The bounding box of each mask of a bool stack ``[N, H, W]`` (``None`` for an empty one; Python ints), from two
+    reductions over the whole stack."""
+    boxes: list[Box | None] = []
+    for rows, cols in zip(masks.any(axis=2), masks.any(axis=1)):
+        rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
+        if not rows.size:
+            boxes.append(None)
+            continue
+        boxes.append((slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)))
+    return boxes
+
+
+def grow_box(box: Box, margin: int, shape: Sequence[int]) -> Box:
+    """``box`` grown by ``margin`` pixels on every side, clipped to an image of ``shape``."""
+    return (
+        slice(max(box[0].start - margin, 0), min(box[0].stop + margin, shape[0])),
+        slice(max(box[1].start - margin, 0), min(box[1].stop + margin, shape[1])),
+    )
+
+
+def union_box(boxes: Sequence[Box]) -> Box:
+    """The smallest box holding every box of ``boxes`` (at least one)."""
+    return (
+        slice(min(box[0].start for box in boxes), max(box[0].stop for box in boxes)),
+        slice(min(box[1].start for box in boxes), max(box[1].stop for box in boxes)),
+    )
