@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
         (
             "TIFF_SUFFIXES",
             "as_bitmap",
+            "check_xray_image",
             "invalid_label_bits",
             "list_tiffs",
             "read_fragment_label",

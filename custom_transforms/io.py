@@ -28,6 +28,7 @@ __all__ = [
     "tiff_stem",
     "tiffs_by_stem",
     "read_xray_image",
+    "check_xray_image",
     "read_fragment_label",
     "invalid_label_bits",
     "as_bitmap",
@@ -85,26 +86,34 @@ def _check_shape(path: str | Path, array: np.ndarray, expected_shape: Sequence[i
 
 
 def read_xray_image(path: str | Path, expected_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Read a raw PENGWIN X-ray as float32 ``[H, W]``; reject what the pipeline cannot process.
-
-    Rejected, with the file named: non-float, smaller than :data:`MIN_IMAGE_SIZE` on a side, non-finite,
-    non-positive (the neg-log window takes the logarithm of the transmitted intensity) and constant images.
-    """
+    """Read a raw PENGWIN X-ray as float32 ``[H, W]``; reject what the pipeline cannot process (see
+    :func:`check_xray_image`)."""
     array = _read_single_page(path)
     _check_shape(path, array, expected_shape)
+    return check_xray_image(array, str(path))
+
+
+def check_xray_image(image: np.ndarray, source: str = "image") -> np.ndarray:
+    """A raw X-ray ``[H, W]`` as float32, checked; ``source`` names it in the errors.
+
+    Rejected: non-2D, non-float, smaller than :data:`MIN_IMAGE_SIZE` on a side, non-finite, non-positive (the
+    neg-log window takes the logarithm of the transmitted intensity) and constant images.
+    """
+    array = np.asarray(image)
+    _check_shape(source, array, None)
     if min(array.shape) < MIN_IMAGE_SIZE:
-        raise ValueError(f"{path}: image of {array.shape[0]}x{array.shape[1]} pixels; the networks need at least "
+        raise ValueError(f"{source}: image of {array.shape[0]}x{array.shape[1]} pixels; the networks need at least "
                          f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
     if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{path}: expected a float raw-intensity image (float32), got dtype {array.dtype}")
+        raise ValueError(f"{source}: expected a float raw-intensity image (float32), got dtype {array.dtype}")
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
-        raise ValueError(f"{path}: image contains {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
+        raise ValueError(f"{source}: image contains {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
     if array.min() <= 0:
-        raise ValueError(f"{path}: raw intensities must be positive (transmitted X-ray intensity), minimum is "
+        raise ValueError(f"{source}: raw intensities must be positive (transmitted X-ray intensity), minimum is "
                          f"{array.min():g}; is this a windowed or log image instead of a raw one?")
     if array.min() == array.max():
-        raise ValueError(f"{path}: constant image (every pixel is {array.flat[0]}): no content to segment")
+        raise ValueError(f"{source}: constant image (every pixel is {array.flat[0]}): no content to segment")
     return array
 
 

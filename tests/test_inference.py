@@ -14,7 +14,6 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,7 +28,6 @@ from custom_transforms import MAIN_OTHER_CHANNELS, SplitOtherFragments
 from custom_transforms.constants import NUM_CHANNELS, VALID_BITS_MASK
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from scripts.flags import as_flag
-from scripts.handlers import PredictionWriter
 from scripts.inferers import PengwinInferer
 from scripts.networks import VGG16UNet
 from scripts.loading import (
@@ -41,6 +39,8 @@ from scripts.loading import (
     report_failures,
 )
 from scripts.postprocessing import postprocess_fragments
+from scripts.segmenter import Segmenter
+from scripts.writers import PredictionWriter
 
 from helpers import BUNDLE_ROOT, write_pair
 
@@ -327,20 +327,14 @@ def test_onnx_network_names_an_unreadable_model_file(tmp_path):
 # ---------------------------------------------------------------- writer and summary
 
 
-def engine_with(items: list[tuple[np.ndarray, np.ndarray, str]]) -> SimpleNamespace:
-    """A stand-in for the evaluator after decollation: per-item batch and output dicts."""
-    batch = [{"raw": torch.as_tensor(raw[None]), "filename": name} for _, raw, name in items]
-    output = [{"pred": torch.as_tensor(probs)} for probs, _, _ in items]
-    return SimpleNamespace(state=SimpleNamespace(batch=batch, output=output))
-
-
 def test_prediction_writer_records_a_failed_item_and_still_writes_the_next(tmp_path):
     good = np.zeros((NUM_CHANNELS, SIZE, SIZE), np.float32)
     good[4, 10:30, 10:30] = 0.9
     bad = good.copy()
     bad[0, 0, 0] = np.nan
     writer = PredictionWriter(tmp_path / "out", outputs=["tif", "json"])
-    writer(engine_with([(bad, raw_xray(), "/in/first.tif"), (good, raw_xray(), "/in/second.tif")]))
+    writer.write(torch.as_tensor(bad), torch.as_tensor(raw_xray()[None]), "/in/first.tif")
+    writer.write(torch.as_tensor(good), torch.as_tensor(raw_xray()[None]), "/in/second.tif")
     assert writer.written == ["/in/second.tif"]
     assert len(writer.failures) == 1 and writer.failures[0].path == "/in/first.tif"
     assert "writing outputs failed" in writer.failures[0].reason and "NaN" in writer.failures[0].reason
@@ -458,6 +452,44 @@ def test_three_channel_resizing_override_merges_and_writes_at_input_size(tmp_pat
     workflow.finalize()
     bitmap = tifffile.imread(tmp_path / "out" / "case.tif")
     assert bitmap.shape == (SIZE, SIZE) and bitmap.dtype == np.uint32 and bitmap.any()
+
+
+def test_segmenter_segments_a_file_and_its_array_as_the_inference_command_writes_them(tmp_path, model_root):
+    """The warm API (loaded once from the bundle) and the command give the same bit map; files and arrays alike."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    raw = raw_xray(seed=5)
+    tifffile.imwrite(inputs / "case.tif", raw)
+    overrides = {"network_def#features": FEATURES, **model_paths(model_root)}
+    segmenter = Segmenter.from_bundle(BUNDLE_ROOT, **overrides)
+    from_file, from_array = segmenter.segment(inputs / "case.tif"), segmenter.segment(raw)
+    np.testing.assert_array_equal(from_file.bitmap, from_array.bitmap)
+    assert from_file.bitmap.shape == raw.shape and from_file.bitmap.dtype == np.uint32 and from_file.bitmap.any()
+    assert from_file.masks.shape == from_file.probabilities.shape == (NUM_CHANNELS, SIZE, SIZE)
+    np.testing.assert_array_equal(encode_fragment_bits(from_file.masks), from_file.bitmap)
+
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIG), logging_file=False, workflow_type="infer", dataset_dir=str(inputs),
+        output_dir=str(tmp_path / "out"), num_workers=0, **overrides,
+    )  # fmt: skip
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "case.tif"), from_file.bitmap)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.ones((SIZE, SIZE), np.uint16), "image array: expected a float raw-intensity image"),
+        (np.zeros((SIZE, SIZE), np.float32), "image array: raw intensities must be positive"),
+        (np.ones((SIZE, SIZE, 3), np.float32), r"image array: RGB/RGBA image"),
+    ],
+)
+def test_segmenter_names_a_bad_array_in_one_line(model_root, array, message):
+    segmenter = Segmenter.from_bundle(BUNDLE_ROOT, **{"network_def#features": FEATURES, **model_paths(model_root)})
+    with pytest.raises(ValueError, match=message):
+        segmenter.segment(array)
 
 
 # ---------------------------------------------------------------- end to end through the CLI

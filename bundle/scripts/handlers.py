@@ -44,9 +44,7 @@ from pengwin_xray.metrics import (
 )
 
 from .flags import as_positive_number
-from .loading import InputFailure, error_reason
 from .postprocessing import postprocess_fragments
-from .writers import OUTPUT_KINDS, write_prediction
 
 __all__ = [
     "EpochTimeLimit",
@@ -55,7 +53,6 @@ __all__ = [
     "RandomStates",
     "EncoderFreezeHandler",
     "OfficialMetricsSaver",
-    "PredictionWriter",
 ]
 
 logger = logging.getLogger(__name__)
@@ -350,62 +347,3 @@ class OfficialMetricsSaver:
             logger.info(
                 f"official metrics over {num_images} images:\n{scores}\nsummary: {json_path}\nper image: {csv_path}"
             )
-
-class PredictionWriter:
-    """Ignite handler writing each image's PENGWIN files when its iteration completes.
-
-    It reads the decollated ``engine.state.batch``/``engine.state.output`` items: the sigmoid probabilities under
-    ``pred_key``, the raw image under ``raw_key`` and the input path under ``filename_key``, and calls
-    :func:`scripts.writers.write_prediction`. A write that fails (bad probabilities, a full disk) is logged and
-    recorded in ``failures`` so that the other images are still written; ``written`` lists the inputs done.
-
-    Args:
-        output_dir: folder for the files.
-        threshold: probability threshold of the fragment masks.
-        min_component_size: smaller 8-connected components are dropped.
-        outputs: which of "tif", "json", "png" to write per image.
-        pred_key: key of the probabilities ``[30, h, w]``.
-        raw_key: key of the raw X-ray ``[1, H, W]`` (its size is the bit map's size).
-        filename_key: key of the input path (its name gives the output names).
-    """
-
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        threshold: float = DEFAULT_THRESHOLD,
-        min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
-        outputs: Sequence[str] = OUTPUT_KINDS,
-        pred_key: str = "pred",
-        raw_key: str = "raw",
-        filename_key: str = "filename",
-    ) -> None:
-        unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
-        if unknown or not outputs:
-            raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
-        self.output_dir = str(output_dir)
-        self.threshold = check_threshold(threshold)
-        self.min_component_size = check_min_component_size(min_component_size)
-        self.outputs = tuple(outputs)
-        self.pred_key, self.raw_key, self.filename_key = pred_key, raw_key, filename_key
-        self.written: list[str] = []
-        self.failures: list[InputFailure] = []
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        for batch_item, output_item in zip(engine.state.batch, engine.state.output):
-            self.write(output_item[self.pred_key], batch_item[self.raw_key], batch_item[self.filename_key])
-
-    def write(self, probs: Any, raw: Any, filename: str) -> None:
-        """Write one image's files; record the failure instead of raising."""
-        try:
-            paths = write_prediction(
-                probs, raw, filename, self.output_dir, self.threshold, self.min_component_size, self.outputs
-            )
-        except (ValueError, OSError) as err:
-            self.failures.append(InputFailure(filename, f"writing outputs failed: {error_reason(err, filename)}"))
-            logger.error(f"{filename}: {self.failures[-1].reason}")
-            return
-        self.written.append(filename)
-        logger.info(f"{filename} -> {', '.join(path.name for path in paths.values())}")

@@ -14,6 +14,7 @@ from monai.config import NdarrayOrTensor
 from monai.utils import convert_to_numpy, convert_to_tensor
 from scipy import ndimage
 
+from custom_transforms.bits import encode_fragment_bits
 from custom_transforms.constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
     DEFAULT_THRESHOLD,
@@ -24,10 +25,27 @@ from custom_transforms.constants import (
 from custom_transforms.formulation import EIGHT_CONNECTED
 from pengwin_xray.masks import bounding_boxes
 
-__all__ = ["PostprocessResult", "as_probabilities", "postprocess_fragments", "resize_probabilities"]
+__all__ = [
+    "Segmentation",
+    "PostprocessResult",
+    "as_probabilities",
+    "postprocess_fragments",
+    "resize_probabilities",
+    "segment_probabilities",
+]
 
 #: fraction of its own maximum at which the fallback channel is thresholded
 _FALLBACK_RELATIVE_LEVEL = 0.5
+
+
+class Segmentation(NamedTuple):
+    """One image's result: fragment masks ``[30, H, W]`` (bool), their PENGWIN bit map ``[H, W]`` (uint32), the
+    probabilities ``[30, H, W]`` at the image size (float32) and whether the never-empty fallback made the masks."""
+
+    masks: np.ndarray
+    bitmap: np.ndarray
+    probabilities: np.ndarray
+    fallback_used: bool
 
 
 class PostprocessResult(NamedTuple):
@@ -112,3 +130,17 @@ def resize_probabilities(probs: NdarrayOrTensor, size: tuple[int, int]) -> torch
         raise ValueError(f"probabilities of size {(height, width)} do not have the aspect ratio of the image {size}")
     resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
     return resized.clamp_(0.0, 1.0)
+
+
+def segment_probabilities(
+    probs: NdarrayOrTensor,
+    size: tuple[int, int],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
+) -> Segmentation:
+    """``[30, h, w]`` fragment probabilities to the :class:`Segmentation` of an image of ``size``: resized
+    (:func:`resize_probabilities`), binarised and cleaned with the never-empty fallback (:func:`postprocess_fragments`)
+    and encoded as a bit map."""
+    probabilities = as_probabilities(resize_probabilities(probs, size))
+    masks, fallback_used = postprocess_fragments(probabilities, threshold, min_component_size, ensure_nonempty=True)
+    return Segmentation(masks, encode_fragment_bits(masks), probabilities, fallback_used)

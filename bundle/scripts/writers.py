@@ -16,6 +16,7 @@ from __future__ import annotations
 import colorsys
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +29,6 @@ from monai.utils import convert_to_numpy
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from custom_transforms.bits import encode_fragment_bits
 from custom_transforms.constants import (
     CATEGORY_NAMES,
     DEFAULT_MIN_COMPONENT_SIZE,
@@ -36,6 +36,8 @@ from custom_transforms.constants import (
     MAX_FRAGMENTS,
     NUM_CHANNELS,
     channel_category_fragment,
+    check_min_component_size,
+    check_threshold,
     fragment_bit,
     fragment_name,
 )
@@ -46,7 +48,8 @@ from pengwin_xray.masks import bounding_boxes
 
 from custom_transforms.formulation import EIGHT_CONNECTED
 
-from .postprocessing import as_probabilities, postprocess_fragments, resize_probabilities
+from .loading import InputFailure, error_reason
+from .postprocessing import as_probabilities, segment_probabilities
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -60,7 +63,10 @@ __all__ = [
     "write_report_json",
     "write_png",
     "write_prediction",
+    "PredictionWriter",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: the files :func:`write_prediction` can write: submission bit map, fragment report, overlay picture
 OUTPUT_KINDS: tuple[str, ...] = ("tif", "json", "png")
@@ -345,15 +351,14 @@ def write_prediction(
         raw = raw[0]
     if raw.ndim != 2:
         raise ValueError(f"{image_name}: expected a raw image [H, W] or [1, H, W], got shape {raw.shape}")
-    probabilities = resize_probabilities(probs, raw.shape)
-    masks, fallback_used = postprocess_fragments(probabilities, threshold, min_component_size, ensure_nonempty=True)
+    masks, bitmap, probabilities, fallback_used = segment_probabilities(probs, raw.shape, threshold, min_component_size)
 
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     stem = tiff_stem(image_name)
     paths: dict[str, Path] = {}
     if "tif" in outputs:
-        paths["tif"] = write_bitmap_tiff(folder / f"{stem}.tif", encode_fragment_bits(masks))
+        paths["tif"] = write_bitmap_tiff(folder / f"{stem}.tif", bitmap)
     report = fragment_report(masks, probabilities) if {"json", "png"} & set(outputs) else []
     if "json" in outputs:
         extra = {
@@ -366,3 +371,48 @@ def write_prediction(
     if "png" in outputs:
         paths["png"] = write_png(folder / f"{stem}_overlay.png", overlay_image(display_image(raw), masks, report))
     return paths
+
+
+class PredictionWriter:
+    """Writes each image's PENGWIN files into one folder with :func:`write_prediction`, for a whole run.
+
+    A write that fails (bad probabilities, a full disk) is logged and recorded in ``failures`` so that the other
+    images are still written; ``written`` lists the inputs done. Thread-safe for one writing thread at a time
+    (:class:`scripts.segmenter.Segmenter` writes from one background thread).
+
+    Args:
+        output_dir: folder for the files.
+        threshold: probability threshold of the fragment masks.
+        min_component_size: smaller 8-connected components are dropped.
+        outputs: which of "tif", "json", "png" to write per image.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
+        outputs: Sequence[str] = OUTPUT_KINDS,
+    ) -> None:
+        unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
+        if unknown or not outputs:
+            raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
+        self.output_dir = str(output_dir)
+        self.threshold = check_threshold(threshold)
+        self.min_component_size = check_min_component_size(min_component_size)
+        self.outputs = tuple(outputs)
+        self.written: list[str] = []
+        self.failures: list[InputFailure] = []
+
+    def write(self, probs: Any, raw: Any, filename: str) -> None:
+        """Write one image's files; record the failure instead of raising."""
+        try:
+            paths = write_prediction(
+                probs, raw, filename, self.output_dir, self.threshold, self.min_component_size, self.outputs
+            )
+        except (ValueError, OSError) as err:
+            self.failures.append(InputFailure(filename, f"writing outputs failed: {error_reason(err, filename)}"))
+            logger.error(f"{filename}: {self.failures[-1].reason}")
+            return
+        self.written.append(filename)
+        logger.info(f"{filename} -> {', '.join(path.name for path in paths.values())}")
