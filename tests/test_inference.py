@@ -39,8 +39,8 @@ from scripts.loading import (
     report_failures,
 )
 from scripts.postprocessing import postprocess_fragments
-from scripts.segmenter import Segmenter
 from scripts.writers import PredictionWriter
+from pengwin_xray.segment import load_segmenter
 
 from helpers import BUNDLE_ROOT, write_pair
 
@@ -461,7 +461,7 @@ def test_segmenter_segments_a_file_and_its_array_as_the_inference_command_writes
     raw = raw_xray(seed=5)
     tifffile.imwrite(inputs / "case.tif", raw)
     overrides = {"network_def#features": FEATURES, **model_paths(model_root)}
-    segmenter = Segmenter.from_bundle(BUNDLE_ROOT, **overrides)
+    segmenter = load_segmenter(BUNDLE_ROOT, **overrides)
     from_file, from_array = segmenter.segment(inputs / "case.tif"), segmenter.segment(raw)
     np.testing.assert_array_equal(from_file.bitmap, from_array.bitmap)
     assert from_file.bitmap.shape == raw.shape and from_file.bitmap.dtype == np.uint32 and from_file.bitmap.any()
@@ -487,7 +487,7 @@ def test_segmenter_segments_a_file_and_its_array_as_the_inference_command_writes
     ],
 )
 def test_segmenter_names_a_bad_array_in_one_line(model_root, array, message):
-    segmenter = Segmenter.from_bundle(BUNDLE_ROOT, **{"network_def#features": FEATURES, **model_paths(model_root)})
+    segmenter = load_segmenter(BUNDLE_ROOT, **{"network_def#features": FEATURES, **model_paths(model_root)})
     with pytest.raises(ValueError, match=message):
         segmenter.segment(array)
 

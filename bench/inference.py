@@ -1,0 +1,258 @@
+"""Benchmark: folder inference end to end against the network alone, per stage and per engine, in one run.
+
+Data: ``--patients`` x ``--views`` raw X-rays of the default synthetic generator at ``--size`` (448) px, seed 0.
+Model: the trained ``model.pt`` of ``--ckpt_dir`` (the bundle's ``models`` by default; train first), exported here
+to TorchScript and ONNX (the model card's recipe, dynamic axes), run as ``configs/inference.json`` runs it: float32 on
+the CPU, flip TTA (two network calls per image), the post-processing chosen for the model.
+
+1. Network only, per engine (the inferer's call on a preprocessed image, both TTA passes): eager float32, eager
+   bfloat16 autocast (only where the CPU computes bf16 natively), TorchScript, ONNX Runtime, and OpenVINO when it is
+   installed (it is not a dependency); images/s, ratio to eager float32, and the share of bit-map pixels that differ
+   from eager float32's after the full post-processing. Median of ``--repeats`` per image, engines taking turns.
+2. Stages per image with the fastest engine: load and preprocess, network, fragment decoding, post-processing and
+   bit map, report, overlay, the three file writes.
+3. End to end: ``Segmenter.segment_files`` (what the inference command runs: DataLoader, network, background
+   decoding and writing) over the folder twice, all three outputs and the bit map only, for eager float32 and the
+   fastest engine; images/s and the ratio to that engine's network-only figure.
+4. Warm single-image latency of ``Segmenter.segment`` (a loaded bundle, a file in, a Segmentation out): distribution
+   over every image, for eager float32 and the fastest engine.
+5. The inference command's start-up: wall time on a one-image folder, less the warm per-image time, against
+   ``python -c "import monai"``.
+
+Run: ``.venv/bin/python bench/inference.py [--patients 2 --views 4 --repeats 2]`` on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser, ckpt_export, onnx_export
+from monai.data import DataLoader, Dataset
+
+from export import ONNX_CONVERTER_KWARGS, median_seconds
+from custom_transforms.io import list_tiffs
+from pengwin_xray.datalist import IMAGE_SUBDIR
+from pengwin_xray.segment import load_segmenter
+from pengwin_xray.synthetic import generate_dataset
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
+sys.path.insert(0, str(BUNDLE_ROOT))  # the bundle's scripts, as python -m monai.bundle makes them importable
+
+from scripts.inferers import native_cpu_bf16  # noqa: E402
+from scripts.postprocessing import segment_probabilities  # noqa: E402
+from scripts.segmenter import Segmenter  # noqa: E402
+from scripts.writers import (  # noqa: E402
+    PredictionWriter,
+    display_image,
+    fragment_report,
+    overlay_image,
+    write_bitmap_tiff,
+    write_png,
+    write_report_json,
+)
+
+CONFIGS = BUNDLE_ROOT / "configs"
+NETWORK_STAGE = "network (2 TTA passes)"
+
+
+def export_models(ckpt_dir: Path, folder: Path) -> dict[str, str]:
+    """model.ts and model.onnx of ``ckpt_dir/model.pt`` in ``folder``, as the model card exports them."""
+    common = {
+        "ckpt_file": str(ckpt_dir / "model.pt"),
+        "meta_file": str(CONFIGS / "metadata.json"),
+        "config_file": str(CONFIGS / "train.json"),
+    }
+    ckpt_export("network_def", filepath=str(folder / "model.ts"), **common)
+    onnx_export("network_def", filepath=str(folder / "model.onnx"), input_shape=[1, 1, 448, 448],
+                converter_kwargs=ONNX_CONVERTER_KWARGS, **common)  # fmt: skip
+    return {"torchscript_path": str(folder / "model.ts"), "onnx_path": str(folder / "model.onnx")}
+
+
+class OpenVinoNetwork(torch.nn.Module):
+    """The ONNX model compiled by OpenVINO for the CPU, behind a torch call (benchmark only: not a dependency)."""
+
+    def __init__(self, onnx_path: str) -> None:
+        super().__init__()
+        import openvino
+
+        self.compiled = openvino.Core().compile_model(onnx_path, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.compiled(x.numpy())[0])
+
+
+def engines(ckpt_dir: Path, exported: dict[str, str]) -> dict[str, Segmenter]:
+    """A loaded Segmenter per engine (the same config, model format and autocast switched)."""
+    common = {"ckpt_dir": str(ckpt_dir), **exported}
+    found = {
+        "eager fp32": load_segmenter(BUNDLE_ROOT, **common),
+        "TorchScript": load_segmenter(BUNDLE_ROOT, model_format="ts", **common),
+        "ONNX Runtime": load_segmenter(BUNDLE_ROOT, model_format="onnx", **common),
+    }
+    if native_cpu_bf16():
+        found["eager bf16"] = load_segmenter(BUNDLE_ROOT, cpu_bf16=True, **common)
+    else:
+        print("eager bf16: skipped, this CPU has no native bf16 (torch emulates it, about 9x slower than fp32)")
+    try:
+        openvino_segmenter = load_segmenter(BUNDLE_ROOT, model_format="onnx", **common)
+        openvino_segmenter.network = OpenVinoNetwork(exported["onnx_path"])
+        found["OpenVINO"] = openvino_segmenter
+    except ImportError:
+        print("OpenVINO: not installed (pip install openvino to compare it)")
+    return found
+
+
+def stage_times(segmenter: Segmenter, files: list[Path], out: Path) -> dict[str, float]:
+    """Median milliseconds per image of each stage of one image's inference."""
+    times: dict[str, list[float]] = {}
+
+    def timed(stage: str, call: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        result = call()
+        times.setdefault(stage, []).append((time.perf_counter() - start) * 1e3)
+        return result
+
+    preprocessing = file_preprocessing()
+    for path in files:
+        data = timed("load + preprocess", lambda: preprocessing({"image": str(path)}))
+        with torch.inference_mode():
+            logits = timed(NETWORK_STAGE, lambda: segmenter.inferer(data["image"][None], segmenter.network))
+        probs = timed("fragment decoding", lambda: segmenter.postprocessing({"pred": logits[0]})["pred"])
+        raw = data["raw"][0].numpy()
+        seg = timed("post-processing + bit map", lambda: segment_probabilities(
+            probs, raw.shape, segmenter.threshold, segmenter.min_component_size))  # fmt: skip
+        report = timed("report", lambda: fragment_report(seg.masks, seg.probabilities))
+        picture = timed("overlay", lambda: overlay_image(display_image(raw), seg.masks, report))
+        timed("write tif", lambda: write_bitmap_tiff(out / "stage.tif", seg.bitmap))
+        timed("write json", lambda: write_report_json(out / "stage.json", report, {"image": path.name}))
+        timed("write png", lambda: write_png(out / "stage.png", picture))
+    return {stage: statistics.median(values) for stage, values in times.items()}
+
+
+def file_preprocessing() -> Callable[[dict], dict]:
+    """The file preprocessing of inference.json (load, keep the raw image, then the segmenter's own)."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    return parser.get_parsed_content("preprocessing")
+
+
+def end_to_end(segmenter: Segmenter, files: list[Path], out: Path, outputs: list[str]) -> float:
+    """Images/s of ``segment_files`` over ``files`` (the inference command's loop, loading workers included)."""
+    loader = DataLoader(
+        Dataset([{"image": str(p), "filename": str(p)} for p in files], file_preprocessing()),
+        batch_size=1, num_workers=0,
+    )  # fmt: skip
+    writer = PredictionWriter(out, segmenter.threshold, segmenter.min_component_size, outputs)
+    start = time.perf_counter()
+    segmenter.segment_files(loader, writer)
+    elapsed = time.perf_counter() - start
+    assert not writer.failures and len(writer.written) == len(files)
+    return len(files) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_dir", type=Path, default=BUNDLE_ROOT / "models", help="folder of model.pt")
+    parser.add_argument("--patients", type=int, default=2)
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--size", type=int, default=448)
+    parser.add_argument("--repeats", type=int, default=2, help="timed network calls per image and engine")
+    args = parser.parse_args()
+    if not (args.ckpt_dir / "model.pt").is_file():
+        raise SystemExit(f"{args.ckpt_dir / 'model.pt'}: no trained model; train first or pass --ckpt_dir")
+    logging.disable(logging.INFO)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; model {args.ckpt_dir}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root, out = Path(tmp), Path(tmp, "out")
+        generate_dataset(root, args.patients, args.views, args.size, seed=0, split="bench", progress=False)
+        files = list_tiffs(root / "bench" / IMAGE_SUBDIR)
+        segmenters = engines(args.ckpt_dir, export_models(args.ckpt_dir, root))
+        preprocessing = file_preprocessing()
+        images = [preprocessing({"image": str(path)}) for path in files]
+
+        print(f"\n1. network only, {len(files)} images of {args.size} px, flip TTA (2 passes), median of {args.repeats}")
+        per_image: dict[str, list[float]] = {name: [] for name in segmenters}
+        differing: dict[str, list[float]] = {name: [] for name in segmenters}
+        with torch.inference_mode():
+            for data in images:
+                batch = data["image"][None]
+                calls = {name: (lambda s=s: s.inferer(batch, s.network)) for name, s in segmenters.items()}
+                for name, seconds in median_seconds(calls, warmup=1, repeats=args.repeats).items():
+                    per_image[name].append(seconds)
+                shape = data["raw"].shape[1:]
+                bitmaps = {
+                    name: segment_probabilities(
+                        s.postprocessing({"pred": call()[0]})["pred"], shape, s.threshold, s.min_component_size
+                    ).bitmap
+                    for (name, s), call in zip(segmenters.items(), calls.values())
+                }
+                for name, bitmap in bitmaps.items():
+                    differing[name].append(float(np.mean(bitmap != bitmaps["eager fp32"])))
+        network_rate = {name: len(values) / sum(values) for name, values in per_image.items()}
+        for name, rate in network_rate.items():
+            print(f"  {name:13s} {1e3 / rate:8.1f} ms/image {rate:6.2f} images/s {rate / network_rate['eager fp32']:5.2f}x"
+                  f"  bit-map pixels differing from eager fp32: {100 * max(differing[name]):.4f}% (worst image)")
+        fastest = max(network_rate, key=network_rate.get)
+
+        print(f"\n2. stages with {fastest}, median ms per image")
+        out.mkdir()
+        stages = stage_times(segmenters[fastest], files, out)
+        for stage, milliseconds in stages.items():
+            print(f"  {stage:28s} {milliseconds:8.1f}")
+        print(f"  {'all stages':28s} {sum(stages.values()):8.1f}")
+
+        print(f"\n3. end to end: Segmenter.segment_files, the inference command's loop, {2 * len(files)} images")
+        for name in dict.fromkeys(["eager fp32", fastest]):
+            for outputs in (["tif", "json", "png"], ["tif"]):
+                rate = end_to_end(segmenters[name], files * 2, out / name.replace(" ", "_"), outputs)
+                print(f"  {name:13s} {'+'.join(outputs):12s} {rate:6.2f} images/s = "
+                      f"{100 * rate / network_rate[name]:5.1f}% of its network-only {network_rate[name]:.2f}")
+
+        print("\n4. warm single-image latency: Segmenter.segment(file), ms")
+        warm = {name: segmenters[name] for name in dict.fromkeys(["eager fp32", fastest])}
+        no_mirror = copy.copy(segmenters[fastest])
+        no_mirror.inferer = copy.copy(no_mirror.inferer)
+        no_mirror.inferer.flip_tta = False
+        warm[f"{fastest}, no TTA"] = no_mirror
+        for name, segmenter in warm.items():
+            segmenter.segment(files[0])
+            latencies = []
+            for path in files:
+                start = time.perf_counter()
+                segmenter.segment(path)
+                latencies.append((time.perf_counter() - start) * 1e3)
+            quartiles = np.percentile(latencies, [0, 50, 90, 100])
+            print(f"  {name:22s} min {quartiles[0]:6.0f}  median {quartiles[1]:6.0f}  p90 {quartiles[2]:6.0f}  "
+                  f"max {quartiles[3]:6.0f}")
+
+        one = root / "one"
+        one.mkdir()
+        os.link(files[0], one / files[0].name)
+        command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                   "--dataset_dir", str(one), "--output_dir", str(root / "one_out"), "--ckpt_dir",
+                   str(args.ckpt_dir.resolve()), "--num_workers", "0"]  # fmt: skip
+        start = time.perf_counter()
+        subprocess.run(command, cwd=BUNDLE_ROOT, check=True, capture_output=True)
+        command_s = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import monai"], check=True, capture_output=True)
+        monai_s = time.perf_counter() - start
+        warm_s = statistics.median(per_image["eager fp32"]) + (sum(stages.values()) - stages[NETWORK_STAGE]) / 1e3
+        print(f"\n5. inference command on one image: {command_s:.1f} s, start-up about {command_s - warm_s:.1f} s; "
+              f"python -c 'import monai' alone: {monai_s:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
