@@ -1,7 +1,8 @@
 """Pack the bundle into one self-contained model-zoo archive, ``pengwin_xray_v<version>.zip``.
 
 The archive holds a single folder ``pengwin_xray/`` (the MONAI Bundle Specification's archive format) with
-``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present, and ``postprocessing.json``),
+``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present and ``postprocessing.json``, also those
+of the other networks' folders such as ``models/vgg16unet/``),
 ``scripts/``, ``docs/``, ``LICENSE`` and copies of the ``custom_transforms`` and ``pengwin_xray`` packages next to
 ``scripts/``. ``python -m monai.bundle run`` started in the unpacked folder puts that folder first on ``sys.path``,
 so the configs' ``$import scripts`` and ``$import custom_transforms`` (and the scripts' own imports) find the
@@ -74,6 +75,20 @@ def _tree_files(folder: Path) -> Iterator[Path]:
             yield path
 
 
+def _model_files(folder: Path) -> list[Path]:
+    """The model files directly in ``folder`` (weights and exports, no resume checkpoint) and, with them, the
+    post-processing chosen for them."""
+    files = [
+        path
+        for path in sorted(folder.glob("*"))
+        if path.is_file() and path.suffix in MODEL_SUFFIXES and not path.match(_RESUME_CHECKPOINTS)
+    ]
+    tuned = folder / custom_transforms.TUNED_POSTPROCESSING_FILE
+    if files and tuned.is_file():
+        files.append(tuned)
+    return files
+
+
 def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
     """``(source file, name in the archive)`` for every file the archive holds, in archive order.
 
@@ -91,20 +106,15 @@ def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
         raise FileNotFoundError(f"{license_file}: bundle licence missing")
     members.append((license_file, f"{BUNDLE_NAME}/LICENSE"))
     models = root / "models"
-    model_files = sorted(models.glob("*")) if models.is_dir() else []
-    packed_models = [
-        path
-        for path in model_files
-        if path.is_file() and path.suffix in MODEL_SUFFIXES and not path.match(_RESUME_CHECKPOINTS)
-    ]
-    tuned = models / custom_transforms.TUNED_POSTPROCESSING_FILE  # the post-processing chosen for model.pt
-    if packed_models and tuned.is_file():
-        packed_models.append(tuned)
+    packed_models = _model_files(models)
     if not packed_models:
         logger.warning(f"{models}: no model file ({', '.join(MODEL_SUFFIXES)}); the archive holds no weights")
     elif not (models / "model.pt").is_file():
         logger.warning(f"{models}: no model.pt, which the MONAI Bundle Specification requires")
-    members += [(path, f"{BUNDLE_NAME}/models/{path.name}") for path in packed_models]
+    # the other networks' folders (models/vgg16unet/ of train_vgg16.json) travel with them
+    for network_folder in sorted(path for path in models.glob("*") if path.is_dir()):
+        packed_models += _model_files(network_folder)
+    members += [(path, f"{BUNDLE_NAME}/{path.relative_to(root).as_posix()}") for path in packed_models]
     # the installed (or repository) copies of the packages the scripts import, whichever this interpreter imports
     for package in (custom_transforms, pengwin_xray):
         package_root = Path(package.__file__).resolve().parent

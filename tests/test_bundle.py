@@ -226,14 +226,17 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
     (copy / "scripts" / "__pycache__").mkdir()
     (copy / "scripts" / "__pycache__" / "package.cpython-311.pyc").write_bytes(b"\0")
     for name in model_files:
+        (copy / "models" / name).parent.mkdir(parents=True, exist_ok=True)
         (copy / "models" / name).write_bytes(b"weights")
     return copy
 
 
 def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
     bundle = _bundle_copy(
-        tmp_path, ("model.pt", "model.onnx", "checkpoint.pt", "checkpoint_epoch=3.pt", "postprocessing.json")
-    )
+        tmp_path,
+        ("model.pt", "model.onnx", "checkpoint.pt", "checkpoint_epoch=3.pt", "postprocessing.json",
+         "vgg16unet/model.pt", "vgg16unet/checkpoint.pt", "vgg16unet/postprocessing.json"),
+    )  # fmt: skip
     out = tmp_path / "dist"
 
     archive = main(["--out", str(out), "--bundle_root", str(bundle)])
@@ -247,9 +250,11 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
                      "configs/train.json", "configs/inference.json", "scripts/__init__.py", "scripts/handlers.py",
                      "docs/README.md", "docs/data_license.txt", "LICENSE", "custom_transforms/__init__.py",
                      "custom_transforms/constants.py", "pengwin_xray/__init__.py", "pengwin_xray/synthetic/__init__.py",
-                     "models/model.pt", "models/model.onnx", "models/postprocessing.json"):
+                     "models/model.pt", "models/model.onnx", "models/postprocessing.json",
+                     "models/vgg16unet/model.pt", "models/vgg16unet/postprocessing.json"):
         assert prefix + required in names, required
     assert not [name for name in names if name.startswith(prefix + "models/checkpoint")]
+    assert prefix + "models/vgg16unet/checkpoint.pt" not in names
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
     assert not [name for name in names if name.startswith((prefix + "eval/", prefix + "data/"))]
 
