@@ -11,7 +11,7 @@ the CPU, flip TTA (two network calls per image), the post-processing chosen for 
    from eager float32's after the full post-processing. Median of ``--repeats`` per image, engines taking turns.
 2. Stages per image with the fastest engine: load and preprocess, network, fragment decoding, post-processing and
    bit map, report, overlay, the three file writes.
-3. End to end: ``Segmenter.segment_files`` (what the inference command runs: DataLoader, network, background
+3. End to end: ``FolderInference.run`` (what the inference command runs: DataLoader, network, background
    decoding and writing) over the folder twice, all three outputs and the bit map only, for eager float32 and the
    fastest engine; images/s and the ratio to that engine's network-only figure.
 4. Warm single-image latency of ``Segmenter.segment`` (a loaded bundle, a file in, a Segmentation out): distribution
@@ -52,7 +52,7 @@ sys.path.insert(0, str(BUNDLE_ROOT))  # the bundle's scripts, as python -m monai
 
 from scripts.inferers import native_cpu_bf16  # noqa: E402
 from scripts.postprocessing import segment_probabilities  # noqa: E402
-from scripts.segmenter import Segmenter  # noqa: E402
+from scripts.segmenter import FolderInference, Segmenter  # noqa: E402
 from scripts.writers import (  # noqa: E402
     PredictionWriter,
     display_image,
@@ -149,14 +149,14 @@ def file_preprocessing() -> Callable[[dict], dict]:
 
 
 def end_to_end(segmenter: Segmenter, files: list[Path], out: Path, outputs: list[str]) -> float:
-    """Images/s of ``segment_files`` over ``files`` (the inference command's loop, loading workers included)."""
+    """Images/s of ``FolderInference`` over ``files`` (the inference command's engine, file reading included)."""
     loader = DataLoader(
         Dataset([{"image": str(p), "filename": str(p)} for p in files], file_preprocessing()),
         batch_size=1, num_workers=0,
     )  # fmt: skip
     writer = PredictionWriter(out, segmenter.threshold, segmenter.min_component_size, outputs)
     start = time.perf_counter()
-    segmenter.segment_files(loader, writer)
+    FolderInference(segmenter, loader, writer).run()
     elapsed = time.perf_counter() - start
     assert not writer.failures and len(writer.written) == len(files)
     return len(files) / elapsed
@@ -213,7 +213,7 @@ def main() -> None:
             print(f"  {stage:28s} {milliseconds:8.1f}")
         print(f"  {'all stages':28s} {sum(stages.values()):8.1f}")
 
-        print(f"\n3. end to end: Segmenter.segment_files, the inference command's loop, {2 * len(files)} images")
+        print(f"\n3. end to end: FolderInference, the inference command's engine, {2 * len(files)} images")
         for name in dict.fromkeys(["eager fp32", fastest]):
             for outputs in (["tif", "json", "png"], ["tif"]):
                 rate = end_to_end(segmenters[name], files * 2, out / name.replace(" ", "_"), outputs)

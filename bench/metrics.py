@@ -12,7 +12,8 @@
 3. ``pengwin-eval``'s start: wall time of ``pengwin-eval --help`` and of a one-image folder, against a bare
    ``python -c pass``.
 
-Run: ``.venv/bin/python bench/metrics.py [--patients 3 --views 4 --repeats 3]``.
+Run: ``.venv/bin/python bench/metrics.py [--patients 3 --views 4 --repeats 3]`` (``sklearn`` for the reference's
+resampling comes with ``mlflow``, a requirement).
 """
 
 from __future__ import annotations

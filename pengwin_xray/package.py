@@ -107,13 +107,13 @@ def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
     members.append((license_file, f"{BUNDLE_NAME}/LICENSE"))
     models = root / "models"
     packed_models = _model_files(models)
+    # the other networks' folders (models/vgg16unet/ of train_vgg16.json) travel with them
+    for network_folder in sorted(path for path in models.glob("*") if path.is_dir()):
+        packed_models += _model_files(network_folder)
     if not packed_models:
         logger.warning(f"{models}: no model file ({', '.join(MODEL_SUFFIXES)}); the archive holds no weights")
     elif not (models / "model.pt").is_file():
         logger.warning(f"{models}: no model.pt, which the MONAI Bundle Specification requires")
-    # the other networks' folders (models/vgg16unet/ of train_vgg16.json) travel with them
-    for network_folder in sorted(path for path in models.glob("*") if path.is_dir()):
-        packed_models += _model_files(network_folder)
     members += [(path, f"{BUNDLE_NAME}/{path.relative_to(root).as_posix()}") for path in packed_models]
     # the installed (or repository) copies of the packages the scripts import, whichever this interpreter imports
     for package in (custom_transforms, pengwin_xray):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +19,42 @@ from monai.bundle import ConfigParser
 __all__ = ["load_segmenter"]
 
 
-def load_segmenter(bundle_root: str | os.PathLike = ".", **overrides: Any) -> Any:
-    """The ``segmenter`` of ``<bundle_root>/configs/inference.json`` (a ``scripts.segmenter.Segmenter``), built with
-    config ``overrides`` such as ``model_format="onnx"`` or ``ckpt_dir="..."``; the bundle's ``scripts`` become
-    importable, as ``python -m monai.bundle`` makes them."""
+def load_segmenter(bundle_root: str | os.PathLike = ".", config_files: Sequence[str] = (), **overrides: Any) -> Any:
+    """The ``segmenter`` of ``<bundle_root>/configs/inference.json`` (a ``scripts.segmenter.Segmenter``).
+
+    Args:
+        bundle_root: the bundle folder; its ``scripts`` become importable, as ``python -m monai.bundle`` makes them.
+        config_files: overlays merged after ``inference.json``, relative to ``bundle_root`` (for example
+            ``["configs/train_vgg16.json"]`` for the VGG16 U-Net), as on the command line.
+        overrides: config values by id, e.g. ``model_format="onnx"``, ``ckpt_dir="..."``; each must exist in the
+            merged config (a misspelt one is an error, not ignored).
+
+    Raises:
+        FileNotFoundError: a config or model file is missing.
+        KeyError: an override names no config id.
+        ValueError: the model does not fit the config (the message says which overlay to merge), or a bad setting.
+    """
     root = Path(bundle_root).resolve()
-    config = root / "configs" / "inference.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{config}: not found; bundle_root must be the bundle folder (with configs/)")
+    files = [root / "configs" / "inference.json", *(root / name for name in config_files)]
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: not found; bundle_root must be the bundle folder (with configs/)")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     parser = ConfigParser()
-    parser.read_config(str(config))
+    parser.read_config([str(file) for file in files])
     parser["bundle_root"] = str(root)
+    unknown = sorted(key for key in overrides if key not in parser)
+    if unknown:
+        raise KeyError(f"no config id {unknown} in {', '.join(file.name for file in files)}")
     for key, value in overrides.items():
         parser[key] = value
-    return parser.get_parsed_content("segmenter")
+    from scripts.errors import USER_ERRORS, root_cause  # importable once the bundle folder is on sys.path
+
+    try:
+        return parser.get_parsed_content("segmenter")
+    except RuntimeError as err:  # MONAI wraps a failed check (a missing model, a wrong config) in its own error
+        cause = root_cause(err)
+        if isinstance(cause, USER_ERRORS):
+            raise cause from None
+        raise

@@ -472,10 +472,19 @@ def test_segmenter_segments_a_file_and_its_array_as_the_inference_command_writes
         config_file=str(CONFIG), logging_file=False, workflow_type="infer", dataset_dir=str(inputs),
         output_dir=str(tmp_path / "out"), num_workers=0, **overrides,
     )  # fmt: skip
+    assert not workflow.check_properties()  # MONAI's inference properties (bundle_root ... evaluator) all present
     workflow.initialize()
     workflow.run()
     workflow.finalize()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "case.tif"), from_file.bitmap)
+
+
+def test_load_segmenter_refuses_a_misspelt_override_and_merges_overlays(model_root):
+    with pytest.raises(KeyError, match=r"no config id \['model_fromat'\] in inference.json"):
+        load_segmenter(BUNDLE_ROOT, model_fromat="onnx")
+    overrides = {"network_def#features": FEATURES, **model_paths(model_root)}
+    with pytest.raises(ValueError, match="it predicts 6 channels, network_def 9"):  # the overlay was merged
+        load_segmenter(BUNDLE_ROOT, ["configs/train_contacts.json"], **overrides)
 
 
 @pytest.mark.parametrize(

@@ -388,11 +388,12 @@ def test_subsampling_draws_what_sklearn_resample_draws() -> None:
 
 @pytest.mark.parametrize(
     "size, spread, offset",
-    [(50, 40, 0), (400, 200, 0), (30, 5, 430), (2000, 448, 0), (5, 2, 200)],
+    [(50, 40, 0), (400, 200, 0), (30, 5, 430), (2000, 448, 0), (5, 2, 200), (300, 800, 0)],
 )
 def test_nearest_distances_equal_all_pairs_cdist_in_float32(size: int, spread: int, offset: int) -> None:
     """The distance transform gives every nearest distance exactly as the reference's float32 ``cdist`` minimum,
-    also for far-apart sets in a large box (where OpenCV's own square roots are off by an ulp)."""
+    also for far-apart sets in a large box (where OpenCV's own square roots are off by an ulp) and beyond the
+    diagonal where scipy's transform takes over."""
     rng = np.random.default_rng(size + spread)
     points = rng.integers(0, spread, size=(size, 2))
     other = rng.integers(0, spread, size=(size // 2 + 1, 2)) + offset

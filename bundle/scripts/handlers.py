@@ -1,4 +1,4 @@
-"""Ignite event handlers the configs attach: time budget, checkpoint saving, encoder freezing, scoring, writing.
+"""Ignite event handlers the configs attach: time budget, checkpoint saving, encoder freezing, scoring.
 
 Also the checkpointed objects that are not handlers, saved with the training state: :class:`RunIdentity` and
 :class:`RandomStates`.

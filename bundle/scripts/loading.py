@@ -2,15 +2,15 @@
 
 The end-of-run report of inputs that failed lives here too, beside the input check that finds most of them.
 
-``configs/inference.json`` wires these pieces into a MONAI ``SupervisedEvaluator``:
+``configs/inference.json`` wires these pieces into its engine (:class:`scripts.segmenter.FolderInference`):
 
 1. :func:`list_inputs` reads every ``*.tif``/``*.tiff`` of the input folder once with the validating reader, so
    that a bad file is reported with its reason and skipped instead of stopping the run half-way.
 2. :func:`load_network` gives the network in the chosen format: the trained weights on ``network_def`` ("pt",
    through :func:`load_checkpoint`, which ``evaluate.json`` uses too), a TorchScript file ("ts") or an ONNX file
    run by ONNX Runtime ("onnx", through :class:`OnnxRuntimeNetwork`, a ``torch.nn.Module`` so that the same
-   inferer and evaluator run it).
-3. :class:`scripts.handlers.PredictionWriter` writes each image's files as its iteration completes.
+   inferer runs it, and so does ``evaluate.json``'s evaluator).
+3. :class:`scripts.writers.PredictionWriter` writes each image's files.
 4. :func:`report_failures` prints the counts at the end and fails the run when any input failed.
 """
 

@@ -1,9 +1,9 @@
-"""Load the bundle once, segment many X-rays: the warm Python API and the loop of the inference command.
+"""Load the bundle once, segment many X-rays: the warm Python API and the engine of the inference command.
 
-``pengwin_xray.segment.load_segmenter("bundle")`` builds it from ``configs/inference.json`` (overrides as keyword
-arguments); ``segmenter.segment(path_or_array)`` returns a :class:`scripts.postprocessing.Segmentation`. The inference command
-runs :meth:`Segmenter.segment_files`, where loading overlaps the network (DataLoader workers) and post-processing
-and writing run in a background thread while the network predicts the next image.
+``pengwin_xray.segment.load_segmenter("bundle")`` builds a :class:`Segmenter` from ``configs/inference.json``;
+``segmenter.segment(path_or_array)`` returns a :class:`scripts.postprocessing.Segmentation`. The inference command
+runs :class:`FolderInference` (the config's ``evaluator``) with the same segmenter: the network predicts in the main
+thread while decoding, post-processing and writing of the previous image run in a background thread.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from custom_transforms.io import check_xray_image, read_xray_image
 from .postprocessing import Segmentation, segment_probabilities
 from .writers import PredictionWriter
 
-__all__ = ["Segmenter"]
+__all__ = ["Segmenter", "FolderInference"]
 
 #: images whose post-processing and files may wait behind the network before it waits for them
 _MAX_PENDING_WRITES = 4
@@ -80,23 +80,41 @@ class Segmenter:
         probs = self.fragment_probabilities(self.logits(torch.as_tensor(network_input)[None])[0])
         return segment_probabilities(probs, raw.shape, self.threshold, self.min_component_size)
 
-    def segment_files(self, batches: Iterable[Mapping[str, Any]], writer: PredictionWriter) -> None:
-        """Segment every batch of a DataLoader (keys ``image``, ``raw``, ``filename``) and write each image's files.
 
-        The network runs in this thread; fragment decoding, post-processing and writing run in one background
-        thread, overlapping the network's next batch, with at most a few images waiting there. Failed writes are
-        recorded by ``writer``.
-        """
+class FolderInference:
+    """The inference command's engine (the config's ``evaluator``): ``run()`` segments every batch of a DataLoader
+    (keys ``image``, ``raw``, ``filename``) and writes each image's files.
 
-        def finish(logits: torch.Tensor, raw: Any, filename: str) -> None:
-            writer.write(self.fragment_probabilities(logits), raw, filename)
+    The network runs in the calling thread; fragment decoding, post-processing and writing run in one background
+    thread, overlapping the network's next batch, with at most a few images waiting there. Failed writes are
+    recorded by ``writer``; any other error stops the run after cancelling the images still waiting.
 
+    Args:
+        segmenter: the loaded pipeline.
+        dataloader: batches of preprocessed images with their raw image and file name.
+        writer: where each image's files go; its threshold and minimum component size must be the segmenter's.
+    """
+
+    def __init__(self, segmenter: Segmenter, dataloader: Iterable[Mapping[str, Any]], writer: PredictionWriter) -> None:
+        mine = (segmenter.threshold, segmenter.min_component_size)
+        theirs = (writer.threshold, writer.min_component_size)
+        if mine != theirs:
+            raise ValueError(f"the writer's threshold and min_component_size {theirs} differ from the segmenter's {mine}")
+        self.segmenter, self.dataloader, self.writer = segmenter, dataloader, writer
+
+    def _finish(self, logits: torch.Tensor, raw: Any, filename: str) -> None:
+        self.writer.write(self.segmenter.fragment_probabilities(logits), raw, filename)
+
+    def run(self) -> None:
         pending: deque[Future] = deque()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pengwin-writer") as background:
-            for batch in tqdm(batches, desc="inference", unit="batch"):
-                for logits, raw, filename in zip(self.logits(batch["image"]), batch["raw"], batch["filename"]):
+        background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pengwin-writer")
+        try:
+            for batch in tqdm(self.dataloader, desc="inference", unit="batch"):
+                for logits, raw, filename in zip(self.segmenter.logits(batch["image"]), batch["raw"], batch["filename"]):
                     while len(pending) >= _MAX_PENDING_WRITES:
                         pending.popleft().result()
-                    pending.append(background.submit(finish, logits, raw, filename))
+                    pending.append(background.submit(self._finish, logits, raw, filename))
             while pending:
                 pending.popleft().result()
+        finally:
+            background.shutdown(cancel_futures=True)  # after an error, images still waiting are dropped

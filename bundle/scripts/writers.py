@@ -329,7 +329,7 @@ def write_prediction(
     size with bilinear interpolation, before thresholding, so that the bit map matches the input pixel for
     pixel. Then :func:`postprocess_fragments` (with the never-empty fallback) gives the masks, from which
     ``<stem>.tif`` (bit map), ``<stem>.json`` (report) and ``<stem>_overlay.png`` are written as requested.
-    Plain arguments and no state, so that a MONAI ``Lambdad`` or an ignite handler can call it per image.
+    Plain arguments and no state: :class:`PredictionWriter` calls it per image, from any thread.
 
     Args:
         probs: sigmoid probabilities ``[30, h, w]``.
