@@ -472,8 +472,8 @@ def test_segmenter_segments_a_file_and_its_array_as_the_inference_command_writes
         config_file=str(CONFIG), logging_file=False, workflow_type="infer", dataset_dir=str(inputs),
         output_dir=str(tmp_path / "out"), num_workers=0, **overrides,
     )  # fmt: skip
-    assert not workflow.check_properties()  # MONAI's inference properties (bundle_root ... evaluator) all present
     workflow.initialize()
+    assert not workflow.check_properties()  # MONAI's inference properties (bundle_root ... evaluator) all present
     workflow.run()
     workflow.finalize()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "case.tif"), from_file.bitmap)
