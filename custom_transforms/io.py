@@ -88,19 +88,20 @@ def _check_shape(path: str | Path, array: np.ndarray, expected_shape: Sequence[i
 def read_xray_image(path: str | Path, expected_shape: Sequence[int] | None = None) -> np.ndarray:
     """Read a raw PENGWIN X-ray as float32 ``[H, W]``; reject what the pipeline cannot process (see
     :func:`check_xray_image`)."""
-    array = _read_single_page(path)
-    _check_shape(path, array, expected_shape)
-    return check_xray_image(array, str(path))
+    return check_xray_image(_read_single_page(path), str(path), expected_shape)
 
 
-def check_xray_image(image: np.ndarray, source: str = "image") -> np.ndarray:
+def check_xray_image(
+    image: np.ndarray, source: str = "image", expected_shape: Sequence[int] | None = None
+) -> np.ndarray:
     """A raw X-ray ``[H, W]`` as float32, checked; ``source`` names it in the errors.
 
-    Rejected: non-2D, non-float, smaller than :data:`MIN_IMAGE_SIZE` on a side, non-finite, non-positive (the
-    neg-log window takes the logarithm of the transmitted intensity) and constant images.
+    Rejected: non-2D, not of ``expected_shape`` (when given), non-float, smaller than :data:`MIN_IMAGE_SIZE` on a
+    side, non-finite, non-positive (the neg-log window takes the logarithm of the transmitted intensity) and
+    constant images.
     """
     array = np.asarray(image)
-    _check_shape(source, array, None)
+    _check_shape(source, array, expected_shape)
     if min(array.shape) < MIN_IMAGE_SIZE:
         raise ValueError(f"{source}: image of {array.shape[0]}x{array.shape[1]} pixels; the networks need at least "
                          f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Box", "bounding_boxes", "grow_box", "union_box"]
+__all__ = ["Box", "bounding_boxes", "grow_box", "overlap_box", "union_box"]
 
 #: ``(rows, columns)`` slices of an image region
 Box = tuple[slice, slice]
@@ -32,6 +32,13 @@ def grow_box(box: Box, margin: int, shape: Sequence[int]) -> Box:
         slice(max(box[0].start - margin, 0), min(box[0].stop + margin, shape[0])),
         slice(max(box[1].start - margin, 0), min(box[1].stop + margin, shape[1])),
     )
+
+
+def overlap_box(box: Box, other: Box) -> Box | None:
+    """The region two boxes share, or ``None`` when they do not overlap."""
+    rows = slice(max(box[0].start, other[0].start), min(box[0].stop, other[0].stop))
+    cols = slice(max(box[1].start, other[1].start), min(box[1].stop, other[1].stop))
+    return (rows, cols) if rows.start < rows.stop and cols.start < cols.stop else None
 
 
 def union_box(boxes: Sequence[Box]) -> Box:

@@ -63,7 +63,7 @@ from custom_transforms.constants import MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANN
 from custom_transforms.io import as_bitmap, read_fragment_label, tiffs_by_stem
 
 from .atomic import atomic_open, write_json_atomic
-from .masks import Box, bounding_boxes, grow_box, union_box
+from .masks import Box, bounding_boxes, grow_box, overlap_box, union_box
 
 if TYPE_CHECKING:  # only for annotations: the scorer runs without torch and MONAI, and starts in about a second
     from monai.config import NdarrayOrTensor
@@ -240,11 +240,8 @@ def _iou_matrix(first: _Fragments, second: _Fragments) -> np.ndarray:
     intersection = np.zeros((len(first.masks), len(second.masks)), dtype=np.int64)
     for row, (mask, box) in enumerate(zip(first.masks, first.boxes)):
         for column, (other, other_box) in enumerate(zip(second.masks, second.boxes)):
-            overlap = (
-                slice(max(box[0].start, other_box[0].start), min(box[0].stop, other_box[0].stop)),
-                slice(max(box[1].start, other_box[1].start), min(box[1].stop, other_box[1].stop)),
-            )
-            if overlap[0].start < overlap[0].stop and overlap[1].start < overlap[1].stop:
+            overlap = overlap_box(box, other_box)
+            if overlap is not None:
                 intersection[row, column] = np.count_nonzero(mask[overlap] & other[overlap])
     areas = np.count_nonzero(first.masks.reshape(len(first.masks), -1), axis=1)
     other_areas = np.count_nonzero(second.masks.reshape(len(second.masks), -1), axis=1)

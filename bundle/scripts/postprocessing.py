@@ -139,8 +139,8 @@ def segment_probabilities(
     min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
 ) -> Segmentation:
     """``[30, h, w]`` fragment probabilities to the :class:`Segmentation` of an image of ``size``: resized
-    (:func:`resize_probabilities`), binarised and cleaned with the never-empty fallback (:func:`postprocess_fragments`)
-    and encoded as a bit map."""
-    probabilities = as_probabilities(resize_probabilities(probs, size))
+    (:func:`resize_probabilities`), checked, binarised and cleaned with the never-empty fallback
+    (:func:`postprocess_fragments`) and encoded as a bit map."""
+    probabilities = convert_to_numpy(resize_probabilities(probs, size), dtype=np.float32)
     masks, fallback_used = postprocess_fragments(probabilities, threshold, min_component_size, ensure_nonempty=True)
     return Segmentation(masks, encode_fragment_bits(masks), probabilities, fallback_used)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from custom_transforms.constants import check_min_component_size, check_threshold
 from custom_transforms.io import check_xray_image, read_xray_image
 
 from .postprocessing import Segmentation, segment_probabilities
@@ -38,7 +39,7 @@ class Segmenter:
         inferer: the bundle's inferer (input size, flip TTA, CPU bf16).
         postprocessing: dictionary transform of ``{"pred": logits [C, h, w]}`` to fragment probabilities
             ``[30, h, w]`` (sigmoid, then the formulation's fragment decoding).
-        threshold: probability threshold of the fragment masks.
+        threshold: probability threshold of the fragment masks (checked, as the writer checks it).
         min_component_size: smaller 8-connected components are dropped.
         device: where the network runs.
     """
@@ -57,8 +58,8 @@ class Segmenter:
         self.image_preprocessing = image_preprocessing
         self.inferer = inferer
         self.postprocessing = postprocessing
-        self.threshold = threshold
-        self.min_component_size = min_component_size
+        self.threshold = check_threshold(threshold)
+        self.min_component_size = check_min_component_size(min_component_size)
         self.device = torch.device(device)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,11 +96,15 @@ class FolderInference:
         writer: where each image's files go; its threshold and minimum component size must be the segmenter's.
     """
 
-    def __init__(self, segmenter: Segmenter, dataloader: Iterable[Mapping[str, Any]], writer: PredictionWriter) -> None:
+    def __init__(
+        self, segmenter: Segmenter, dataloader: Iterable[Mapping[str, Any]], writer: PredictionWriter
+    ) -> None:
         mine = (segmenter.threshold, segmenter.min_component_size)
         theirs = (writer.threshold, writer.min_component_size)
         if mine != theirs:
-            raise ValueError(f"the writer's threshold and min_component_size {theirs} differ from the segmenter's {mine}")
+            raise ValueError(
+                f"the writer's threshold and min_component_size {theirs} differ from the segmenter's {mine}"
+            )
         self.segmenter, self.dataloader, self.writer = segmenter, dataloader, writer
 
     def _finish(self, logits: torch.Tensor, raw: Any, filename: str) -> None:
@@ -110,7 +115,8 @@ class FolderInference:
         background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pengwin-writer")
         try:
             for batch in tqdm(self.dataloader, desc="inference", unit="batch"):
-                for logits, raw, filename in zip(self.segmenter.logits(batch["image"]), batch["raw"], batch["filename"]):
+                logits_batch = self.segmenter.logits(batch["image"])
+                for logits, raw, filename in zip(logits_batch, batch["raw"], batch["filename"]):
                     while len(pending) >= _MAX_PENDING_WRITES:
                         pending.popleft().result()
                     pending.append(background.submit(self._finish, logits, raw, filename))

@@ -378,7 +378,7 @@ class PredictionWriter:
 
     A write that fails (bad probabilities, a full disk) is logged and recorded in ``failures`` so that the other
     images are still written; ``written`` lists the inputs done. Thread-safe for one writing thread at a time
-    (:class:`scripts.segmenter.Segmenter` writes from one background thread).
+    (:class:`scripts.segmenter.FolderInference` writes from one background thread).
 
     Args:
         output_dir: folder for the files.
