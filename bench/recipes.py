@@ -3,14 +3,17 @@
 Each recipe is ``bundle/configs/train.json`` with the config overlays a user merges after it (``pengwin_xray.compare
 .RECIPES``: ``default`` = nothing (main/other formulation), ``seed`` = ``train_seed.json``, ``slots`` =
 ``train_slots.json`` (30 fixed slots, default loss), ``contacts`` = ``train_contacts.json`` (contact bands),
-``vgg16unet`` = ``train_vgg16.json``). ``pengwin-compare`` runs them one after the other, each in its own child
-process, on the built-in synthetic dataset (generated once, so the phantom-disjoint training, validation and
-test splits are the same for all) with the same ``--seed``, ``--epochs`` and optional ``--max-minutes``:
-training, then the best checkpoint (chosen on the validation split) scored on the test split, which no recipe
-trained or selected on: the six official metrics, the one-to-one fragment IoU and the fracture IoU by fragment
-size (mean best IoU of the test fragments under 0.5%, 0.5 to 1%, 1 to 5% and over 5% of the image). Training
-images/s counts batch loading and iterations only (validation excluded); peak memory is the child's maximum
-resident set (``os.wait4``). Every recipe's validation results are echoed while it trains.
+``vgg16unet`` = ``train_vgg16.json``, ``two_stage`` = ``train_two_stage.json``: a fragment network on per-bone
+crops, with the default recipe's model finding the bones, so the default runs first when the list lacks it).
+``pengwin-compare`` runs them one after the other, each in its own child process, on the built-in synthetic dataset
+(generated once, so the phantom-disjoint training, validation and test splits are the same for all) with the same
+``--seed``, ``--epochs`` and optional ``--max-minutes``: training, then the best checkpoint (chosen on the
+validation split) scored on the test split, which no recipe trained or selected on: the six official metrics, the
+one-to-one fragment IoU and the fracture IoU by fragment size (mean best IoU of the test fragments under 0.5%, 0.5
+to 1%, 1 to 5% and over 5% of the image). Training images/s counts batch loading and iterations only (validation
+excluded; the two-stage fragment network counts its crops, up to three per view); training minutes add the
+localiser's to the two-stage recipe's; peak memory is the child's maximum resident set (``os.wait4``). Every
+recipe's validation results are echoed while it trains.
 
 It prints the machine, load and budget, one markdown table, and each recipe's difference from the first; all
 figures are in ``<work>/compare.json``.

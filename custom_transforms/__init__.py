@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
         "formulation",
     ),
     **dict.fromkeys(("CLAHE", "CLAHEd", "NegLogWindow", "NegLogWindowd"), "intensity"),
-    **dict.fromkeys(("RandSideFlipd", "SwapSideChannels", "SwapSideChannelsd"), "spatial"),
+    **dict.fromkeys(("BoneCropd", "RandSideFlipd", "SwapSideChannels", "SwapSideChannelsd"), "spatial"),
     **dict.fromkeys(
         (
             "TIFF_SUFFIXES",

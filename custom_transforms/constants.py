@@ -26,6 +26,11 @@ DEFAULT_MIN_COMPONENT_SIZE: int = 10
 #: the file beside a model's ``model.pt`` holding the threshold and minimum component size chosen for it on
 #: validation images (``bundle/scripts/tuning.py``)
 TUNED_POSTPROCESSING_FILE: str = "postprocessing.json"
+#: the two-stage recipe's crop of one bone: the square around it grown by BONE_CROP_MARGIN times the image's shorter
+#: side, resized to BONE_CROP_SCALE times that side (``custom_transforms.BoneCropd`` in training,
+#: ``scripts.inferers.TwoStageInferer`` in inference)
+BONE_CROP_MARGIN: float = 0.05
+BONE_CROP_SCALE: float = 1.0
 
 
 def as_number(value: object) -> float:

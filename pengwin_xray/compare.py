@@ -39,6 +39,7 @@ from .atomic import atomic_open, write_json_atomic
 
 __all__ = [
     "RECIPES",
+    "LOCALISER_RECIPES",
     "DEFAULT_RECIPES",
     "count_parameters",
     "ThroughputMeter",
@@ -55,7 +56,10 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "seed": ("train.json", "train_seed.json"),
     "slots": ("train.json", "train_slots.json"),
     "contacts": ("train.json", "train_contacts.json"),
+    "two_stage": ("train.json", "train_two_stage.json"),
 }
+#: recipe -> the recipe whose trained model is its first stage (``localiser_dir``); that one runs first
+LOCALISER_RECIPES: dict[str, str] = {"two_stage": "default"}
 #: what ``pengwin-compare`` runs without ``--recipes``: the two networks
 DEFAULT_RECIPES: tuple[str, ...] = ("default", "vgg16unet")
 EVALUATE_CONFIG = "evaluate.json"
@@ -65,6 +69,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("parameters", "parameters", "{:,}"),
     ("epochs", "epochs", "{:g}"),
     ("train_images_per_s", "train images/s", "{:.2f}"),
+    ("train_minutes", "training min", "{:.1f}"),
     ("peak_rss_mib", "peak RSS (MiB)", "{:.0f}"),
     ("iou_SA", "IoU SA", "{:.3f}"),
     ("iou_LI", "IoU LI", "{:.3f}"),
@@ -86,7 +91,7 @@ SUMMARY_KEYS: dict[str, str] = {
     "val_iou_SA": "iou_SA",
     "val_iou_LI": "iou_LI",
     "val_iou_RI": "iou_RI",
-    **{key: key for key, _, _ in COLUMNS[8:]},
+    **{key: key for key, _, _ in COLUMNS[9:]},
     "num_images": "num_test_images",
 }
 _VALIDATION_LINE = re.compile(r"Key metric: (\S+) best value: ([0-9.eE+-]+) at epoch: (\d+)")
@@ -267,9 +272,10 @@ def compare(
     data_root = parser.get_parsed_content("data_root")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    rows, budgets = [], {}
-    for recipe in recipes:
+    rows, budgets, train_seconds = [], {}, {}
+    for recipe in _with_localisers(recipes):
         recipe_dir = output / recipe
+        localiser = LOCALISER_RECIPES.get(recipe)
         spec = {
             "recipe": recipe,
             "config_files": [str(bundle / "configs" / name) for name in RECIPES[recipe]],
@@ -279,6 +285,7 @@ def compare(
                 "output_dir": str(recipe_dir),
                 "ckpt_dir": str(recipe_dir / "models"),
                 "run_name": f"{recipe}-{stamp}",
+                **({"localiser_dir": str(output / localiser / "models")} if localiser else {}),
                 **recipe_overrides.get(recipe, {}),
             },
             "evaluate_overrides": {"run_name": f"evaluate-{recipe}-{stamp}"},
@@ -287,6 +294,7 @@ def compare(
         recipe_dir.mkdir(parents=True, exist_ok=True)
         result, peak_rss = _run_child(spec, recipe_dir, bundle)
         budgets[recipe] = {"max_epochs": result["max_epochs"], **result["split"]}
+        train_seconds[recipe] = result["train_seconds"] + (train_seconds[localiser] if localiser else 0.0)
         summary = result["summary"]
         rows.append(
             {
@@ -295,6 +303,7 @@ def compare(
                 "parameters": result["parameters"],
                 "epochs": result["epochs"],
                 "train_images_per_s": result["train_images_per_s"],
+                "train_minutes": train_seconds[recipe] / 60,
                 "peak_rss_mib": peak_rss / 2**20,
                 **{row_key: summary.get(key) for key, row_key in SUMMARY_KEYS.items()},
                 "train_images": result["train_images"],
@@ -322,6 +331,18 @@ def compare(
     with atomic_open(output / "compare.md", "w") as handle:
         handle.write(format_table(rows) + "\n")
     return report
+
+
+def _with_localisers(recipes: Sequence[str]) -> list[str]:
+    """``recipes`` in order, each two-stage recipe preceded by its localiser's recipe unless that ran before it."""
+    ordered: list[str] = []
+    for recipe in recipes:
+        localiser = LOCALISER_RECIPES.get(recipe)
+        if localiser and localiser not in ordered:
+            ordered.append(localiser)
+        if recipe not in ordered:
+            ordered.append(recipe)
+    return ordered
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

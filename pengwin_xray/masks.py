@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Box", "bounding_boxes", "grow_box", "overlap_box", "union_box"]
+__all__ = ["Box", "bounding_boxes", "grow_box", "overlap_box", "square_box", "square_crop_box", "union_box"]
 
 #: ``(rows, columns)`` slices of an image region
 Box = tuple[slice, slice]
@@ -32,6 +32,27 @@ def grow_box(box: Box, margin: int, shape: Sequence[int]) -> Box:
         slice(max(box[0].start - margin, 0), min(box[0].stop + margin, shape[0])),
         slice(max(box[1].start - margin, 0), min(box[1].stop + margin, shape[1])),
     )
+
+
+def square_box(box: Box, margin: int, shape: Sequence[int]) -> Box:
+    """The square around ``box`` grown by ``margin`` pixels on every side, moved (not clipped) to lie inside an image
+    of ``shape``; its side is at most the image's shorter side. Resized to a fixed size, a square crop keeps the
+    aspect ratio of what it shows."""
+    side = min(max(box[0].stop - box[0].start, box[1].stop - box[1].start) + 2 * margin, *shape)
+    starts = []
+    for axis, size in zip(box, shape):
+        centre = (axis.start + axis.stop) // 2
+        starts.append(min(max(centre - side // 2, 0), size - side))
+    return slice(starts[0], starts[0] + side), slice(starts[1], starts[1] + side)
+
+
+def square_crop_box(mask: np.ndarray, margin: float) -> Box | None:
+    """The :func:`square_box` around the pixels of a bool mask ``[H, W]``, grown by ``margin`` times the image's
+    shorter side; ``None`` for an empty mask. The crop of the two-stage recipe, in training and in inference."""
+    box = bounding_boxes(mask[None])[0]
+    if box is None:
+        return None
+    return square_box(box, int(round(margin * min(mask.shape))), mask.shape)
 
 
 def overlap_box(box: Box, other: Box) -> Box | None:

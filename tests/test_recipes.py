@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import ValidationHandler
 
 from custom_transforms import MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS, NUM_CHANNELS, fragment_channel
+from scripts.errors import root_cause
 from scripts.handlers import EpochTimeLimit
+from scripts.inferers import PengwinInferer, TwoStageInferer
 from scripts.losses import FragmentDiceBCELoss
 from scripts.metrics import FractureIoU
 
 from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, assert_valid_submissions, bundle_run
+from pengwin_xray.masks import square_crop_box
 
 
 
@@ -130,6 +135,108 @@ def test_epoch_time_limit_rejects_a_budget_that_is_not_positive(minutes):
         EpochTimeLimit(minutes)
 
 
+class FixedLogits(torch.nn.Module):
+    """A stand-in network: the same logits for every input of its batch; records the inputs it was called with."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits, self.inputs = logits, []
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(inputs)
+        return self.logits.expand(len(inputs), *self.logits.shape).clone()
+
+
+def localiser_logits(size: int, regions: dict[int, tuple[slice, slice]]) -> torch.Tensor:
+    """[6, size, size] main/other logits: -8, and +8 in the main channel of each bone's region (bone index 0..2)."""
+    logits = torch.full((MAIN_OTHER_CHANNELS, size, size), -8.0)
+    for bone, region in regions.items():
+        logits[(2 * bone, *region)] = 8.0
+    return logits
+
+
+def test_two_stage_puts_the_fragment_networks_logits_in_each_found_bones_square():
+    image = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 1, 64, 64)
+    left_hip = (slice(8, 24), slice(4, 20))
+    localiser = FixedLogits(localiser_logits(64, {1: left_hip}))
+    fragments = FixedLogits(torch.full((MAIN_OTHER_CHANNELS, 64, 64), 5.0))
+    logits = TwoStageInferer(localiser, PengwinInferer(), PengwinInferer())(image, fragments)
+
+    mask = np.zeros((64, 64), bool)
+    mask[left_hip] = True
+    square = square_crop_box(mask, 0.05)  # BoneCropd's crop of the same bone
+    assert square == (slice(5, 27), slice(1, 23))
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[square] = True
+    # the left hip's channels: the fragment network's logits in its square
+    torch.testing.assert_close(logits[0, 2:4][:, inside], torch.full((2, int(inside.sum())), 5.0))
+    torch.testing.assert_close(logits[0, 2:4][:, ~inside], localiser.logits[2:4][:, ~inside])  # the localiser's outside
+    torch.testing.assert_close(logits[0, [0, 1, 4, 5]], localiser.logits[[0, 1, 4, 5]])  # bones not found: unchanged
+    (crops,) = fragments.inputs  # one crop, the square resized to the image size
+    assert crops.shape == (1, 1, 64, 64)
+    assert crops.mean().item() == pytest.approx(image[0, 0][square].mean().item(), rel=0.01)
+
+
+def test_two_stage_runs_all_crops_of_a_batch_in_one_call_and_skips_views_without_bones():
+    localiser = FixedLogits(localiser_logits(32, {0: (slice(0, 10), slice(0, 10)), 2: (slice(20, 30), slice(5, 9))}))
+    fragments = FixedLogits(torch.zeros(MAIN_OTHER_CHANNELS, 32, 32))
+    TwoStageInferer(localiser, PengwinInferer(), PengwinInferer())(torch.rand(3, 1, 32, 32), fragments)
+    assert [len(inputs) for inputs in fragments.inputs] == [6]  # 3 views x 2 bones
+
+    nothing = FixedLogits(torch.full((MAIN_OTHER_CHANNELS, 32, 32), -8.0))
+    logits = TwoStageInferer(nothing, PengwinInferer(), PengwinInferer())(torch.rand(2, 1, 32, 32), fragments)
+    assert len(fragments.inputs) == 1 and (logits == -8.0).all()
+
+
+def test_two_stage_refuses_stages_of_different_formulations():
+    localiser = FixedLogits(localiser_logits(32, {0: (slice(0, 10), slice(0, 10))}))
+    slots = FixedLogits(torch.zeros(NUM_CHANNELS, 32, 32))
+    with pytest.raises(ValueError, match="both stages must be trained with the same formulation"):
+        TwoStageInferer(localiser, PengwinInferer(), PengwinInferer())(torch.rand(1, 1, 32, 32), slots)
+
+
+def save_localiser(root: Path) -> None:
+    network = recipe_parser(root).get_parsed_content("network_def")
+    (root / "models").mkdir(exist_ok=True)
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+
+
+def test_two_stage_overlay_trains_on_bone_crops_and_validates_the_whole_pipeline(pengwin_root):
+    save_localiser(pengwin_root)
+    parser = recipe_parser(pengwin_root, "train_two_stage.json")
+    parser["train#augmentation"] = []
+    crops = parser.get_parsed_content("train#dataset")[0]
+    assert isinstance(crops, list) and 1 <= len(crops) <= 3  # one per bone of the view
+    assert all(crop["label"].shape == (MAIN_OTHER_CHANNELS, 32, 32) for crop in crops)
+    assert parser.get_parsed_content("validate#dataset")[0]["label"].shape == (NUM_CHANNELS, 32, 32)  # whole views
+    validation, pipeline = (parser.get_parsed_content(key) for key in ("validate#inferer", "pipeline_inferer"))
+    assert isinstance(validation, TwoStageInferer) and not validation.fragment_inferer.flip_tta
+    assert isinstance(pipeline, TwoStageInferer) and pipeline.fragment_inferer.flip_tta
+    assert pipeline.localiser_inferer.flip_tta and pipeline.localiser is validation.localiser
+    assert Path(parser.get_parsed_content("best_model_path")) == pengwin_root / "models" / "fragments" / "model.pt"
+    evaluation = recipe_parser(pengwin_root, "train_two_stage.json", "evaluate.json")
+    assert isinstance(evaluation.get_parsed_content("validate#inferer"), TwoStageInferer)
+
+
+@pytest.mark.parametrize("base", [("train.json",), ("inference.json",)])
+def test_two_stage_without_a_trained_localiser_names_the_setting(pengwin_root, base):
+    overlay = "train_two_stage.json" if base == ("train.json",) else "inference_two_stage.json"
+    parser = recipe_parser(pengwin_root, overlay, base=base)
+    with pytest.raises(RuntimeError) as raised:  # MONAI's wrapper; the command prints the root cause's line
+        parser.get_parsed_content("localiser")
+    assert isinstance(root_cause(raised.value), FileNotFoundError)
+    assert str(root_cause(raised.value)).endswith("models/model.pt: checkpoint not found (train first, or set --localiser_dir)")
+
+
+def test_two_stage_inference_overlay_runs_both_stages_with_the_inference_settings(pengwin_root):
+    save_localiser(pengwin_root)
+    parser = recipe_parser(pengwin_root, "inference_two_stage.json", base=("inference.json",))
+    inferer = parser.get_parsed_content("segmenter#inferer")
+    assert isinstance(inferer, TwoStageInferer)
+    assert inferer.localiser_inferer is inferer.fragment_inferer is parser.get_parsed_content("inferer")
+    assert Path(parser.get_parsed_content("ckpt_path")) == pengwin_root / "models" / "fragments" / "model.pt"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("overlays, channels", [(("train_seed.json",), NUM_CHANNELS)])
 def test_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path, overlays, channels):
@@ -153,6 +260,36 @@ def test_recipe_trains_evaluates_and_infers_valid_submissions(tmp_path, overlays
     out = tmp_path / "predictions"
     infer = bundle_run(
         "--config_file", f"['configs/inference.json'{overlay}]", "--bundle_root", str(tmp_path),
+        "--dataset_dir", str(images), "--output_dir", str(out), "--num_workers", "0",
+    )  # fmt: skip
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert_valid_submissions(images, out, 64)
+
+
+@pytest.mark.slow
+def test_two_stage_recipe_trains_both_stages_evaluates_and_infers_valid_submissions(tmp_path):
+    settings = {
+        "bundle_root": str(tmp_path), "synthetic": ast.literal_eval(TINY_SYNTHETIC), "num_workers": 0,
+        "max_epochs": 1, "batch_size": 2,
+    }  # fmt: skip
+    configs = {name: str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "train_two_stage.json", "evaluate.json")}
+    for files in (["train.json"], ["train.json", "train_two_stage.json"]):  # the localiser, then the fragment network
+        workflow = ConfigWorkflow(config_file=[configs[name] for name in files], workflow_type="train", **settings)
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+    assert {path.name for path in (tmp_path / "models" / "fragments").iterdir()} >= {"model.pt", "postprocessing.json"}
+
+    evaluation = ConfigWorkflow(config_file=list(configs.values()), workflow_type=None, **settings)
+    evaluation.initialize()
+    evaluation.run()
+    evaluation.finalize()
+    assert json.loads((tmp_path / "eval/evaluation/summary.json").read_text())["num_images"] == 2
+
+    images = tmp_path / "data/synthetic/train/input/images/x-ray"
+    out = tmp_path / "predictions"
+    infer = bundle_run(  # the one inference command of the two stages
+        "--config_file", "['configs/inference.json','configs/inference_two_stage.json']", "--bundle_root", str(tmp_path),
         "--dataset_dir", str(images), "--output_dir", str(out), "--num_workers", "0",
     )  # fmt: skip
     assert infer.returncode == 0, infer.stderr[-3000:]

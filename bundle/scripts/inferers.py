@@ -1,4 +1,5 @@
-"""The network call shared by training, evaluation and inference: fixed input size and CPU bf16 autocast."""
+"""The network calls shared by training, evaluation and inference: fixed input size and CPU bf16 autocast, and the
+two-stage recipe's per-bone crops."""
 
 from __future__ import annotations
 
@@ -11,11 +12,18 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 
-from custom_transforms.constants import CATEGORY_NAMES, NUM_CATEGORIES
+from custom_transforms.constants import (
+    BONE_CROP_MARGIN,
+    BONE_CROP_SCALE,
+    CATEGORY_NAMES,
+    NUM_CATEGORIES,
+    check_threshold,
+)
+from pengwin_xray.masks import square_crop_box
 
 from .flags import as_flag
 
-__all__ = ["native_cpu_bf16", "swap_sides", "PengwinInferer"]
+__all__ = ["native_cpu_bf16", "swap_sides", "PengwinInferer", "TwoStageInferer"]
 
 
 def native_cpu_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -77,4 +85,72 @@ class PengwinInferer(Inferer):
                 logits = (logits + swap_sides(mirrored)) / 2
         if resize:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits
+
+
+class TwoStageInferer(Inferer):
+    """The two-stage recipe: a localiser finds the bones in the whole view, the fragment network segments each bone
+    in its own crop, seen larger.
+
+    ``localiser`` is a trained model of the same formulation as the fragment network (the default recipe's
+    ``model.pt``), run by ``localiser_inferer``. Each bone's mask (any of its channels above ``threshold``) gives the
+    square crop of :class:`custom_transforms.BoneCropd` (same ``margin`` and ``scale``); the crops of a batch go
+    through the fragment network (the ``network`` argument, run by ``fragment_inferer``) in one call. Inside its square,
+    a bone's logits become the fragment network's, resized back; everywhere else, and for bones the localiser does
+    not find, they stay the localiser's. The logits keep the formulation's channels and the input size, so
+    decoding, post-processing and outputs are those of a single network.
+
+    Args:
+        localiser: the first-stage network (evaluation mode).
+        localiser_inferer: its network call (e.g. :class:`PengwinInferer` with a ``spatial_size`` or flip TTA).
+        fragment_inferer: the network call of the fragment network on the crops.
+        margin: added on every side of a bone's bounding box, as a fraction of the image's shorter side.
+        scale: side of the resized crops, as a fraction of the image's shorter side.
+        threshold: probability above which a localiser pixel belongs to a bone.
+    """
+
+    def __init__(
+        self,
+        localiser: Callable[..., torch.Tensor],
+        localiser_inferer: Inferer,
+        fragment_inferer: Inferer,
+        margin: float = BONE_CROP_MARGIN,
+        scale: float = BONE_CROP_SCALE,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.localiser = localiser
+        self.localiser_inferer = localiser_inferer
+        self.fragment_inferer = fragment_inferer
+        self.margin, self.scale = float(margin), float(scale)
+        self.threshold = check_threshold(threshold)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        logits = self.localiser_inferer(inputs, self.localiser).clone()
+        bone_logits = logits.unflatten(1, (NUM_CATEGORIES, -1))  # a view: writing it writes ``logits``
+        bones = (bone_logits.amax(dim=2) > torch.logit(torch.tensor(self.threshold))).cpu().numpy()
+        crops = [
+            (item, bone, box)
+            for item in range(len(inputs))
+            for bone in range(NUM_CATEGORIES)
+            if (box := square_crop_box(bones[item, bone], self.margin)) is not None
+        ]
+        if not crops:
+            return logits
+        side = max(int(round(self.scale * min(inputs.shape[2:]))), 1)
+        batch = torch.cat(
+            [
+                F.interpolate(inputs[(slice(item, item + 1), slice(None), *box)], size=(side, side), mode="bilinear")
+                for item, _, box in crops
+            ]
+        )
+        crop_logits = self.fragment_inferer(batch, network, *args, **kwargs).unflatten(1, (NUM_CATEGORIES, -1))
+        if crop_logits.shape[2] != bone_logits.shape[2]:
+            raise ValueError(
+                f"the fragment network gives {crop_logits.shape[1] * crop_logits.shape[2]} channels, the localiser "
+                f"{logits.shape[1]}: both stages must be trained with the same formulation"
+            )
+        for (item, bone, box), crop in zip(crops, crop_logits):
+            size = (box[0].stop - box[0].start, box[1].stop - box[1].start)
+            bone_logits[(item, bone, slice(None), *box)] = F.interpolate(crop[bone][None], size=size, mode="bilinear")[0]
         return logits

@@ -232,10 +232,11 @@ class OnnxRuntimeNetwork(torch.nn.Module):
         return torch.from_numpy(output).to(x.device)
 
 def load_checkpoint(
-    network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu"
+    network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu", setting: str = "ckpt_path"
 ) -> torch.nn.Module:
     """Load a state dict (``model.pt``, or a training ``checkpoint.pt`` holding it under ``"model"``) into
     ``network`` and return ``network``: the one loader of trained weights, for evaluation and inference.
+    ``setting`` is the config id a missing file's message tells the user to set.
 
     Raises:
         FileNotFoundError: when the file is missing.
@@ -243,7 +244,7 @@ def load_checkpoint(
             ``weights_only``), or its keys or shapes do not fit ``network``.
     """
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (train first, or set --ckpt_path)")
+        raise FileNotFoundError(f"{path}: checkpoint not found (train first, or set --{setting})")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -313,11 +314,13 @@ def load_network(
     torchscript_path: str | os.PathLike,
     onnx_path: str | os.PathLike,
     device: str | torch.device = "cpu",
+    setting: str = "ckpt_path",
 ) -> torch.nn.Module:
     """The network to run, in evaluation mode, for ``model_format`` "pt", "ts" or "onnx".
 
-    "pt" loads ``ckpt_path`` into ``network_def`` on ``device``; "ts" loads ``torchscript_path`` with
-    ``torch.jit.load``; "onnx" wraps ``onnx_path`` in :class:`OnnxRuntimeNetwork` (CPU execution).
+    "pt" loads ``ckpt_path`` into ``network_def`` on ``device`` (``setting``: see :func:`load_checkpoint`); "ts"
+    loads ``torchscript_path`` with ``torch.jit.load``; "onnx" wraps ``onnx_path`` in :class:`OnnxRuntimeNetwork`
+    (CPU execution).
 
     Raises:
         ValueError: for an unknown ``model_format``.
@@ -326,7 +329,7 @@ def load_network(
     if model_format not in MODEL_FORMATS:
         raise ValueError(f"unknown model_format {model_format!r}; choose from {MODEL_FORMATS}")
     if model_format == "pt":
-        return load_checkpoint(network_def.to(device), ckpt_path, device).eval()
+        return load_checkpoint(network_def.to(device), ckpt_path, device, setting).eval()
     path = torchscript_path if model_format == "ts" else onnx_path
     if not Path(path).is_file():
         raise FileNotFoundError(
