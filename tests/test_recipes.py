@@ -214,8 +214,20 @@ def test_two_stage_overlay_trains_on_bone_crops_and_validates_the_whole_pipeline
     assert isinstance(pipeline, TwoStageInferer) and pipeline.fragment_inferer.flip_tta
     assert pipeline.localiser_inferer.flip_tta and pipeline.localiser is validation.localiser
     assert Path(parser.get_parsed_content("best_model_path")) == pengwin_root / "models" / "fragments" / "model.pt"
-    evaluation = recipe_parser(pengwin_root, "train_two_stage.json", "evaluate.json")
-    assert isinstance(evaluation.get_parsed_content("validate#inferer"), TwoStageInferer)
+    for overlays in (("train_two_stage.json", "evaluate.json"), ("evaluate.json", "train_two_stage.json")):
+        evaluation = recipe_parser(pengwin_root, *overlays).get_parsed_content("validate#inferer")
+        assert isinstance(evaluation, TwoStageInferer) and evaluation.fragment_inferer.flip_tta  # either order
+
+
+def test_two_stage_runs_the_vgg16_unet_in_both_stages(pengwin_root):
+    parser = recipe_parser(pengwin_root, "train_vgg16.json", "train_two_stage.json")
+    (pengwin_root / "models").mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), pengwin_root / "models" / "model.pt")
+    pipeline = parser.get_parsed_content("pipeline_inferer")
+    with torch.inference_mode():
+        logits = pipeline(torch.rand(1, 3, 32, 32), parser.get_parsed_content("network").eval())
+    assert logits.shape == (1, MAIN_OTHER_CHANNELS, 32, 32)
+    assert pipeline.fragment_inferer.spatial_size == (224, 224)  # the VGG16 U-Net's input size, crops included
 
 
 @pytest.mark.parametrize("base", [("train.json",), ("inference.json",)])
