@@ -188,7 +188,8 @@ def test_compare_command_names_an_unknown_recipe_in_one_line(capsys) -> None:
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One run of the comparison command on 5 patients of 64 px, 1 epoch, VGG16 weights given and frozen."""
+    """One run of the comparison command on 5 patients of 64 px, 1 epoch: the two-stage recipe (so the default runs
+    first, as its localiser) and the VGG16 U-Net with weights given and frozen."""
     root = tmp_path_factory.mktemp("pengwin")
     for patient in range(1, 6):  # split by patient: 3 training, 1 test, 1 validation
         write_pair(root, f"{patient:03d}_0000.tif", size=64, seed=patient)
@@ -197,6 +198,7 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> dict:
     output_dir = root / "compare"
     argv = [
         "--dataset_dir", str(root), "--max_epochs", "1", "--output_dir", str(output_dir), "--bundle_root", str(BUNDLE_ROOT),
+        "--recipes", "two_stage,vgg16unet",
         "--vgg16_weights", str(weights_path),
         "--override", "num_workers=0", "--override", "batch_size=2",
         "--vgg16_override", f"network_def#decoder_channels={json.dumps(SMALL_DECODER)}",
@@ -219,10 +221,10 @@ def vgg16_from_config(**overrides: object) -> VGG16UNet:
 def test_compare_prints_and_writes_one_row_per_recipe(comparison: dict) -> None:
     report, output_dir = comparison["report"], comparison["output_dir"]
     rows = {row["recipe"]: row for row in report["rows"]}
-    assert list(rows) == ["default", "vgg16unet"]
+    assert list(rows) == ["default", "two_stage", "vgg16unet"]  # the localiser's recipe before the two-stage one
     table = format_table(report["rows"])
     assert table in comparison["stdout"]
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["default", "vgg16unet"]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == list(rows)
     assert (output_dir / "compare.md").read_text() == table + "\n"
     assert json.loads((output_dir / "compare.json").read_text()) == report
     assert report["split"] == {"training": 3, "validation": 1, "test": 1} and report["max_epochs"] == 1
@@ -230,9 +232,14 @@ def test_compare_prints_and_writes_one_row_per_recipe(comparison: dict) -> None:
     basicunet = merged_parser("train.json").get_parsed_content("network_def")
     assert rows["default"]["parameters"] == count_parameters(basicunet)
     assert rows["vgg16unet"]["parameters"] == count_parameters(vgg16_from_config())
+    assert rows["two_stage"]["parameters"] == count_parameters(basicunet)  # the fragment network
     for row in rows.values():
-        assert row["train_images"] == 3  # one epoch over the 3 training images
-        assert row["train_seconds"] > 0 and math.isclose(row["train_images_per_s"], 3 / row["train_seconds"])
+        # one epoch over the 3 training images; the two-stage fragment network trains on up to 3 bone crops of each
+        assert row["train_images"] == 3 if row["recipe"] != "two_stage" else 3 <= row["train_images"] <= 9
+        images_per_s = row["train_images"] / row["train_seconds"]
+        assert row["train_seconds"] > 0 and math.isclose(row["train_images_per_s"], images_per_s)
+        localiser_seconds = rows["default"]["train_seconds"] if row["recipe"] == "two_stage" else 0.0
+        assert math.isclose(row["train_minutes"], (row["train_seconds"] + localiser_seconds) / 60)
         assert row["peak_rss_mib"] > 100  # a process that imported torch and trained a network
         summary = json.loads(Path(row["summary"]).read_text())
         pairs = [("iou_RI", "val_iou_RI"), ("fracture_iou", "fracture_iou"), ("anatomical_iou", "anatomical_iou")]
@@ -250,7 +257,11 @@ def test_compare_logs_every_run_to_one_mlflow_experiment(comparison: dict) -> No
     experiment = client.get_experiment_by_name(report["experiment_name"])
     runs = client.search_runs([experiment.experiment_id])
     names = sorted(run.info.run_name.rsplit("-", 2)[0] for run in runs)
-    assert names == ["default", "evaluate-default", "evaluate-vgg16unet", "vgg16unet"]
+    assert names == [
+        "default", "evaluate-default", "evaluate-two_stage", "evaluate-vgg16unet", "two_stage", "vgg16unet"
+    ]  # fmt: skip
+    two_stage_run = next(run for run in runs if run.info.run_name.startswith("two_stage"))
+    assert two_stage_run.data.params["localiser"] == str(report["rows"][0]["checkpoint"])  # the default's model.pt
     vgg16_run = next(run for run in runs if run.info.run_name.startswith("vgg16unet"))
     assert vgg16_run.data.params["network"] == "VGG16UNet"
     assert vgg16_run.data.params["freeze_encoder_epochs"] == "1"
