@@ -11,7 +11,7 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import Flip, MapTransform, RandomizableTransform, Resize, SpatialCrop, Transform
 from monai.utils import InterpolateMode, TransformBackends, convert_to_numpy, ensure_tuple, ensure_tuple_rep
 
-from pengwin_xray.masks import Box, square_crop_box
+from pengwin_xray.masks import Box, scaled_side, square_crop_box
 
 from .constants import (
     BONE_CROP_MARGIN,
@@ -142,7 +142,7 @@ class BoneCropd(MapTransform):
             raise ValueError(f"expected {NUM_CHANNELS} fragment channels in {self.label_key!r}, got shape {masks.shape}")
         bones = masks.reshape(NUM_CATEGORIES, MAX_FRAGMENTS, *masks.shape[1:]).any(axis=1)
         boxes = [box for box in (square_crop_box(bone, self.margin) for bone in bones) if box is not None]
-        side = max(int(round(self.scale * min(masks.shape[1:]))), 1)
+        side = scaled_side(masks.shape[1:], self.scale)
         whole_image = (slice(0, masks.shape[1]), slice(0, masks.shape[2]))
         return [self._crop(d, box, side) for box in boxes or [whole_image]]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Box", "bounding_boxes", "grow_box", "overlap_box", "square_box", "square_crop_box", "union_box"]
+__all__ = ["Box", "bounding_boxes", "grow_box", "overlap_box", "scaled_side", "square_box", "square_crop_box", "union_box"]
 
 #: ``(rows, columns)`` slices of an image region
 Box = tuple[slice, slice]
@@ -53,6 +53,12 @@ def square_crop_box(mask: np.ndarray, margin: float) -> Box | None:
     if box is None:
         return None
     return square_box(box, int(round(margin * min(mask.shape))), mask.shape)
+
+
+def scaled_side(shape: Sequence[int], scale: float) -> int:
+    """``scale`` times the shorter side of an image of ``shape``, rounded, at least 1: the side the two-stage recipe
+    resizes its square crops to, in training and in inference."""
+    return max(int(round(scale * min(shape))), 1)
 
 
 def overlap_box(box: Box, other: Box) -> Box | None:

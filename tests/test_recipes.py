@@ -195,8 +195,9 @@ def test_two_stage_refuses_stages_of_different_formulations():
         TwoStageInferer(localiser, PengwinInferer(), PengwinInferer())(torch.rand(1, 1, 32, 32), slots)
 
 
-def save_localiser(root: Path) -> None:
-    network = recipe_parser(root).get_parsed_content("network_def")
+def save_localiser(root: Path, parser: ConfigParser | None = None) -> None:
+    """An untrained network of ``parser``'s ``network_def`` (the default's) saved as the localiser ``models/model.pt``."""
+    network = (parser or recipe_parser(root)).get_parsed_content("network_def")
     (root / "models").mkdir(exist_ok=True)
     torch.save(network.state_dict(), root / "models" / "model.pt")
 
@@ -221,8 +222,7 @@ def test_two_stage_overlay_trains_on_bone_crops_and_validates_the_whole_pipeline
 
 def test_two_stage_runs_the_vgg16_unet_in_both_stages(pengwin_root):
     parser = recipe_parser(pengwin_root, "train_vgg16.json", "train_two_stage.json")
-    (pengwin_root / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), pengwin_root / "models" / "model.pt")
+    save_localiser(pengwin_root, parser)
     pipeline = parser.get_parsed_content("pipeline_inferer")
     with torch.inference_mode():
         logits = pipeline(torch.rand(1, 3, 32, 32), parser.get_parsed_content("network").eval())

@@ -19,7 +19,7 @@ from custom_transforms.constants import (
     NUM_CATEGORIES,
     check_threshold,
 )
-from pengwin_xray.masks import square_crop_box
+from pengwin_xray.masks import scaled_side, square_crop_box
 
 from .flags import as_flag
 
@@ -137,7 +137,7 @@ class TwoStageInferer(Inferer):
         ]
         if not crops:
             return logits
-        side = max(int(round(self.scale * min(inputs.shape[2:]))), 1)
+        side = scaled_side(inputs.shape[2:], self.scale)
         batch = torch.cat(
             [
                 F.interpolate(inputs[(slice(item, item + 1), slice(None), *box)], size=(side, side), mode="bilinear")
