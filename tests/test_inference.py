@@ -28,11 +28,12 @@ from custom_transforms import MAIN_OTHER_CHANNELS, SplitOtherFragments
 from custom_transforms.constants import NUM_CHANNELS, VALID_BITS_MASK
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from scripts.flags import as_flag
-from scripts.inferers import PengwinInferer
+from scripts.inferers import PengwinInferer, native_cpu_bf16
 from scripts.networks import VGG16UNet
 from scripts.loading import (
     InputFailure,
     OnnxRuntimeNetwork,
+    OpenVinoNetwork,
     list_inputs,
     load_checkpoint,
     load_network,
@@ -285,10 +286,11 @@ def test_load_checkpoint_says_in_one_line_which_config_fits_the_checkpoint(tmp_p
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
 
 
-@pytest.mark.parametrize("model_format", ["pt", "ts", "onnx"])
-def test_load_network_fails_clearly_when_the_format_file_is_missing(tmp_path, model_format):
+@pytest.mark.parametrize("model_format, file", [("pt", "model.pt"), ("ts", "model.ts"), ("onnx", "model.onnx"),
+                                                ("openvino", "model.onnx")])
+def test_load_network_fails_clearly_when_the_format_file_is_missing(tmp_path, model_format, file):
     paths = [tmp_path / "model.pt", tmp_path / "model.ts", tmp_path / "model.onnx"]
-    with pytest.raises(FileNotFoundError, match=f"model.{model_format}"):
+    with pytest.raises(FileNotFoundError, match=file):
         load_network(model_format, small_unet(), *paths)
 
 
@@ -297,7 +299,7 @@ def test_load_network_rejects_unknown_format():
         load_network("trt", small_unet(), "a", "b", "c")
 
 
-@pytest.mark.parametrize("model_format", ["ts", "onnx"])
+@pytest.mark.parametrize("model_format", ["ts", "onnx", "openvino"])
 def test_exported_format_gives_the_same_probabilities_and_bit_map_as_pt(model_root, model_format):
     raw = raw_xray(96, seed=3)  # another size than the export's: dynamic axes
     reference = load_network("pt", small_unet(seed=9), **model_paths(model_root))
@@ -308,20 +310,34 @@ def test_exported_format_gives_the_same_probabilities_and_bit_map_as_pt(model_ro
     assert ref_bitmap.any() and np.count_nonzero(bitmap != ref_bitmap) <= allowed_differences(bitmap)
 
 
-def test_onnx_network_reports_the_expected_shape_of_a_fixed_size_model(tmp_path):
+@pytest.mark.parametrize("engine", [OnnxRuntimeNetwork, OpenVinoNetwork])
+def test_onnx_network_reports_the_expected_shape_of_a_fixed_size_model(tmp_path, engine):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(small_unet(), torch.zeros(1, 1, 32, 32), str(tmp_path / "fixed.onnx"), dynamo=False)
-    network = OnnxRuntimeNetwork(tmp_path / "fixed.onnx")
+    network = engine(tmp_path / "fixed.onnx")
     assert network(torch.zeros(1, 1, 32, 32)).shape == (1, MAIN_OTHER_CHANNELS, 32, 32)
     with pytest.raises(ValueError, match=r"fixed\.onnx: the ONNX model takes inputs of shape \[1, 1, 32, 32\]"):
         network(torch.zeros(1, 1, 64, 64))
 
 
-def test_onnx_network_names_an_unreadable_model_file(tmp_path):
+@pytest.mark.parametrize("engine", [OnnxRuntimeNetwork, OpenVinoNetwork])
+def test_onnx_network_names_an_unreadable_model_file(tmp_path, engine):
     (tmp_path / "broken.onnx").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=r"broken\.onnx: not a loadable ONNX model"):
-        OnnxRuntimeNetwork(tmp_path / "broken.onnx")
+    with pytest.raises(ValueError, match=r"broken\.onnx: not a loadable ONNX model") as info:
+        engine(tmp_path / "broken.onnx")
+    assert "\n" not in str(info.value)
+
+
+def test_openvino_format_computes_in_float32_unless_cpu_bf16(model_root):
+    """cpu_bf16 switches OpenVINO's precision as it switches the PyTorch formats' autocast; float32 matches pt."""
+    image = torch.from_numpy(raw_xray(SIZE, seed=4)[None, None] / 1e3)
+    float32 = load_network("openvino", small_unet(), **model_paths(model_root))
+    bf16 = load_network("openvino", small_unet(), **model_paths(model_root), cpu_bf16=True)
+    expected = load_network("pt", small_unet(), **model_paths(model_root))(image).detach()
+    torch.testing.assert_close(float32(image), expected, rtol=0, atol=PROB_TOLERANCE)
+    assert float32.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    assert bf16.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == ("bf16" if native_cpu_bf16() else "f32")
 
 
 # ---------------------------------------------------------------- writer and summary
@@ -419,7 +435,12 @@ def test_inference_runs_the_trained_model_as_evaluation_does_in_float32_on_cpu()
 
 
 def test_config_network_follows_model_format(model_root):
-    for model_format, kind in (("pt", BasicUNet), ("ts", torch.jit.ScriptModule), ("onnx", OnnxRuntimeNetwork)):
+    for model_format, kind in (
+        ("pt", BasicUNet),
+        ("ts", torch.jit.ScriptModule),
+        ("onnx", OnnxRuntimeNetwork),
+        ("openvino", OpenVinoNetwork),
+    ):
         parser = parsed(bundle_root=str(model_root), model_format=model_format, **{"network_def#features": FEATURES})
         assert isinstance(parser.get_parsed_content("network"), kind), model_format
 
