@@ -138,25 +138,20 @@ def as_bitmap(bitmap: Any, source: str = "bit map") -> np.ndarray:
         bitmap = (bitmap.detach() if bitmap.is_floating_point() else bitmap).cpu().numpy()
     array = np.asarray(bitmap)
     if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{source}: bit maps must have an integer dtype, got {array.dtype}")
+        raise ValueError(f"{source}: bit maps must have an integer dtype (uint32/int32), got {array.dtype}")
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
         raise ValueError(f"{source}: expected a bit map of shape [H, W] or [1, H, W], got {tuple(array.shape)}")
     bad_bits = invalid_label_bits(array)
     if bad_bits:
-        raise ValueError(f"{source}: bit map sets bits {bad_bits}; PENGWIN labels use only bits 1..30")
+        raise ValueError(f"{source}: bit map sets bits {bad_bits}; PENGWIN bit maps use only bits 1..30")
     return array
 
 
 def read_fragment_label(path: str | Path, expected_shape: Sequence[int] | None = None) -> np.ndarray:
-    """Read a PENGWIN bit-map label exactly as int32 ``[H, W]``; reject float dtypes and bits outside 1..30."""
+    """Read a PENGWIN bit-map label exactly as int32 ``[H, W]``; reject what :func:`as_bitmap` rejects."""
     array = _read_single_page(path)
     _check_shape(path, array, expected_shape)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{path}: a label must be an integer bit map (uint32/int32), got dtype {array.dtype}")
-    bad_bits = invalid_label_bits(array)
-    if bad_bits:
-        raise ValueError(f"{path}: label sets bits {bad_bits}; PENGWIN labels use only bits 1..30")
     # exact: all valid values are below 2**31
-    return array.astype(np.int32)
+    return as_bitmap(array, source=str(path)).astype(np.int32)

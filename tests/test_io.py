@@ -106,7 +106,7 @@ def test_missing_file_is_reported_by_name(tmp_path):
 @pytest.mark.parametrize(
     "bitmap, message",
     [
-        (np.ones((4, 4), np.float32), "integer bit map"),
+        (np.ones((4, 4), np.float32), "integer dtype"),
         (np.ones((4, 4), np.uint32), r"bits \[0\]"),
         (np.full((4, 4), 1 << 31, np.uint32), r"bits \[31\]"),
     ],

@@ -182,7 +182,7 @@ def test_bitmap_tiff_is_uint32_single_uncompressed_page_and_round_trips(tmp_path
         (np.full((SIZE, SIZE), 1, np.uint32), r"bits \[0\]"),
         (np.full((SIZE, SIZE), 1 << 31, np.uint32), r"bits \[31\]"),
         (np.full((SIZE, SIZE), 2.0, np.float32), "integer"),
-        (np.full((2, SIZE, SIZE), 2, np.uint32), "integer bit map"),
+        (np.full((2, SIZE, SIZE), 2, np.uint32), r"shape \[H, W\] or \[1, H, W\]"),
     ],
 )
 def test_bitmap_tiff_refuses_invalid_maps_and_writes_nothing(tmp_path, bitmap, message):

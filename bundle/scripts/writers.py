@@ -42,7 +42,7 @@ from custom_transforms.constants import (
     fragment_name,
 )
 from custom_transforms.intensity import CLAHE, NegLogWindow
-from custom_transforms.io import invalid_label_bits, tiff_stem
+from custom_transforms.io import as_bitmap, tiff_stem
 from pengwin_xray.atomic import atomic_open
 from pengwin_xray.masks import bounding_boxes
 
@@ -280,15 +280,10 @@ def write_bitmap_tiff(path: str | os.PathLike, bitmap: NdarrayOrTensor) -> Path:
     """Write a PENGWIN submission bit map: uint32 ``[H, W]``, one uncompressed page, atomically.
 
     Raises:
-        ValueError: for a non-integer or non-2D map, bits outside 1..30, or an all-zero map (the official
+        ValueError: for what :func:`custom_transforms.io.as_bitmap` rejects, or an all-zero map (the official
             evaluator cannot score an empty prediction).
     """
-    array = convert_to_numpy(bitmap)
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{path}: expected an integer bit map [H, W], got {array.dtype} of shape {array.shape}")
-    bad_bits = invalid_label_bits(array)
-    if bad_bits:
-        raise ValueError(f"{path}: bit map sets bits {bad_bits}; PENGWIN bit maps use only bits 1..30")
+    array = as_bitmap(bitmap, source=str(path))
     if not array.any():
         raise ValueError(f"{path}: refusing to write an all-zero bit map (the official evaluator fails on it)")
     exact = array.astype(np.uint32)  # exact: only bits 1..30 are set
