@@ -1,4 +1,4 @@
-"""Benchmark: inference speed of the exported networks, eager PyTorch against TorchScript and ONNX Runtime.
+"""Benchmark: inference speed of the exported networks, eager PyTorch against TorchScript, ONNX Runtime and OpenVINO.
 
 Both networks are exported the way the model card documents (``monai.bundle`` ``ckpt_export`` and ``onnx_export``
 with dynamic axes, from the bundle's own configs, random weights) into a temporary folder, then timed in the same
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import openvino
 import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
@@ -94,15 +95,24 @@ def export(name: str, folder: Path) -> tuple[torch.nn.Module, Path, Path]:
 
 
 def benchmark(name: str, folder: Path, threads: int, warmup: int, repeats: int) -> None:
-    """Time eager, TorchScript and ONNX Runtime on one network and print images/s and ratios against eager."""
+    """Time eager, TorchScript, ONNX Runtime and OpenVINO (float32, as ``--model_format openvino`` runs it) on one
+    network and print images/s and ratios against eager."""
     network, torchscript_file, onnx_file = export(name, folder)
     input_shape = NETWORKS[name][2]
     image = torch.rand(input_shape, generator=torch.Generator().manual_seed(1))
     scripted = torch.jit.load(str(torchscript_file)).eval()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
+    # ONNX Runtime's threads otherwise spin for a while after each call, taking the cores from the next engine
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     feed = {"image": image.numpy()}
+    compiled = openvino.Core().compile_model(
+        str(onnx_file),
+        "CPU",
+        {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads},
+    )
+    request = compiled.create_infer_request()
 
     with torch.inference_mode():
         reference = network(image).numpy()
@@ -110,6 +120,7 @@ def benchmark(name: str, folder: Path, threads: int, warmup: int, repeats: int) 
             "eager": lambda: network(image).numpy(),
             "TorchScript": lambda: scripted(image).numpy(),
             "ONNX Runtime": lambda: session.run(["pred"], feed)[0],
+            "OpenVINO": lambda: request.infer({0: feed["image"]})[0],
         }
         seconds = median_seconds(engines, warmup, repeats)
         differences = {engine: float(np.abs(run() - reference).max()) for engine, run in engines.items()}
@@ -132,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.INFO)  # the export commands log their arguments, input tensors included
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}")
     with tempfile.TemporaryDirectory() as folder:
         for name in NETWORKS:
             benchmark(name, Path(folder), args.threads, args.warmup, args.repeats)
