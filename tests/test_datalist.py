@@ -116,7 +116,7 @@ def test_check_files_reports_every_bad_file_at_once(pengwin_root):
         check_datalist_files(items)
     message = str(info.value)
     assert message.startswith("3 bad file(s) of 15")
-    assert "integer bit map" in message and "label shape (16, 16) != image shape (32, 32)" in message
+    assert "integer dtype" in message and "label shape (16, 16) != image shape (32, 32)" in message
     assert "gone_0000.tif: file not found" in message
 
 
