@@ -32,6 +32,8 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "bundle"
 #: runs them), and this script parses them in its own process
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundle"))
 CONFIGS = BUNDLE_ROOT / "configs"
+
+from scripts.loading import OpenVinoNetwork  # noqa: E402
 META_FILE = str(CONFIGS / "metadata.json")
 ONNX_CONVERTER_KWARGS = {
     "input_names": ["image"],
@@ -107,12 +109,7 @@ def benchmark(name: str, folder: Path, threads: int, warmup: int, repeats: int) 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     feed = {"image": image.numpy()}
-    compiled = openvino.Core().compile_model(
-        str(onnx_file),
-        "CPU",
-        {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads},
-    )
-    request = compiled.create_infer_request()
+    openvino_network = OpenVinoNetwork(onnx_file, threads=threads)
 
     with torch.inference_mode():
         reference = network(image).numpy()
@@ -120,7 +117,7 @@ def benchmark(name: str, folder: Path, threads: int, warmup: int, repeats: int) 
             "eager": lambda: network(image).numpy(),
             "TorchScript": lambda: scripted(image).numpy(),
             "ONNX Runtime": lambda: session.run(["pred"], feed)[0],
-            "OpenVINO": lambda: request.infer({0: feed["image"]})[0],
+            "OpenVINO": lambda: openvino_network.run(feed["image"]),
         }
         seconds = median_seconds(engines, warmup, repeats)
         differences = {engine: float(np.abs(run() - reference).max()) for engine, run in engines.items()}

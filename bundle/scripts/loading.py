@@ -269,9 +269,10 @@ class OpenVinoNetwork(OnnxModelNetwork):
     Args:
         path: the ``.onnx`` file.
         bf16: compute in bfloat16 instead of float32.
+        threads: inference threads (``None``: OpenVINO's choice, every core).
     """
 
-    def __init__(self, path: str | os.PathLike, bf16: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, bf16: bool = False, threads: int | None = None) -> None:
         super().__init__(path)
         import openvino  # only the "openvino" model format needs it
         from openvino.frontend import FrontEndManager
@@ -279,6 +280,8 @@ class OpenVinoNetwork(OnnxModelNetwork):
         # the ONNX front end named, not guessed: guessing tries every framework's parser on a bad file
         onnx_frontend = FrontEndManager().load_by_framework("onnx")
         config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
         try:
             model = onnx_frontend.convert(onnx_frontend.load(self.path))
         except Exception as err:  # OpenVINO raises its own exception types for unreadable models
