@@ -31,8 +31,9 @@ Deliberate differences from the reference:
 * A label without any fragment is a ``ValueError`` (the reference has nothing to average and crashes).
 * Both bit maps are first cropped to the bounding box of their fragments plus one pixel, each surface band is
   computed by OpenCV's cross-shaped erosion and dilation on its mask's own bounding box plus one pixel, and
-  nearest distances come from OpenCV's exact distance transform instead of all-pairs distance matrices: same
-  points in the same order, same distances, far less time and memory (``bench/metrics.py``).
+  nearest distances come from OpenCV's exact distance transform, or a k-d tree for sparse point sets, instead of
+  all-pairs distance matrices: same points in the same order, same distances, far less time and memory
+  (``bench/metrics.py``).
 * MONAI's ``HausdorffDistanceMetric`` / ``SurfaceDistanceMetric`` are not used: their surfaces are the inner edge
   ``mask ^ erosion(mask)`` without the outer ring and without sub-sampling, so they cannot give the challenge's
   numbers.
@@ -58,6 +59,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 
 from custom_transforms.constants import MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANNELS
 from custom_transforms.io import as_bitmap, read_fragment_label, tiffs_by_stem
@@ -77,10 +79,12 @@ __all__ = [
     "surface_band",
     "subsample_points",
     "surface_points",
+    "NEAREST_METHODS",
     "nearest_distances",
     "hd95_assd",
     "miss_radius",
     "score_image",
+    "score_ious",
     "FRAGMENT_SIZE_BINS",
     "fragment_best_ious",
     "fracture_iou_by_size",
@@ -109,6 +113,12 @@ SURFACE_SEED: int = 2024
 #: OpenCV's distances are exact after rounding their squares for boxes with a smaller diagonal (error of d**2
 #: about 2 * d**2 * 2e-7, kept under 0.2); PENGWIN's 448 x 448 images have a diagonal of 634
 _OPENCV_EXACT_DIAGONAL = 700
+#: what :func:`nearest_distances` can use
+NEAREST_METHODS: tuple[str, ...] = ("auto", "transform", "tree")
+#: above this many box pixels per point a k-d tree query beats the distance transform (``bench/metrics.py``'s cases:
+#: 20 to 25% less distance time than either method alone); the tree's settings are the fastest there
+_TREE_PIXELS_PER_POINT = 20
+_TREE_LEAF_SIZE = 32
 #: the 4-connected 3x3 cross of the official surface band
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
@@ -166,15 +176,29 @@ def surface_points(mask: np.ndarray, box: Box | None = None) -> np.ndarray:
     return subsample_points(points)
 
 
-def nearest_distances(from_points: np.ndarray, to_points: np.ndarray) -> np.ndarray:
+def nearest_distances(from_points: np.ndarray, to_points: np.ndarray, method: str = "auto") -> np.ndarray:
     """float32 distance from each of ``from_points`` to the nearest of ``to_points`` (both ``[K, 2]``, integer).
 
-    One exact Euclidean distance transform of ``to_points`` on the box that holds both sets, read at
-    ``from_points``: OpenCV's (Felzenszwalb's algorithm, two to five times faster than a k-d tree on surface bands)
-    for boxes whose diagonal is under :data:`_OPENCV_EXACT_DIAGONAL` pixels, scipy's (float64) beyond.
+    Both methods give the reference's all-pairs ``cdist`` minimum to the last bit:
+
+    * ``"transform"``: one exact Euclidean distance transform of ``to_points`` on the box that holds both sets, read
+      at ``from_points``: OpenCV's (Felzenszwalb's algorithm) for boxes whose diagonal is under
+      :data:`_OPENCV_EXACT_DIAGONAL` pixels, scipy's (float64) beyond. Its cost grows with the box's area.
+    * ``"tree"``: scipy's k-d tree of ``to_points`` queried at ``from_points``. Its cost grows with the points.
+    * ``"auto"`` (default): the tree when the box has more than :data:`_TREE_PIXELS_PER_POINT` pixels per point
+      (e.g. a small fragment matched to a large one), else the transform.
     """
+    if method not in NEAREST_METHODS:
+        raise ValueError(f"method must be one of {NEAREST_METHODS}, got {method!r}")
     origin = np.minimum(from_points.min(axis=0), to_points.min(axis=0))
     shape = tuple(int(n) for n in np.maximum(from_points.max(axis=0), to_points.max(axis=0)) - origin + 1)
+    if method == "auto":
+        sparse = shape[0] * shape[1] > _TREE_PIXELS_PER_POINT * (len(from_points) + len(to_points))
+        method = "tree" if sparse else "transform"
+    if method == "tree":
+        tree = cKDTree(to_points, leafsize=_TREE_LEAF_SIZE, balanced_tree=False, compact_nodes=False)
+        # float64 square roots of exact integer squares, rounded to float32: what the reference's cdist gives
+        return tree.query(from_points)[0].astype(np.float32)
     grid = np.full(shape, 255, dtype=np.uint8)
     targets, sources = to_points - origin, from_points - origin
     grid[targets[:, 0], targets[:, 1]] = 0
@@ -250,14 +274,14 @@ def _iou_matrix(first: _Fragments, second: _Fragments) -> np.ndarray:
 
 
 def _fragments_and_ious(
-    prediction_bitmap: NdarrayOrTensor, label_bitmap: NdarrayOrTensor, name: str
+    prediction_bitmap: NdarrayOrTensor, label_bitmap: NdarrayOrTensor, name: str, scored: bool = False
 ) -> tuple[_Fragments, _Fragments, np.ndarray, tuple[int, int]]:
     """Label and prediction fragments and their IoU matrix ``[label, prediction]``.
 
     The masks are cropped to the bounding box of both maps' fragments plus one pixel (outside it every mask and
     every surface band is empty); the last item is the image position of the crop's first pixel.
     An empty prediction acts as one empty predicted fragment (an IoU column of zeros): every label fragment is
-    then missed.
+    then missed. ``scored``: the label must have a fragment (the image scores are means over them).
     """
     label = as_bitmap(label_bitmap, source=f"{name} (label)")
     prediction = as_bitmap(prediction_bitmap, source=f"{name} (prediction)")
@@ -271,11 +295,19 @@ def _fragments_and_ious(
         masks, categories = fragment_masks(bitmap[crop])
         fragments.append(_Fragments(masks, categories, bounding_boxes(masks)))
     label_fragments, pred_fragments = fragments
+    if scored and not len(label_fragments.masks):
+        raise ValueError(f"{name}: the label has no fragment, so there is nothing to score against")
     if len(pred_fragments.masks):
         iou = _iou_matrix(label_fragments, pred_fragments)
     else:
         iou = np.zeros((len(label_fragments.masks), 1))
     return label_fragments, pred_fragments, iou, (crop[0].start, crop[1].start)
+
+
+def _bone_iou(label_bone: np.ndarray, pred_bone: np.ndarray) -> np.float64:
+    """IoU of two bone masks, divided as the reference divides (int64 / int64)."""
+    intersection = np.count_nonzero(label_bone & pred_bone)
+    return np.int64(intersection) / np.int64(np.count_nonzero(label_bone | pred_bone))
 
 
 def score_image(
@@ -294,9 +326,7 @@ def score_image(
     Raises:
         ValueError: for a label without fragments, mismatched shapes or invalid bit maps.
     """
-    label, prediction, iou, origin = _fragments_and_ious(prediction_bitmap, label_bitmap, name)
-    if len(label.masks) == 0:
-        raise ValueError(f"{name}: the label has no fragment, so there is nothing to score against")
+    label, prediction, iou, origin = _fragments_and_ious(prediction_bitmap, label_bitmap, name, scored=True)
     best = iou.argmax(axis=1)  # first maximum: ties go to the lowest predicted index, as in the reference
     rows, cols = linear_sum_assignment(iou, maximize=True)
     hungarian_total = iou[rows, cols].sum()
@@ -323,8 +353,7 @@ def score_image(
         if label_box is None:
             continue
         pred_bone, pred_box = prediction.bone(category)
-        intersection = np.count_nonzero(label_bone & pred_bone)
-        bone_iou.append(np.int64(intersection) / np.int64(np.count_nonzero(label_bone | pred_bone)))
+        bone_iou.append(_bone_iou(label_bone, pred_bone))
         if pred_box is not None:
             hd95, assd = hd95_assd(surface_points(label_bone, label_box), surface_points(pred_bone, pred_box))
         else:
@@ -342,6 +371,28 @@ def score_image(
         "anatomical_assd": _reference_mean(bone_assd),
         "fracture_iou_hungarian": float(hungarian_total / len(label.masks)),
     }
+
+
+def score_ious(
+    prediction_bitmap: NdarrayOrTensor, label_bitmap: NdarrayOrTensor, name: str = "image"
+) -> dict[str, float]:
+    """The two official IoUs of :func:`score_image`, to the last bit, without its surface distances.
+
+    What choosing a threshold on validation needs (``scripts.tuning``), at a fraction of the cost.
+
+    Returns:
+        ``fracture_iou`` and ``anatomical_iou``.
+
+    Raises:
+        ValueError: as :func:`score_image`.
+    """
+    label, prediction, iou, _ = _fragments_and_ious(prediction_bitmap, label_bitmap, name, scored=True)
+    bone_iou = [
+        _bone_iou(label.bone(category)[0], prediction.bone(category)[0])
+        for category in range(1, NUM_CATEGORIES + 1)
+        if np.any(label.categories == category)
+    ]
+    return {"fracture_iou": _reference_mean(iou.max(axis=1)), "anatomical_iou": _reference_mean(bone_iou)}
 
 
 #: what :func:`write_results` writes: the per-image table and the summary

@@ -30,7 +30,7 @@ from custom_transforms.constants import (
 )
 from custom_transforms.formulation import SplitOtherFragments
 from pengwin_xray.atomic import file_sha256, write_json_atomic
-from pengwin_xray.metrics import score_image
+from pengwin_xray.metrics import score_ious
 
 from .postprocessing import postprocess_fragments
 
@@ -104,7 +104,7 @@ def choose_postprocessing(
                 for threshold, size in grid:
                     fragments = fragment_probabilities(prob, threshold, size)
                     masks = postprocess_fragments(fragments, threshold, size).masks
-                    result = score_image(encode_fragment_bits(masks), label_bits)
+                    result = score_ious(encode_fragment_bits(masks), label_bits)
                     scores[(threshold, size)].append((result["fracture_iou"], result["anatomical_iou"]))
     if not any(scores.values()):
         raise ValueError("no validation image to choose the post-processing on")
