@@ -23,6 +23,9 @@ FIRST_TOOL_PROJECTION: int = 250
 #: fewer than DEFAULT_MIN_COMPONENT_SIZE pixels are dropped (the configs' ``threshold`` and ``min_component_size``)
 DEFAULT_THRESHOLD: float = 0.5
 DEFAULT_MIN_COMPONENT_SIZE: int = 10
+#: the main/other formulation keeps each other-fragments component whole unless a split depth is given or chosen on
+#: validation (the configs' ``split_depth``; ``custom_transforms.SplitOtherFragments``)
+DEFAULT_SPLIT_DEPTH: float = 0.0
 #: the file beside a model's ``model.pt`` holding the threshold and minimum component size chosen for it on
 #: validation images (``bundle/scripts/tuning.py``)
 TUNED_POSTPROCESSING_FILE: str = "postprocessing.json"
@@ -58,6 +61,14 @@ def check_min_component_size(value: int | str) -> int:
     if not (size >= 0 and size.is_integer()):
         raise ValueError(f"min_component_size must be a whole number of pixels, 0 or more, got {value!r}")
     return int(size)
+
+
+def check_split_depth(value: float | str) -> float:
+    """``value`` as a split depth in pixels; it must be a number, 0 or more."""
+    depth = as_number(value)
+    if not depth >= 0.0:
+        raise ValueError(f"split_depth must be a number of pixels, 0 or more, got {value!r}")
+    return depth
 
 
 #: every bit a PENGWIN label may carry (bits 1..30; never bit 0 or 31)

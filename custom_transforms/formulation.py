@@ -24,16 +24,19 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor
 from scipy import ndimage
+from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
 from torch.nn import functional as F
 
 from .constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
     MAX_FRAGMENTS,
     NUM_CATEGORIES,
     NUM_CHANNELS,
     check_min_component_size,
+    check_split_depth,
     check_threshold,
 )
 
@@ -98,6 +101,12 @@ class SplitOtherFragments(Transform):
     the result at ``threshold`` gives exactly the split masks, so the 30-channel post-processing, metrics and
     writers apply unchanged.
 
+    With ``split_depth`` above 0, each component is also split at its necks, where touching fragments usually meet:
+    scikit-image's watershed of scipy's exact distance to the background, from one marker per regional maximum of
+    that distance after maxima no more than ``split_depth`` above their pass to another are levelled (the
+    h-maxima transform, by morphological reconstruction). So a neck splits a component when the inscribed radius on
+    both sides exceeds the neck's half-width by more than ``split_depth`` pixels; elsewhere the component stays whole.
+
     With ``contacts=True`` (9 input channels) the components are seeds taken outside the contact band (contact
     probability at most ``threshold``); seeds smaller than ``min_component_size`` are dropped, a part of the
     other mask without any seed becomes its own seed, and scikit-image's watershed on the contact probability
@@ -107,6 +116,9 @@ class SplitOtherFragments(Transform):
         threshold: probability above which an other-fragments (or contact) pixel belongs to it.
         min_component_size: smaller components are dropped before the fragments are numbered.
         contacts: the input has the contact channel of :class:`MainOtherFragments` with ``contacts=True``.
+        split_depth: how much narrower (pixels of inscribed radius) than both sides a neck must be, more than, to
+            split a component there; 0 keeps components whole. Only without ``contacts``, which split along the
+            contact band.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -116,16 +128,20 @@ class SplitOtherFragments(Transform):
         threshold: float = DEFAULT_THRESHOLD,
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
         contacts: bool = False,
+        split_depth: float = DEFAULT_SPLIT_DEPTH,
     ) -> None:
         self.threshold = check_threshold(threshold)
         self.min_component_size = check_min_component_size(min_component_size)
         self.contacts = bool(contacts)
+        self.split_depth = check_split_depth(split_depth)
+        if self.contacts and self.split_depth > 0:
+            raise ValueError(f"split_depth must be 0 with contact bands, which split the components, got {split_depth!r}")
 
     def _components(self, other: np.ndarray, contact: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Labels of the other fragments of one bone, and their count."""
         mask = other > self.threshold
         if contact is None:
-            return ndimage.label(mask, structure=EIGHT_CONNECTED)
+            return self._split_at_necks(mask) if self.split_depth > 0 else ndimage.label(mask, structure=EIGHT_CONNECTED)
         seeds, count = ndimage.label(mask & (contact <= self.threshold), structure=EIGHT_CONNECTED)
         sizes = np.bincount(seeds.ravel(), minlength=count + 1)
         seeds[sizes[seeds] < self.min_component_size] = 0
@@ -133,6 +149,20 @@ class SplitOtherFragments(Transform):
         orphans = np.isin(unseeded, np.unique(unseeded[seeds > 0]), invert=True) & mask
         seeds[orphans] = unseeded[orphans] + count
         return watershed(contact, seeds, mask=mask), int(seeds.max(initial=0))
+
+    def _split_at_necks(self, mask: np.ndarray) -> tuple[np.ndarray, int]:
+        """The components of ``mask`` split at their necks (see ``split_depth``), and the largest label.
+
+        A component no wider than ``split_depth`` is levelled down to the background and has no maximum left: it is
+        its own marker.
+        """
+        components, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+        distance = ndimage.distance_transform_edt(mask)
+        levelled = reconstruction(distance - self.split_depth, distance)
+        markers, found = ndimage.label(local_maxima(levelled, connectivity=2) & mask, structure=EIGHT_CONNECTED)
+        unmarked = mask & np.isin(components, np.unique(components[markers > 0]), invert=True)
+        markers[unmarked] = components[unmarked] + found
+        return watershed(-distance, markers, mask=mask, connectivity=2), found + count
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         probs = convert_to_numpy(img, dtype=np.float32)
@@ -146,7 +176,8 @@ class SplitOtherFragments(Transform):
             fragments[bone, 0] = main
             components, count = self._components(other, probs[per_bone * bone + 2] if self.contacts else None)
             sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-            kept = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= self.min_component_size]
+            smallest = max(self.min_component_size, 1)  # labels may skip numbers: a missing one has size 0
+            kept = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= smallest]
             for rank, component in enumerate(kept):
                 slot = min(rank + 1, MAX_FRAGMENTS - 1)
                 inside = components == component
@@ -182,10 +213,11 @@ class SplitOtherFragmentsd(MapTransform):
         threshold: float = DEFAULT_THRESHOLD,
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
         contacts: bool = False,
+        split_depth: float = DEFAULT_SPLIT_DEPTH,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.splitter = SplitOtherFragments(threshold, min_component_size, contacts)
+        self.splitter = SplitOtherFragments(threshold, min_component_size, contacts, split_depth)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

@@ -71,6 +71,50 @@ def test_split_drops_other_components_below_the_minimum_size(min_component_size,
     assert bool((small_square > 0.5).any()) is kept
 
 
+def _dumbbell(neck_width: int) -> torch.Tensor:
+    """Main/other probabilities whose RI other-fragments mask is two 16 x 16 squares joined by a neck."""
+    probs = torch.zeros(MAIN_OTHER_CHANNELS, 40, 48)
+    probs[5, 10:26, 4:20] = 0.9
+    probs[5, 10:26, 28:44] = 0.9
+    probs[5, 18 - neck_width // 2 : 18 + (neck_width + 1) // 2, 20:28] = 0.9
+    return probs
+
+
+@pytest.mark.parametrize(
+    "neck_width, split_depth, pieces",
+    [(2, 0.0, 1), (2, 1.0, 2), (2, 3.0, 2), (6, 4.0, 2), (6, 5.0, 1), (16, 1.0, 1)],
+)
+def test_split_depth_cuts_components_at_necks_narrower_than_both_sides(neck_width, split_depth, pieces):
+    """The squares' inscribed radius is 8 px: a neck splits them when its half-width is smaller by more than
+    ``split_depth`` (a 6 px neck: 8 - 3 = 5); a neck as wide as the squares (one 16 x 40 bar) is no neck."""
+    split = SplitOtherFragments(0.5, 1, split_depth=split_depth)(_dumbbell(neck_width)) > 0.5
+    ri_others = split[fragment_channel(3, 2) : fragment_channel(3, 10) + 1]
+    assert int(ri_others.flatten(1).any(1).sum()) == pieces
+    assert torch.equal(ri_others.any(0), _dumbbell(neck_width)[5] > 0.5)  # a partition: no pixel lost or shared
+    assert int(ri_others.sum()) == int((_dumbbell(neck_width)[5] > 0.5).sum())
+
+
+def test_split_depth_keeps_small_components_without_a_deep_maximum_whole():
+    probs = torch.zeros(MAIN_OTHER_CHANNELS, 20, 20)
+    probs[1, 2:4, 2:12] = 0.9  # a 2-pixel-wide bar: its inscribed radius 1 is below the split depth
+    probs[1, 8:10, 8:10] = 0.9
+    split = SplitOtherFragments(0.5, 1, split_depth=3.0)(probs) > 0.5
+    assert [int(split[fragment_channel(1, k)].sum()) for k in (2, 3, 4)] == [20, 4, 0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"split_depth": -1}, "split_depth must be a number of pixels, 0 or more, got -1"),
+        ({"split_depth": "deep"}, "split_depth must be a number of pixels"),
+        ({"split_depth": 2, "contacts": True}, "split_depth must be 0 with contact bands"),
+    ],
+)
+def test_split_depth_rejects_bad_values_in_one_line(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SplitOtherFragments(0.5, 1, **kwargs)
+
+
 def test_split_never_exceeds_ten_fragments_per_bone():
     probs = torch.zeros(MAIN_OTHER_CHANNELS, 64, 64)
     probs[1, ::4, ::4] = 1.0  # 256 isolated SA "other" pixels

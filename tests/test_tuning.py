@@ -10,12 +10,20 @@ import torch
 
 from custom_transforms.constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
     TUNED_POSTPROCESSING_FILE,
     fragment_channel,
 )
 from scripts.inferers import PengwinInferer
-from scripts.tuning import choose_postprocessing, fragment_probabilities, tuned_postprocessing
+from scripts.tuning import (
+    MIN_COMPONENT_SIZES,
+    SPLIT_DEPTHS,
+    THRESHOLDS,
+    choose_postprocessing,
+    fragment_probabilities,
+    tuned_postprocessing,
+)
 
 
 def _logit(probability: float) -> float:
@@ -50,14 +58,68 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
     assert chosen["validation_fracture_iou"] == pytest.approx(1.0) and chosen["num_validation"] == 1
     assert chosen["validation_anatomical_iou"] == pytest.approx(1.0)
     assert chosen["default_validation_fracture_iou"] == pytest.approx(0.5)  # the never-empty fallback: main only
-    assert len(chosen["grid"]) == 25
+    assert chosen["split_depth"] == 0.0  # nothing to split: every depth scores the same, the first is kept
+    assert len(chosen["grid"]) == len(THRESHOLDS) * len(MIN_COMPONENT_SIZES) * len(SPLIT_DEPTHS)
     assert json.loads((tmp_path / TUNED_POSTPROCESSING_FILE).read_text()) == chosen
-    assert tuned_postprocessing(model_path) == {"threshold": 0.3, "min_component_size": 10}
+    assert tuned_postprocessing(model_path) == {"threshold": 0.3, "min_component_size": 10, "split_depth": 0.0}
+
+
+class _MergingNetwork(torch.nn.Module):
+    """Main/other logits: SA's main fragment, and its fragments 2 and 3 as one blob, two squares joined by a neck."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((x.shape[0], 6, *x.shape[2:]), _logit(0.01))
+        logits[:, 0, 2:10, 8:56] = _logit(0.9)
+        logits[:, 1, 20:40, 8:28] = _logit(0.9)
+        logits[:, 1, 20:40, 30:50] = _logit(0.9)
+        logits[:, 1, 29:31, 28:30] = _logit(0.9)  # the neck, two pixels wide
+        return logits
+
+
+def _merged_batch() -> dict[str, torch.Tensor]:
+    label = torch.zeros(1, 30, 64, 64)
+    label[0, fragment_channel(1, 1), 2:10, 8:56] = 1
+    label[0, fragment_channel(1, 2), 20:40, 8:29] = 1
+    label[0, fragment_channel(1, 3), 20:40, 29:50] = 1
+    return {"image": torch.zeros(1, 1, 64, 64), "label": label}
+
+
+def test_choice_splits_fragments_the_network_merges_at_a_neck(tmp_path):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    chosen = choose_postprocessing(_MergingNetwork(), [_merged_batch()], PengwinInferer(), model_path)
+    assert chosen["split_depth"] > 0
+    assert chosen["validation_fracture_iou"] > 0.9 > chosen["default_validation_fracture_iou"]
+
+
+def test_slot_networks_are_tuned_without_split_depths(tmp_path):
+    class Slots(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 30, *x.shape[2:]), _logit(0.9))
+
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    chosen = choose_postprocessing(Slots(), [_validation_batch()], PengwinInferer(), model_path)
+    assert {entry["split_depth"] for entry in chosen["grid"]} == {DEFAULT_SPLIT_DEPTH}
+    assert len(chosen["grid"]) == len(THRESHOLDS) * len(MIN_COMPONENT_SIZES)
+
+
+def test_a_choice_written_before_split_depths_reads_the_default_split_depth(tmp_path):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
+    del chosen["split_depth"]
+    (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(chosen))
+    assert tuned_postprocessing(model_path)["split_depth"] == DEFAULT_SPLIT_DEPTH
 
 
 def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_model(tmp_path, caplog):
     model_path = tmp_path / "model.pt"
-    defaults = {"threshold": DEFAULT_THRESHOLD, "min_component_size": DEFAULT_MIN_COMPONENT_SIZE}
+    defaults = {
+        "threshold": DEFAULT_THRESHOLD,
+        "min_component_size": DEFAULT_MIN_COMPONENT_SIZE,
+        "split_depth": DEFAULT_SPLIT_DEPTH,
+    }
     assert tuned_postprocessing(model_path) == defaults
     torch.save({"weights": torch.zeros(1)}, model_path)
     choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)

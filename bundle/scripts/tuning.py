@@ -1,11 +1,13 @@
-"""Post-processing chosen on the validation split: the threshold and minimum component size of the trained model.
+"""Post-processing chosen on the validation split: the threshold, minimum component size and (main/other formulation)
+split depth of the trained model.
 
 At the end of training, :func:`choose_postprocessing` runs the best network once over the validation images and
-scores every pair of a small grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENT_SIZES`) with the official fracture
-IoU, ties going to the higher anatomical IoU, then to the grid's earlier pair. The choice is written to
-``postprocessing.json`` beside ``model.pt`` with the model file's SHA-256; evaluation and inference read it through
-:func:`tuned_postprocessing`, which ignores (with a warning) a file written for another ``model.pt``. Test images never
-enter the choice. A value given on the command line (``--threshold``, ``--min_component_size``) still wins.
+scores every setting of a small grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENT_SIZES`, x :data:`SPLIT_DEPTHS` for
+6 output channels) with the official fracture IoU, ties going to the higher anatomical IoU, then to the grid's
+earlier setting. The choice is written to ``postprocessing.json`` beside ``model.pt`` with the model file's SHA-256;
+evaluation and inference read it through :func:`tuned_postprocessing`, which ignores (with a warning) a file written
+for another ``model.pt``. Test images never enter the choice. A value given on the command line (``--threshold``,
+``--min_component_size``, ``--split_depth``) still wins.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from custom_transforms.bits import encode_fragment_bits
 from custom_transforms.constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
     NUM_CATEGORIES,
     NUM_CHANNELS,
@@ -37,6 +40,7 @@ from .postprocessing import postprocess_fragments
 __all__ = [
     "THRESHOLDS",
     "MIN_COMPONENT_SIZES",
+    "SPLIT_DEPTHS",
     "fragment_probabilities",
     "choose_postprocessing",
     "tuned_postprocessing",
@@ -47,11 +51,19 @@ logger = logging.getLogger(__name__)
 #: the grid searched on the validation split
 THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_COMPONENT_SIZES: tuple[int, ...] = (0, 10, 25, 50, 100)
-#: what :func:`tuned_postprocessing` falls back to without a tuned file
-DEFAULTS: dict[str, float | int] = {"threshold": DEFAULT_THRESHOLD, "min_component_size": DEFAULT_MIN_COMPONENT_SIZE}
+#: split depths (pixels) tried for the main/other formulation; the other formulations split no component
+SPLIT_DEPTHS: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)
+#: what :func:`tuned_postprocessing` falls back to without a tuned file (or for a key an older file lacks)
+DEFAULTS: dict[str, float | int] = {
+    "threshold": DEFAULT_THRESHOLD,
+    "min_component_size": DEFAULT_MIN_COMPONENT_SIZE,
+    "split_depth": DEFAULT_SPLIT_DEPTH,
+}
 
 
-def fragment_probabilities(probs: torch.Tensor, threshold: float, min_component_size: int) -> torch.Tensor:
+def fragment_probabilities(
+    probs: torch.Tensor, threshold: float, min_component_size: int, split_depth: float = DEFAULT_SPLIT_DEPTH
+) -> torch.Tensor:
     """``[C, H, W]`` sigmoid outputs of any formulation to ``[30, H, W]`` fragment probabilities.
 
     The channel count tells the formulation: 30 fragment slots pass through; 6 (main/other) and 9 (with contact
@@ -62,7 +74,8 @@ def fragment_probabilities(probs: torch.Tensor, threshold: float, min_component_
         return probs
     if channels not in (2 * NUM_CATEGORIES, 3 * NUM_CATEGORIES):
         raise ValueError(f"expected 6, 9 or {NUM_CHANNELS} output channels, got {channels}")
-    return SplitOtherFragments(threshold, min_component_size, contacts=channels == 3 * NUM_CATEGORIES)(probs)
+    contacts = channels == 3 * NUM_CATEGORIES
+    return SplitOtherFragments(threshold, min_component_size, contacts, split_depth)(probs)
 
 
 def choose_postprocessing(
@@ -73,6 +86,7 @@ def choose_postprocessing(
     device: str | torch.device = "cpu",
     thresholds: Sequence[float] = THRESHOLDS,
     min_component_sizes: Sequence[int] = MIN_COMPONENT_SIZES,
+    split_depths: Sequence[float] = SPLIT_DEPTHS,
     max_images: int = 200,
 ) -> dict[str, Any]:
     """Choose the post-processing of ``network`` (the weights in ``model_path``) on the validation ``dataloader``.
@@ -85,54 +99,59 @@ def choose_postprocessing(
         device: where the network runs.
         thresholds: probability thresholds to try.
         min_component_sizes: minimum component sizes (pixels) to try.
-        max_images: score at most this many validation images (the first ones: each costs a scoring per pair).
+        split_depths: split depths (pixels) to try when the network has the main/other formulation's 6 outputs.
+        max_images: score at most this many validation images (the first ones: each costs a scoring per setting).
 
     Returns:
-        what was written: the chosen ``threshold`` and ``min_component_size``, their validation scores, the
-        scores of the defaults, the whole grid and the model file's SHA-256.
+        what was written: the chosen ``threshold``, ``min_component_size`` and ``split_depth``, their validation
+        scores, the scores of the defaults, the whole grid and the model file's SHA-256.
     """
-    grid = [(float(threshold), int(size)) for threshold in thresholds for size in min_component_sizes]
-    scores = {pair: [] for pair in grid}
+    scores: dict[tuple[float, int, float], list[tuple[float, float]]] = {}
     network.eval()
     with torch.no_grad():
         for batch in dataloader:
-            if len(scores[grid[0]]) >= max_images:
-                break
             probs = torch.sigmoid(inferer(batch["image"].to(device), network)).float().cpu()
-            for prob, label in list(zip(probs, batch["label"]))[: max_images - len(scores[grid[0]])]:
+            if not scores:
+                depths = split_depths if probs.shape[1] == 2 * NUM_CATEGORIES else (DEFAULT_SPLIT_DEPTH,)
+                scores = {(float(t), int(m), float(d)): [] for t in thresholds for m in min_component_sizes for d in depths}
+            for prob, label in list(zip(probs, batch["label"]))[: max_images - len(next(iter(scores.values())))]:
                 label_bits = encode_fragment_bits(label.cpu())
-                for threshold, size in grid:
-                    fragments = fragment_probabilities(prob, threshold, size)
+                for threshold, size, depth in scores:
+                    fragments = fragment_probabilities(prob, threshold, size, depth)
                     masks = postprocess_fragments(fragments, threshold, size).masks
                     result = score_ious(encode_fragment_bits(masks), label_bits)
-                    scores[(threshold, size)].append((result["fracture_iou"], result["anatomical_iou"]))
-    if not any(scores.values()):
+                    scores[(threshold, size, depth)].append((result["fracture_iou"], result["anatomical_iou"]))
+            if len(next(iter(scores.values()))) >= max_images:
+                break
+    if not scores or not any(scores.values()):
         raise ValueError("no validation image to choose the post-processing on")
-    means = {pair: tuple(np.mean(values, axis=0).tolist()) for pair, values in scores.items()}
-    best = max(grid, key=lambda pair: means[pair])  # max keeps the first of equal scores
-    default = (float(DEFAULT_THRESHOLD), int(DEFAULT_MIN_COMPONENT_SIZE))
+    means = {setting: tuple(np.mean(values, axis=0).tolist()) for setting, values in scores.items()}
+    best = max(scores, key=lambda setting: means[setting])  # max keeps the first of equal scores
+    default = (float(DEFAULT_THRESHOLD), int(DEFAULT_MIN_COMPONENT_SIZE), float(DEFAULT_SPLIT_DEPTH))
     chosen = {
         "threshold": best[0],
         "min_component_size": best[1],
+        "split_depth": best[2],
         "validation_fracture_iou": means[best][0],
         "validation_anatomical_iou": means[best][1],
         "default_validation_fracture_iou": means[default][0] if default in means else None,
         "num_validation": len(scores[best]),
         "model_sha256": file_sha256(model_path),
-        "grid": [{"threshold": t, "min_component_size": m, "fracture_iou": means[(t, m)][0],
-                  "anatomical_iou": means[(t, m)][1]} for t, m in grid],
+        "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "fracture_iou": means[(t, m, d)][0],
+                  "anatomical_iou": means[(t, m, d)][1]} for t, m, d in scores],
     }  # fmt: skip
     path = write_json_atomic(Path(model_path).parent / TUNED_POSTPROCESSING_FILE, chosen)
     logger.info(
         f"post-processing chosen on {chosen['num_validation']} validation images: threshold {best[0]:g}, "
-        f"min_component_size {best[1]} (fracture IoU {means[best][0]:.4f}; defaults "
+        f"min_component_size {best[1]}, split_depth {best[2]:g} (fracture IoU {means[best][0]:.4f}; defaults "
         f"{chosen['default_validation_fracture_iou'] or float('nan'):.4f}); written to {path}"
     )
     return chosen
 
 
 def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int]:
-    """The ``threshold`` and ``min_component_size`` chosen for ``model_path`` on validation, or the defaults.
+    """The ``threshold``, ``min_component_size`` and ``split_depth`` chosen for ``model_path`` on validation, or the
+    defaults (also for the split depth of a file written before it was chosen).
 
     The defaults are used when no ``postprocessing.json`` lies beside the model, or when it was chosen for another
     model file (then with a warning: e.g. for ``checkpoint.pt``, or a ``model.pt`` trained after the choice);
@@ -146,4 +165,4 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
     if weights.is_file() and chosen.get("model_sha256") != file_sha256(weights):
         logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
         return dict(DEFAULTS)
-    return {key: chosen[key] for key in DEFAULTS}
+    return {key: chosen.get(key, default) for key, default in DEFAULTS.items()}
