@@ -6,6 +6,8 @@ probabilities 0/1 (a perfect network), and the result is scored with the officia
 - ``slots``: 30 channels, one per fragment (``train_seed.json``, ``train_slots.json``): nothing is lost;
 - ``main/other``: the default (``MainOtherFragments`` then ``SplitOtherFragments``): other fragments that touch
   or overlap in the view come back as one;
+- ``main/other, split depth D``: the same with components cut at necks (``split_depth`` D, as chosen on
+  validation from ``scripts.tuning.SPLIT_DEPTHS``);
 - ``main/other/contact``: ``train_contacts.json``: touching fragments are split along their contact band;
 - ``bones only``: each bone's union as its fragment 1, the score of a perfect bone segmentation alone.
 
@@ -77,6 +79,12 @@ def main() -> None:
     decoders = {
         "slots": lambda masks: masks,
         "main/other": lambda masks: SplitOtherFragments(0.5, size)(MainOtherFragments()(masks)),
+        **{
+            f"main/other, split depth {depth:g}": (
+                lambda masks, depth=depth: SplitOtherFragments(0.5, size, split_depth=depth)(MainOtherFragments()(masks))
+            )
+            for depth in (1.0, 2.0, 3.0)
+        },
         "main/other/contact": lambda masks: SplitOtherFragments(0.5, size, True)(MainOtherFragments(True)(masks)),
         "bones only": bones_only,
     }
