@@ -116,9 +116,9 @@ class SplitOtherFragments(Transform):
         threshold: probability above which an other-fragments (or contact) pixel belongs to it.
         min_component_size: smaller components are dropped before the fragments are numbered.
         contacts: the input has the contact channel of :class:`MainOtherFragments` with ``contacts=True``.
-        split_depth: how much narrower (pixels of inscribed radius) than both sides a neck must be, more than, to
-            split a component there; 0 keeps components whole. Only without ``contacts``, which split along the
-            contact band.
+        split_depth: a neck splits a component when its half-width is more than this many pixels below the
+            inscribed radius on both sides; 0 keeps components whole. Only without ``contacts`` (which split along
+            the contact band).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -135,13 +135,15 @@ class SplitOtherFragments(Transform):
         self.contacts = bool(contacts)
         self.split_depth = check_split_depth(split_depth)
         if self.contacts and self.split_depth > 0:
-            raise ValueError(f"split_depth must be 0 with contact bands, which split the components, got {split_depth!r}")
+            raise ValueError(f"split_depth must be 0 with contact bands, which split components, got {split_depth!r}")
 
     def _components(self, other: np.ndarray, contact: np.ndarray | None) -> tuple[np.ndarray, int]:
-        """Labels of the other fragments of one bone, and their count."""
+        """Labels of the other fragments of one bone, and the largest label (some below it may be unused)."""
         mask = other > self.threshold
         if contact is None:
-            return self._split_at_necks(mask) if self.split_depth > 0 else ndimage.label(mask, structure=EIGHT_CONNECTED)
+            if self.split_depth > 0:
+                return self._split_at_necks(mask)
+            return ndimage.label(mask, structure=EIGHT_CONNECTED)
         seeds, count = ndimage.label(mask & (contact <= self.threshold), structure=EIGHT_CONNECTED)
         sizes = np.bincount(seeds.ravel(), minlength=count + 1)
         seeds[sizes[seeds] < self.min_component_size] = 0

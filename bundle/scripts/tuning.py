@@ -113,7 +113,8 @@ def choose_postprocessing(
             probs = torch.sigmoid(inferer(batch["image"].to(device), network)).float().cpu()
             if not scores:
                 depths = split_depths if probs.shape[1] == 2 * NUM_CATEGORIES else (DEFAULT_SPLIT_DEPTH,)
-                scores = {(float(t), int(m), float(d)): [] for t in thresholds for m in min_component_sizes for d in depths}
+                grid = [(float(t), int(m), float(d)) for t in thresholds for m in min_component_sizes for d in depths]
+                scores = {setting: [] for setting in grid}
             for prob, label in list(zip(probs, batch["label"]))[: max_images - len(next(iter(scores.values())))]:
                 label_bits = encode_fragment_bits(label.cpu())
                 for threshold, size, depth in scores:
