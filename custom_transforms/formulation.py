@@ -155,16 +155,26 @@ class SplitOtherFragments(Transform):
     def _split_at_necks(self, mask: np.ndarray) -> tuple[np.ndarray, int]:
         """The components of ``mask`` split at their necks (see ``split_depth``), and the largest label.
 
-        A component no wider than ``split_depth`` is levelled down to the background and has no maximum left: it is
-        its own marker.
+        Each component is split on its own bounding box grown by one pixel inside the image (the image edge is not
+        the mask's edge), and only when its inscribed radius exceeds ``1 + split_depth``: a neck is at least one
+        pixel in half-width, so no narrower component has one.
         """
         components, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
-        distance = ndimage.distance_transform_edt(mask)
-        levelled = reconstruction(distance - self.split_depth, distance)
-        markers, found = ndimage.label(local_maxima(levelled, connectivity=2) & mask, structure=EIGHT_CONNECTED)
-        unmarked = mask & np.isin(components, np.unique(components[markers > 0]), invert=True)
-        markers[unmarked] = components[unmarked] + found
-        return watershed(-distance, markers, mask=mask, connectivity=2), found + count
+        for label, box in enumerate(ndimage.find_objects(components), start=1):
+            grown = tuple(slice(max(side.start - 1, 0), side.stop + 1) for side in box)
+            inside = components[grown] == label
+            radius = ndimage.distance_transform_edt(inside)
+            if radius.max() <= 1 + self.split_depth:
+                continue
+            levelled = reconstruction(radius - self.split_depth, radius)
+            markers, found = ndimage.label(local_maxima(levelled, connectivity=2) & inside, structure=EIGHT_CONNECTED)
+            if found < 2:
+                continue
+            pieces = watershed(-radius, markers, mask=inside, connectivity=2)
+            # piece 1 keeps the component's label, the others take new ones
+            components[grown] = np.where(pieces > 1, pieces + count - 1, components[grown])
+            count += found - 1
+        return components, count
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         probs = convert_to_numpy(img, dtype=np.float32)
