@@ -25,7 +25,7 @@ from PIL import Image
 
 from custom_transforms.bits import encode_fragment_bits
 from custom_transforms import MAIN_OTHER_CHANNELS, SplitOtherFragments
-from custom_transforms.constants import NUM_CHANNELS, VALID_BITS_MASK
+from custom_transforms.constants import NUM_CHANNELS, TUNED_POSTPROCESSING_FILE, VALID_BITS_MASK
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from scripts.flags import as_flag
 from scripts.inferers import PengwinInferer, native_cpu_bf16
@@ -420,11 +420,19 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
         ("network_def", TRAIN_CONFIG), ("image_transforms", TRAIN_CONFIG), ("use_clahe", TRAIN_CONFIG),
         ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("contact_bands", TRAIN_CONFIG),
         ("postprocessing_choice", EVALUATE_CONFIG), ("threshold", EVALUATE_CONFIG),
-        ("min_component_size", EVALUATE_CONFIG),
+        ("min_component_size", EVALUATE_CONFIG), ("split_depth", EVALUATE_CONFIG),
     ],
 )  # fmt: skip
 def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key, config):
     assert parsed()[key] == ConfigParser.load_config_file(str(config))[key]
+
+
+def test_inference_decodes_with_the_post_processing_chosen_for_the_model(tmp_path):
+    (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(
+        json.dumps({"threshold": 0.4, "min_component_size": 25, "split_depth": 2.0})
+    )
+    splitter = parsed(ckpt_dir=str(tmp_path)).get_parsed_content("fragment_decoding")[0].splitter
+    assert (splitter.threshold, splitter.min_component_size, splitter.split_depth) == (0.4, 25, 2.0)
 
 
 def test_inference_runs_the_trained_model_as_evaluation_does_in_float32_on_cpu():
