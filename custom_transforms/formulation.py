@@ -15,7 +15,7 @@ probability (a watershed), so touching fragments come apart along the predicted 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -176,17 +176,45 @@ class SplitOtherFragments(Transform):
             count += found - 1
         return components, count
 
-    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+    def _checked(self, img: NdarrayOrTensor) -> np.ndarray:
+        """``img`` as float32 numpy, with the channel count of this formulation."""
         probs = convert_to_numpy(img, dtype=np.float32)
         per_bone, names = (3, "main/other/contact") if self.contacts else (2, "main/other")
         if probs.shape[0] != per_bone * NUM_CATEGORIES:
             channels = per_bone * NUM_CATEGORIES
             raise ValueError(f"expected {channels} channels ({names} per bone), got shape {probs.shape}")
+        return probs
+
+    def label_others(self, img: NdarrayOrTensor) -> list[tuple[np.ndarray, int]]:
+        """Per bone, the labels of its other fragments and the largest label: the costly part of the call.
+
+        Without contact bands they do not depend on ``min_component_size``, so splitters that differ only in it can
+        share them (``labels`` of the call), as the post-processing choice on validation does.
+        """
+        probs = self._checked(img)
+        per_bone = 3 if self.contacts else 2
+        return [
+            self._components(probs[per_bone * bone + 1], probs[per_bone * bone + 2] if self.contacts else None)
+            for bone in range(NUM_CATEGORIES)
+        ]
+
+    def __call__(
+        self, img: NdarrayOrTensor, labels: Sequence[tuple[np.ndarray, int]] | None = None
+    ) -> NdarrayOrTensor:
+        """
+        Args:
+            img: the ``[6, H, W]`` (or, with contacts, ``[9, H, W]``) probabilities.
+            labels: :meth:`label_others` of ``img`` by a splitter with the same threshold, split depth and contacts
+                (with contacts, also the same minimum size); labelled here when not given.
+        """
+        probs = self._checked(img)
+        if labels is None:
+            labels = self.label_others(probs)
+        per_bone = 3 if self.contacts else 2
         fragments = np.zeros((NUM_CATEGORIES, MAX_FRAGMENTS, *probs.shape[1:]), dtype=np.float32)
-        for bone in range(NUM_CATEGORIES):
+        for bone, (components, count) in enumerate(labels):
             main, other = probs[per_bone * bone], probs[per_bone * bone + 1]
             fragments[bone, 0] = main
-            components, count = self._components(other, probs[per_bone * bone + 2] if self.contacts else None)
             sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
             smallest = max(self.min_component_size, 1)  # labels may skip numbers: a missing one has size 0
             kept = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= smallest]

@@ -115,6 +115,16 @@ def test_split_depth_rejects_bad_values_in_one_line(kwargs, message):
         SplitOtherFragments(0.5, 1, **kwargs)
 
 
+@pytest.mark.parametrize("split_depth", [0.0, 1.0])
+def test_splitters_differing_only_in_minimum_size_share_their_labels(split_depth):
+    probs = _dumbbell(2)
+    probs[1] = MainOtherFragments()(_fragments(shape=(40, 48)))[3]  # LI's two other fragments, as SA's
+    labels = SplitOtherFragments(0.5, 0, split_depth=split_depth).label_others(probs)
+    for size in (0, 37, 1000):
+        splitter = SplitOtherFragments(0.5, size, split_depth=split_depth)
+        assert torch.equal(splitter(probs, labels), splitter(probs))
+
+
 def test_split_never_exceeds_ten_fragments_per_bone():
     probs = torch.zeros(MAIN_OTHER_CHANNELS, 64, 64)
     probs[1, ::4, ::4] = 1.0  # 256 isolated SA "other" pixels

@@ -15,6 +15,7 @@ from custom_transforms.constants import (
     TUNED_POSTPROCESSING_FILE,
     fragment_channel,
 )
+from custom_transforms import SplitOtherFragments
 from scripts.inferers import PengwinInferer
 from scripts.tuning import (
     MIN_COMPONENT_SIZES,
@@ -90,6 +91,22 @@ def test_choice_splits_fragments_the_network_merges_at_a_neck(tmp_path):
     chosen = choose_postprocessing(_MergingNetwork(), [_merged_batch()], PengwinInferer(), model_path)
     assert chosen["split_depth"] > 0
     assert chosen["validation_fracture_iou"] > 0.9 > chosen["default_validation_fracture_iou"]
+
+
+def test_choice_labels_each_image_once_per_threshold_and_split_depth(tmp_path, monkeypatch):
+    calls = []
+    label_others = SplitOtherFragments.label_others
+
+    def counted(self, img):
+        calls.append((self.threshold, self.split_depth))
+        return label_others(self, img)
+
+    monkeypatch.setattr(SplitOtherFragments, "label_others", counted)
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    chosen = choose_postprocessing(_MergingNetwork(), [_merged_batch()], PengwinInferer(), model_path)
+    assert sorted(calls) == sorted((t, d) for t in THRESHOLDS for d in SPLIT_DEPTHS)
+    assert chosen["split_depth"] > 0  # the same choice as when every setting labels anew
 
 
 def test_slot_networks_are_tuned_without_split_depths(tmp_path):

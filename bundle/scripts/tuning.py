@@ -62,12 +62,18 @@ DEFAULTS: dict[str, float | int] = {
 
 
 def fragment_probabilities(
-    probs: torch.Tensor, threshold: float, min_component_size: int, split_depth: float = DEFAULT_SPLIT_DEPTH
+    probs: torch.Tensor,
+    threshold: float,
+    min_component_size: int,
+    split_depth: float = DEFAULT_SPLIT_DEPTH,
+    shared_labels: dict[tuple, list] | None = None,
 ) -> torch.Tensor:
     """``[C, H, W]`` sigmoid outputs of any formulation to ``[30, H, W]`` fragment probabilities.
 
     The channel count tells the formulation: 30 fragment slots pass through; 6 (main/other) and 9 (with contact
-    bands) are split by :class:`~custom_transforms.formulation.SplitOtherFragments`.
+    bands) are split by :class:`~custom_transforms.formulation.SplitOtherFragments`. ``shared_labels``, a dict kept
+    across calls on the same ``probs``, lets settings that differ only in the minimum size (without contact bands)
+    label the other fragments once (:meth:`~custom_transforms.formulation.SplitOtherFragments.label_others`).
     """
     channels = probs.shape[0]
     if channels == NUM_CHANNELS:
@@ -75,7 +81,13 @@ def fragment_probabilities(
     if channels not in (2 * NUM_CATEGORIES, 3 * NUM_CATEGORIES):
         raise ValueError(f"expected 6, 9 or {NUM_CHANNELS} output channels, got {channels}")
     contacts = channels == 3 * NUM_CATEGORIES
-    return SplitOtherFragments(threshold, min_component_size, contacts, split_depth)(probs)
+    splitter = SplitOtherFragments(threshold, min_component_size, contacts, split_depth)
+    if shared_labels is None:
+        return splitter(probs)
+    key = (threshold, split_depth, min_component_size if contacts else None)
+    if key not in shared_labels:
+        shared_labels[key] = splitter.label_others(probs)
+    return splitter(probs, shared_labels[key])
 
 
 def choose_postprocessing(
@@ -117,8 +129,9 @@ def choose_postprocessing(
                 scores = {setting: [] for setting in grid}
             for prob, label in list(zip(probs, batch["label"]))[: max_images - len(next(iter(scores.values())))]:
                 label_bits = encode_fragment_bits(label.cpu())
+                shared_labels: dict[tuple, list] = {}
                 for threshold, size, depth in scores:
-                    fragments = fragment_probabilities(prob, threshold, size, depth)
+                    fragments = fragment_probabilities(prob, threshold, size, depth, shared_labels)
                     masks = postprocess_fragments(fragments, threshold, size).masks
                     result = score_ious(encode_fragment_bits(masks), label_bits)
                     scores[(threshold, size, depth)].append((result["fracture_iou"], result["anatomical_iou"]))
