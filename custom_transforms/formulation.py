@@ -176,14 +176,27 @@ class SplitOtherFragments(Transform):
             count += found - 1
         return components, count
 
+    @property
+    def _per_bone(self) -> int:
+        """Input channels per bone: main, other (and contact)."""
+        return 3 if self.contacts else 2
+
     def _checked(self, img: NdarrayOrTensor) -> np.ndarray:
         """``img`` as float32 numpy, with the channel count of this formulation."""
         probs = convert_to_numpy(img, dtype=np.float32)
-        per_bone, names = (3, "main/other/contact") if self.contacts else (2, "main/other")
-        if probs.shape[0] != per_bone * NUM_CATEGORIES:
-            channels = per_bone * NUM_CATEGORIES
+        if probs.shape[0] != self._per_bone * NUM_CATEGORIES:
+            names = "main/other/contact" if self.contacts else "main/other"
+            channels = self._per_bone * NUM_CATEGORIES
             raise ValueError(f"expected {channels} channels ({names} per bone), got shape {probs.shape}")
         return probs
+
+    def _label(self, probs: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """:meth:`label_others` of already checked probabilities."""
+        per_bone = self._per_bone
+        return [
+            self._components(probs[per_bone * bone + 1], probs[per_bone * bone + 2] if self.contacts else None)
+            for bone in range(NUM_CATEGORIES)
+        ]
 
     def label_others(self, img: NdarrayOrTensor) -> list[tuple[np.ndarray, int]]:
         """Per bone, the labels of its other fragments and the largest label: the costly part of the call.
@@ -191,12 +204,7 @@ class SplitOtherFragments(Transform):
         Without contact bands they do not depend on ``min_component_size``, so splitters that differ only in it can
         share them (``labels`` of the call), as the post-processing choice on validation does.
         """
-        probs = self._checked(img)
-        per_bone = 3 if self.contacts else 2
-        return [
-            self._components(probs[per_bone * bone + 1], probs[per_bone * bone + 2] if self.contacts else None)
-            for bone in range(NUM_CATEGORIES)
-        ]
+        return self._label(self._checked(img))
 
     def __call__(
         self, img: NdarrayOrTensor, labels: Sequence[tuple[np.ndarray, int]] | None = None
@@ -209,8 +217,11 @@ class SplitOtherFragments(Transform):
         """
         probs = self._checked(img)
         if labels is None:
-            labels = self.label_others(probs)
-        per_bone = 3 if self.contacts else 2
+            labels = self._label(probs)
+        elif len(labels) != NUM_CATEGORIES or any(components.shape != probs.shape[1:] for components, _ in labels):
+            shapes = [tuple(components.shape) for components, _ in labels]
+            raise ValueError(f"labels must be one {probs.shape[1:]} map per bone (label_others of img), got {shapes}")
+        per_bone = self._per_bone
         fragments = np.zeros((NUM_CATEGORIES, MAX_FRAGMENTS, *probs.shape[1:]), dtype=np.float32)
         for bone, (components, count) in enumerate(labels):
             main, other = probs[per_bone * bone], probs[per_bone * bone + 1]

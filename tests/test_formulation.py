@@ -125,6 +125,14 @@ def test_splitters_differing_only_in_minimum_size_share_their_labels(split_depth
         assert torch.equal(splitter(probs, labels), splitter(probs))
 
 
+def test_labels_of_another_image_are_a_clear_error():
+    labels = SplitOtherFragments(0.5, 0).label_others(torch.zeros(MAIN_OTHER_CHANNELS, 20, 20))
+    with pytest.raises(ValueError, match=r"labels must be one \(40, 48\) map per bone"):
+        SplitOtherFragments(0.5, 0)(_dumbbell(2), labels)
+    with pytest.raises(ValueError, match="labels must be one"):
+        SplitOtherFragments(0.5, 0)(_dumbbell(2), labels[:2])
+
+
 def test_split_never_exceeds_ten_fragments_per_bone():
     probs = torch.zeros(MAIN_OTHER_CHANNELS, 64, 64)
     probs[1, ::4, ::4] = 1.0  # 256 isolated SA "other" pixels

@@ -27,11 +27,10 @@ from custom_transforms.constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
     DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
-    NUM_CATEGORIES,
     NUM_CHANNELS,
     TUNED_POSTPROCESSING_FILE,
 )
-from custom_transforms.formulation import SplitOtherFragments
+from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS, SplitOtherFragments
 from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_ious
 
@@ -78,9 +77,9 @@ def fragment_probabilities(
     channels = probs.shape[0]
     if channels == NUM_CHANNELS:
         return probs
-    if channels not in (2 * NUM_CATEGORIES, 3 * NUM_CATEGORIES):
+    if channels not in (MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS):
         raise ValueError(f"expected 6, 9 or {NUM_CHANNELS} output channels, got {channels}")
-    contacts = channels == 3 * NUM_CATEGORIES
+    contacts = channels == MAIN_OTHER_CONTACT_CHANNELS
     splitter = SplitOtherFragments(threshold, min_component_size, contacts, split_depth)
     if shared_labels is None:
         return splitter(probs)
@@ -119,15 +118,16 @@ def choose_postprocessing(
         scores, the scores of the defaults, the whole grid and the model file's SHA-256.
     """
     scores: dict[tuple[float, int, float], list[tuple[float, float]]] = {}
+    num_scored = 0
     network.eval()
     with torch.no_grad():
         for batch in dataloader:
             probs = torch.sigmoid(inferer(batch["image"].to(device), network)).float().cpu()
             if not scores:
-                depths = split_depths if probs.shape[1] == 2 * NUM_CATEGORIES else (DEFAULT_SPLIT_DEPTH,)
+                depths = split_depths if probs.shape[1] == MAIN_OTHER_CHANNELS else (DEFAULT_SPLIT_DEPTH,)
                 grid = [(float(t), int(m), float(d)) for t in thresholds for m in min_component_sizes for d in depths]
                 scores = {setting: [] for setting in grid}
-            for prob, label in list(zip(probs, batch["label"]))[: max_images - len(next(iter(scores.values())))]:
+            for prob, label in list(zip(probs, batch["label"]))[: max_images - num_scored]:
                 label_bits = encode_fragment_bits(label.cpu())
                 shared_labels: dict[tuple, list] = {}
                 for threshold, size, depth in scores:
@@ -135,9 +135,10 @@ def choose_postprocessing(
                     masks = postprocess_fragments(fragments, threshold, size).masks
                     result = score_ious(encode_fragment_bits(masks), label_bits)
                     scores[(threshold, size, depth)].append((result["fracture_iou"], result["anatomical_iou"]))
-            if len(next(iter(scores.values()))) >= max_images:
+                num_scored += 1
+            if num_scored >= max_images:
                 break
-    if not scores or not any(scores.values()):
+    if not num_scored:
         raise ValueError("no validation image to choose the post-processing on")
     means = {setting: tuple(np.mean(values, axis=0).tolist()) for setting, values in scores.items()}
     best = max(scores, key=lambda setting: means[setting])  # max keeps the first of equal scores
