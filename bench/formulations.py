@@ -8,7 +8,8 @@ probabilities 0/1 (a perfect network), and the result is scored with the officia
   or overlap in the view come back as one;
 - ``main/other, split depth D``: the same with components cut at necks (``split_depth`` D, as chosen on
   validation from ``scripts.tuning.SPLIT_DEPTHS``);
-- ``main/other/contact``: ``train_contacts.json``: touching fragments are split along their contact band;
+- ``main/other/rim``: ``train_rims.json``: touching fragments are split between their cores (a watershed from the
+  other pixels outside the rims);
 - ``bones only``: each bone's union as its fragment 1, the score of a perfect bone segmentation alone.
 
 It also counts the other fragments (fragment 2..10) that touch another other fragment of the same bone. The
@@ -85,7 +86,7 @@ def main() -> None:
             )
             for depth in (1.0, 2.0, 3.0)
         },
-        "main/other/contact": lambda masks: SplitOtherFragments(0.5, size, True)(MainOtherFragments(True)(masks)),
+        "main/other/rim": lambda masks: SplitOtherFragments(0.5, size, True)(MainOtherFragments(True)(masks)),
         "bones only": bones_only,
     }
     scores: dict[str, list[float]] = {name: [] for name in decoders}

@@ -2,7 +2,7 @@
 
 Each recipe is ``bundle/configs/train.json`` with the config overlays a user merges after it (``pengwin_xray.compare
 .RECIPES``: ``default`` = nothing (main/other formulation), ``seed`` = ``train_seed.json``, ``slots`` =
-``train_slots.json`` (30 fixed slots, default loss), ``contacts`` = ``train_contacts.json`` (contact bands),
+``train_slots.json`` (30 fixed slots, default loss), ``rims`` = ``train_rims.json`` (fragment rims),
 ``vgg16unet`` = ``train_vgg16.json``, ``two_stage`` = ``train_two_stage.json``: a fragment network on per-bone
 crops, with the default recipe's model finding the bones, so the default runs first when the list lacks it).
 ``pengwin-compare`` runs them one after the other, each in its own child process, on the built-in synthetic dataset

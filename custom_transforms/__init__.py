@@ -45,7 +45,9 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(
         (
             "MAIN_OTHER_CHANNELS",
-            "MAIN_OTHER_CONTACT_CHANNELS",
+            "MAIN_OTHER_RIM_CHANNELS",
+            "CORE_DEPTH_FRACTION",
+            "fragment_cores",
             "MainOtherFragments",
             "MainOtherFragmentsd",
             "SplitOtherFragments",

@@ -6,11 +6,13 @@ slot. The main/other formulation trains 6 channels (SA-main, SA-other, LI-main, 
 and turns the other-fragments channel back into fragments 2..10 by its 8-connected components, largest first,
 as the PENGWIN 2024 winners did.
 
-Other fragments that touch or overlap in the view merge into one component. With ``contacts=True`` each bone
-gets a third channel, the contact band: the other-fragments pixels whose 3x3 neighbourhood holds two different
-other fragments (9 channels: main, other, contact per bone). Decoding then takes the components of the other
-mask outside the contact band as seeds and floods the whole other mask from them over the contact
-probability (a watershed), so touching fragments come apart along the predicted contact.
+Other fragments that touch or overlap in the view merge into one component. With ``rims=True`` each bone gets a
+third channel, the rim of its other fragments: the pixels of each other fragment outside its core, the core being
+the pixels deeper inside the fragment than half its largest inscribed radius (9 channels: main, other, rim per
+bone). Decoding then takes the components of the other mask outside the rim, the cores, as seeds and floods the
+whole other mask from them over the rim probability (a watershed), so touching fragments come apart between their
+cores. A core is far from every edge of its fragment, so two cores stay apart even where the network draws the
+edge between two fragments vaguely.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor
 from scipy import ndimage
 from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
-from torch.nn import functional as F
 
 from .constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
@@ -42,8 +43,10 @@ from .constants import (
 
 __all__ = [
     "MAIN_OTHER_CHANNELS",
-    "MAIN_OTHER_CONTACT_CHANNELS",
+    "MAIN_OTHER_RIM_CHANNELS",
+    "CORE_DEPTH_FRACTION",
     "EIGHT_CONNECTED",
+    "fragment_cores",
     "MainOtherFragments",
     "MainOtherFragmentsd",
     "SplitOtherFragments",
@@ -52,10 +55,12 @@ __all__ = [
 
 #: channels of the main/other formulation: ``2 * (category - 1)`` is the main fragment, ``+ 1`` the others
 MAIN_OTHER_CHANNELS: int = 2 * NUM_CATEGORIES
-#: channels of the formulation with contact bands: ``3 * (category - 1)`` main, ``+ 1`` others, ``+ 2`` contacts
-MAIN_OTHER_CONTACT_CHANNELS: int = 3 * NUM_CATEGORIES
+#: channels of the formulation with rims: ``3 * (category - 1)`` main, ``+ 1`` others, ``+ 2`` their rims
+MAIN_OTHER_RIM_CHANNELS: int = 3 * NUM_CATEGORIES
 #: 8-connectivity in 2D, for every connected-component labelling of fragment masks
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+#: a fragment's core: its pixels deeper inside it than this fraction of its largest inscribed radius
+CORE_DEPTH_FRACTION: float = 0.5
 
 
 def _like(result: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -64,17 +69,31 @@ def _like(result: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
     return result if isinstance(img, torch.Tensor) else result.numpy()
 
 
+def fragment_cores(fragments: np.ndarray) -> np.ndarray:
+    """The union of the cores of ``[N, H, W]`` boolean fragment masks (see :data:`CORE_DEPTH_FRACTION`).
+
+    A fragment's depth is scipy's exact distance to the nearest pixel outside it, the image edge counting as
+    outside, computed on the fragment's bounding box padded by one pixel.
+    """
+    cores = np.zeros(fragments.shape[1:], dtype=bool)
+    for fragment in fragments:
+        for box in ndimage.find_objects(fragment.astype(np.uint8)):
+            depth = ndimage.distance_transform_edt(np.pad(fragment[box], 1))[1:-1, 1:-1]
+            cores[box] |= depth > CORE_DEPTH_FRACTION * depth.max()
+    return cores
+
+
 class MainOtherFragments(Transform):
     """``[30, H, W]`` fragment masks to per bone its fragment 1 and the union of fragments 2..10.
 
     Args:
-        contacts: add per bone the contact band of its other fragments (``[9, H, W]`` instead of ``[6, H, W]``).
+        rims: add per bone the rim of its other fragments (``[9, H, W]`` instead of ``[6, H, W]``).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, contacts: bool = False) -> None:
-        self.contacts = bool(contacts)
+    def __init__(self, rims: bool = False) -> None:
+        self.rims = bool(rims)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         masks = convert_to_tensor(img, track_meta=False)
@@ -83,16 +102,15 @@ class MainOtherFragments(Transform):
         bones = masks.reshape(NUM_CATEGORIES, MAX_FRAGMENTS, *masks.shape[1:])
         others = bones[:, 1:]
         targets = [bones[:, 0], others.amax(1)]
-        if self.contacts:
-            # a pixel of an other fragment is in the contact band when its 3x3 neighbourhood holds two fragments
-            nearby = F.max_pool2d(others.float(), kernel_size=3, stride=1, padding=1)
-            targets.append((targets[1] > 0) & (nearby.sum(1) >= 2))
+        if self.rims:
+            cores = torch.from_numpy(np.stack([fragment_cores(bone) for bone in convert_to_numpy(others, dtype=bool)]))
+            targets.append((targets[1] > 0) & ~cores.to(targets[1].device))
         per_bone = torch.stack([target.to(masks.dtype) for target in targets], dim=1)
         return _like(per_bone.reshape(-1, *masks.shape[1:]), img)
 
 
 class SplitOtherFragments(Transform):
-    """Main/other (optionally contact) probabilities to ``[30, H, W]`` fragment probabilities.
+    """Main/other (optionally rim) probabilities to ``[30, H, W]`` fragment probabilities.
 
     Fragment 1 of each bone takes the main channel. The other channel's pixels above ``threshold`` are split into
     8-connected components; components smaller than ``min_component_size`` pixels are dropped, the largest nine
@@ -107,18 +125,18 @@ class SplitOtherFragments(Transform):
     h-maxima transform, by morphological reconstruction). So a neck splits a component when the inscribed radius on
     both sides exceeds the neck's half-width by more than ``split_depth`` pixels; elsewhere the component stays whole.
 
-    With ``contacts=True`` (9 input channels) the components are seeds taken outside the contact band (contact
-    probability at most ``threshold``); seeds smaller than ``min_component_size`` are dropped, a part of the
-    other mask without any seed becomes its own seed, and scikit-image's watershed on the contact probability
-    grows the seeds over the whole other mask.
+    With ``rims=True`` (9 input channels) the components are seeds taken outside the rims (rim probability at most
+    ``threshold``: the fragments' cores); seeds smaller than ``min_component_size`` are dropped, a part of the other
+    mask without any seed becomes its own seed, and scikit-image's watershed on the rim probability grows the seeds
+    over the whole other mask.
 
     Args:
-        threshold: probability above which an other-fragments (or contact) pixel belongs to it.
+        threshold: probability above which an other-fragments (or rim) pixel belongs to it.
         min_component_size: smaller components are dropped before the fragments are numbered.
-        contacts: the input has the contact channel of :class:`MainOtherFragments` with ``contacts=True``.
+        rims: the input has the rim channel of :class:`MainOtherFragments` with ``rims=True``.
         split_depth: a neck splits a component when its half-width is more than this many pixels below the
-            inscribed radius on both sides; 0 keeps components whole. Only without ``contacts`` (which split along
-            the contact band).
+            inscribed radius on both sides; 0 keeps components whole. Only without ``rims`` (which split between
+            the cores).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -127,30 +145,30 @@ class SplitOtherFragments(Transform):
         self,
         threshold: float = DEFAULT_THRESHOLD,
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
-        contacts: bool = False,
+        rims: bool = False,
         split_depth: float = DEFAULT_SPLIT_DEPTH,
     ) -> None:
         self.threshold = check_threshold(threshold)
         self.min_component_size = check_min_component_size(min_component_size)
-        self.contacts = bool(contacts)
+        self.rims = bool(rims)
         self.split_depth = check_split_depth(split_depth)
-        if self.contacts and self.split_depth > 0:
-            raise ValueError(f"split_depth must be 0 with contact bands, which split components, got {split_depth!r}")
+        if self.rims and self.split_depth > 0:
+            raise ValueError(f"split_depth must be 0 with rims, which split components, got {split_depth!r}")
 
-    def _components(self, other: np.ndarray, contact: np.ndarray | None) -> tuple[np.ndarray, int]:
+    def _components(self, other: np.ndarray, rim: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Labels of the other fragments of one bone, and the largest label (some below it may be unused)."""
         mask = other > self.threshold
-        if contact is None:
+        if rim is None:
             if self.split_depth > 0:
                 return self._split_at_necks(mask)
             return ndimage.label(mask, structure=EIGHT_CONNECTED)
-        seeds, count = ndimage.label(mask & (contact <= self.threshold), structure=EIGHT_CONNECTED)
+        seeds, count = ndimage.label(mask & (rim <= self.threshold), structure=EIGHT_CONNECTED)
         sizes = np.bincount(seeds.ravel(), minlength=count + 1)
         seeds[sizes[seeds] < self.min_component_size] = 0
         unseeded, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
         orphans = np.isin(unseeded, np.unique(unseeded[seeds > 0]), invert=True) & mask
         seeds[orphans] = unseeded[orphans] + count
-        return watershed(contact, seeds, mask=mask), int(seeds.max(initial=0))
+        return watershed(rim, seeds, mask=mask), int(seeds.max(initial=0))
 
     def _split_at_necks(self, mask: np.ndarray) -> tuple[np.ndarray, int]:
         """The components of ``mask`` split at their necks (see ``split_depth``), and the largest label.
@@ -178,14 +196,14 @@ class SplitOtherFragments(Transform):
 
     @property
     def _per_bone(self) -> int:
-        """Input channels per bone: main, other (and contact)."""
-        return 3 if self.contacts else 2
+        """Input channels per bone: main, other (and rim)."""
+        return 3 if self.rims else 2
 
     def _checked(self, img: NdarrayOrTensor) -> np.ndarray:
         """``img`` as float32 numpy, with the channel count of this formulation."""
         probs = convert_to_numpy(img, dtype=np.float32)
         if probs.shape[0] != self._per_bone * NUM_CATEGORIES:
-            names = "main/other/contact" if self.contacts else "main/other"
+            names = "main/other/rim" if self.rims else "main/other"
             channels = self._per_bone * NUM_CATEGORIES
             raise ValueError(f"expected {channels} channels ({names} per bone), got shape {probs.shape}")
         return probs
@@ -194,14 +212,14 @@ class SplitOtherFragments(Transform):
         """:meth:`label_others` of already checked probabilities."""
         per_bone = self._per_bone
         return [
-            self._components(probs[per_bone * bone + 1], probs[per_bone * bone + 2] if self.contacts else None)
+            self._components(probs[per_bone * bone + 1], probs[per_bone * bone + 2] if self.rims else None)
             for bone in range(NUM_CATEGORIES)
         ]
 
     def label_others(self, img: NdarrayOrTensor) -> list[tuple[np.ndarray, int]]:
         """Per bone, the labels of its other fragments and the largest label: the costly part of the call.
 
-        Without contact bands they do not depend on ``min_component_size``, so splitters that differ only in it can
+        Without rims they do not depend on ``min_component_size``, so splitters that differ only in it can
         share them (``labels`` of the call), as the post-processing choice on validation does.
         """
         return self._label(self._checked(img))
@@ -211,9 +229,9 @@ class SplitOtherFragments(Transform):
     ) -> NdarrayOrTensor:
         """
         Args:
-            img: the ``[6, H, W]`` (or, with contacts, ``[9, H, W]``) probabilities.
-            labels: :meth:`label_others` of ``img`` by a splitter with the same threshold, split depth and contacts
-                (with contacts, also the same minimum size); labelled here when not given.
+            img: the ``[6, H, W]`` (or, with rims, ``[9, H, W]``) probabilities.
+            labels: :meth:`label_others` of ``img`` by a splitter with the same threshold, split depth and rims
+                (with rims, also the same minimum size); labelled here when not given.
         """
         probs = self._checked(img)
         if labels is None:
@@ -242,9 +260,9 @@ class MainOtherFragmentsd(MapTransform):
 
     backend = MainOtherFragments.backend
 
-    def __init__(self, keys: KeysCollection, contacts: bool = False, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, rims: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = MainOtherFragments(contacts)
+        self.converter = MainOtherFragments(rims)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
@@ -263,12 +281,12 @@ class SplitOtherFragmentsd(MapTransform):
         keys: KeysCollection,
         threshold: float = DEFAULT_THRESHOLD,
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
-        contacts: bool = False,
+        rims: bool = False,
         split_depth: float = DEFAULT_SPLIT_DEPTH,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.splitter = SplitOtherFragments(threshold, min_component_size, contacts, split_depth)
+        self.splitter = SplitOtherFragments(threshold, min_component_size, rims, split_depth)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

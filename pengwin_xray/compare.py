@@ -55,7 +55,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "vgg16unet": ("train.json", "train_vgg16.json"),
     "seed": ("train.json", "train_seed.json"),
     "slots": ("train.json", "train_slots.json"),
-    "contacts": ("train.json", "train_contacts.json"),
+    "rims": ("train.json", "train_rims.json"),
     "two_stage": ("train.json", "train_two_stage.json"),
 }
 #: recipe -> the recipe whose trained model is its first stage (``localiser_dir``); that one runs first

@@ -1,4 +1,4 @@
-"""The main/other formulation: 30 fragment channels to 6 main/other (or 9 main/other/contact) channels and back."""
+"""The main/other formulation: 30 fragment channels to 6 main/other (or 9 main/other/rim) channels and back."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from monai.data import MetaTensor
 
 from custom_transforms import (
     MAIN_OTHER_CHANNELS,
-    MAIN_OTHER_CONTACT_CHANNELS,
+    MAIN_OTHER_RIM_CHANNELS,
     MainOtherFragments,
     MainOtherFragmentsd,
     SplitOtherFragments,
     SplitOtherFragmentsd,
     fragment_channel,
+    fragment_cores,
 )
 from helpers import REPO_ROOT, write_pair
 
@@ -107,7 +108,7 @@ def test_split_depth_keeps_small_components_without_a_deep_maximum_whole():
     [
         ({"split_depth": -1}, "split_depth must be a number of pixels, 0 or more, got -1"),
         ({"split_depth": "deep"}, "split_depth must be a number of pixels"),
-        ({"split_depth": 2, "contacts": True}, "split_depth must be 0 with contact bands"),
+        ({"split_depth": 2, "rims": True}, "split_depth must be 0 with rims"),
     ],
 )
 def test_split_depth_rejects_bad_values_in_one_line(kwargs, message):
@@ -148,8 +149,8 @@ def test_split_accepts_numpy_and_rejects_thirty_channels():
     assert isinstance(SplitOtherFragments(min_component_size=1)(probs), np.ndarray)
     with pytest.raises(ValueError, match=r"expected 6 channels \(main/other per bone\)"):
         SplitOtherFragments()(np.zeros((30, 4, 4), np.float32))
-    with pytest.raises(ValueError, match=r"expected 9 channels \(main/other/contact per bone\)"):
-        SplitOtherFragments(contacts=True)(probs)
+    with pytest.raises(ValueError, match=r"expected 9 channels \(main/other/rim per bone\)"):
+        SplitOtherFragments(rims=True)(probs)
 
 
 def _touching_fragments(shape=(40, 40)) -> torch.Tensor:
@@ -161,51 +162,58 @@ def _touching_fragments(shape=(40, 40)) -> torch.Tensor:
     return masks
 
 
-def test_contact_band_is_the_other_pixels_next_to_a_different_other_fragment():
+def test_rim_is_each_other_fragment_outside_its_core():
     masks = _touching_fragments()
-    masks[fragment_channel(3, 3), 30, 19] = 1  # one pixel where fragments 2 and 3 overlap
-    targets = MainOtherFragmentsd(keys="label", contacts=True)({"label": masks})["label"]
-    assert targets.shape == (MAIN_OTHER_CONTACT_CHANNELS, 40, 40)
-    ri_main, ri_other, ri_contact = targets[6], targets[7], targets[8]
+    targets = MainOtherFragmentsd(keys="label", rims=True)({"label": masks})["label"]
+    assert targets.shape == (MAIN_OTHER_RIM_CHANNELS, 40, 40)
+    ri_main, ri_other, ri_rim = targets[6], targets[7], targets[8]
     torch.testing.assert_close(ri_main, masks[fragment_channel(3, 1)])
     assert ri_other.sum() == 800
-    contact = ri_contact > 0
-    assert contact[20:40, 19:21].all()  # both sides of the shared edge
-    assert contact.sum() == 2 * 20 + 3  # and fragment 2's three neighbours of the overlap pixel, column 18
-    assert not contact[:20].any() and not contact[:, :18].any()  # not the main fragment's edge, not the interior
+    # each 20 x 20 square (the image edge counting as outside) is 10 deep: its core is the 10 x 10 deeper than 5
+    cores = (ri_other > 0) & (ri_rim == 0)
+    assert cores.sum() == 200 and cores[25:35, 5:15].all() and cores[25:35, 25:35].all()
     assert targets[:6].sum() == 0
 
 
-@pytest.mark.parametrize("contacts, fragments", [(False, 1), (True, 2)])
-def test_contacts_split_touching_fragments_that_components_merge(contacts, fragments):
+def test_a_fragment_one_pixel_wide_is_all_core():
+    fragments = np.zeros((2, 12, 24), bool)
+    fragments[0, 6, 14:22] = True  # a line: depth 1 everywhere, its largest
+    fragments[1, 1:11, 1:11] = True  # a 10 x 10 square: depth 5 at most, core deeper than 2.5
+    cores = fragment_cores(fragments)
+    assert cores[6, 14:22].all()
+    assert cores.sum() == 8 + 6 * 6 and cores[3:9, 3:9].all()
+
+
+@pytest.mark.parametrize("rims, fragments", [(False, 1), (True, 2)])
+def test_rims_split_touching_fragments_that_components_merge(rims, fragments):
     masks = _touching_fragments()
-    probs = MainOtherFragments(contacts)(masks) * 0.9
-    split = SplitOtherFragments(threshold=0.5, min_component_size=1, contacts=contacts)(probs) > 0.5
+    probs = MainOtherFragments(rims)(masks) * 0.9
+    split = SplitOtherFragments(threshold=0.5, min_component_size=1, rims=rims)(probs) > 0.5
     ri_others = split[fragment_channel(3, 2) : fragment_channel(3, 10) + 1]
     assert int(ri_others.flatten(1).any(1).sum()) == fragments
     assert ri_others.sum(0).eq(1).sum() == 800  # every other pixel in exactly one fragment
-    if contacts:
+    if rims:
         left, right = ri_others[0], ri_others[1]  # equal sizes: the order of the two is the labelling order
         assert left[20:40, :20].all() and right[20:40, 20:].all()
 
 
-def test_contacts_keep_an_other_region_that_lies_wholly_in_the_contact_band():
-    probs = torch.zeros(MAIN_OTHER_CONTACT_CHANNELS, 32, 32)
+def test_rims_keep_an_other_region_that_lies_wholly_in_the_rim():
+    probs = torch.zeros(MAIN_OTHER_RIM_CHANNELS, 32, 32)
     probs[1, 4:20, 4:20] = 0.9  # SA other fragment with a seed
-    probs[1, 26:28, 4:20] = 0.9  # a thin sliver the network also calls contact
+    probs[1, 26:28, 4:20] = 0.9  # a thin sliver the network also calls rim
     probs[2, 26:28, 4:20] = 0.8
-    split = SplitOtherFragments(threshold=0.5, min_component_size=1, contacts=True)(probs) > 0.5
+    split = SplitOtherFragments(threshold=0.5, min_component_size=1, rims=True)(probs) > 0.5
     assert split[fragment_channel(1, 2)].sum() == 256 and split[fragment_channel(1, 3)].sum() == 32
     assert split[fragment_channel(1, 3), 26:28, 4:20].all()
 
 
-def test_contact_seeds_below_the_minimum_size_join_their_neighbours():
-    probs = torch.zeros(MAIN_OTHER_CONTACT_CHANNELS, 32, 32)
+def test_core_seeds_below_the_minimum_size_join_their_neighbours():
+    probs = torch.zeros(MAIN_OTHER_RIM_CHANNELS, 32, 32)
     probs[4, 4:28, 4:28] = 0.9  # LI other region
-    probs[5, 4:28, 10] = 0.9  # a contact line cutting off a 24 x 6 strip on the left
-    probs[5, 4:28, 4:10] = 0.9  # ... whose inside is contact too, except one pixel
+    probs[5, 4:28, 10] = 0.9  # a rim line cutting off a 24 x 6 strip on the left
+    probs[5, 4:28, 4:10] = 0.9  # ... whose inside is rim too, except one pixel
     probs[5, 15, 5] = 0.0
-    split = SplitOtherFragments(threshold=0.5, min_component_size=2, contacts=True)(probs) > 0.5
+    split = SplitOtherFragments(threshold=0.5, min_component_size=2, rims=True)(probs) > 0.5
     li_others = split[fragment_channel(2, 2) : fragment_channel(2, 10) + 1]
     assert li_others[0].sum() == 24 * 24 and li_others[1:].sum() == 0
 
@@ -225,7 +233,7 @@ def test_formulation_benchmark_shows_what_each_formulation_loses_on_touching_fra
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     rows = dict(re.findall(r"^\| ([a-z/ ]+) \| ([0-9.]+) \|", result.stdout, flags=re.M))
-    assert rows["slots"] == "1.000" and rows["main/other/contact"] == "1.000"
+    assert rows["slots"] == "1.000" and rows["main/other/rim"] == "1.000"
     assert float(rows["main/other"]) == pytest.approx((1 + 0.5 + 0.5) / 3, abs=1e-3)  # 2 and 3 merged: IoU 1/2 each
     assert float(rows["bones only"]) == pytest.approx((0.5 + 0.25 + 0.25) / 3, abs=1e-3)
     assert "touching another of their bone: 2 of 2" in result.stdout

@@ -272,12 +272,12 @@ def vgg16_unet(out_channels: int = MAIN_OTHER_CHANNELS) -> torch.nn.Module:
     [
         (lambda: basic_unet(NUM_CHANNELS), small_unet, "it predicts 30 channels, network_def 6: for the checkpoint's "
          "formulation use configs/train_seed.json or configs/train_slots.json"),
-        (lambda: basic_unet(9), small_unet, "it predicts 9 channels, network_def 6: .* configs/train_contacts.json"),
+        (lambda: basic_unet(9), small_unet, "it predicts 9 channels, network_def 6: .* configs/train_rims.json"),
         (vgg16_unet, small_unet, "it holds a VGG16UNet, network_def is a BasicUNet: merge configs/train_vgg16.json"),
         (small_unet, vgg16_unet, "it holds a BasicUNet, network_def is a VGG16UNet: leave out configs/train_vgg16\\.json"),
         (lambda: basic_unet(6, [8, 4, 8, 16, 32, 4]), small_unet, r"\d+ of another shape \(first: down_1\.\S+\)$"),
     ],
-    ids=["slots", "contacts", "vgg16_into_basicunet", "basicunet_into_vgg16", "other_widths"],
+    ids=["slots", "rims", "vgg16_into_basicunet", "basicunet_into_vgg16", "other_widths"],
 )  # fmt: skip
 def test_load_checkpoint_says_in_one_line_which_config_fits_the_checkpoint(tmp_path, saved, network, message):
     torch.save(saved().state_dict(), tmp_path / "model.pt")
@@ -418,7 +418,7 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
     "key, config",
     [
         ("network_def", TRAIN_CONFIG), ("image_transforms", TRAIN_CONFIG), ("use_clahe", TRAIN_CONFIG),
-        ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("contact_bands", TRAIN_CONFIG),
+        ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("fragment_rims", TRAIN_CONFIG),
         ("postprocessing_choice", EVALUATE_CONFIG), ("threshold", EVALUATE_CONFIG),
         ("min_component_size", EVALUATE_CONFIG), ("split_depth", EVALUATE_CONFIG),
     ],
@@ -513,7 +513,7 @@ def test_load_segmenter_refuses_a_misspelt_override_and_merges_overlays(model_ro
         load_segmenter(BUNDLE_ROOT, model_fromat="onnx")
     overrides = {"network_def#features": FEATURES, **model_paths(model_root)}
     with pytest.raises(ValueError, match="it predicts 6 channels, network_def 9"):  # the overlay was merged
-        load_segmenter(BUNDLE_ROOT, ["configs/train_contacts.json"], **overrides)
+        load_segmenter(BUNDLE_ROOT, ["configs/train_rims.json"], **overrides)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import ValidationHandler
 
-from custom_transforms import MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS, NUM_CHANNELS, fragment_channel
+from custom_transforms import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, NUM_CHANNELS, fragment_channel
 from scripts.errors import root_cause
 from scripts.handlers import EpochTimeLimit
 from scripts.inferers import PengwinInferer, TwoStageInferer
@@ -42,7 +42,7 @@ def recipe_parser(root: Path, *overlays: str, base: tuple[str, ...] = ("train.js
         ((), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
         (("train_seed.json",), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
         (("train_slots.json",), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS),
-        (("train_contacts.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CONTACT_CHANNELS),
+        (("train_rims.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_RIM_CHANNELS),
         (("train_vgg16.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
         (("train_vgg16.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
     ],
@@ -87,14 +87,14 @@ def test_default_postprocessing_turns_six_logits_into_thirty_fragments(pengwin_r
 
 
 @pytest.mark.parametrize("base", [("train.json",), ("inference.json",)])
-def test_contacts_overlay_trains_contact_bands_and_splits_touching_fragments_along_them(pengwin_root, base):
-    parser = recipe_parser(pengwin_root, "train_contacts.json", base=base)
+def test_rims_overlay_trains_fragment_rims_and_splits_touching_fragments_between_cores(pengwin_root, base):
+    parser = recipe_parser(pengwin_root, "train_rims.json", base=base)
     if base == ("train.json",):
         parser["train#augmentation"] = []
-        assert parser.get_parsed_content("train#dataset")[0]["label"].shape[0] == MAIN_OTHER_CONTACT_CHANNELS
-    logits = torch.full((MAIN_OTHER_CONTACT_CHANNELS, 32, 32), -8.0)
+        assert parser.get_parsed_content("train#dataset")[0]["label"].shape[0] == MAIN_OTHER_RIM_CHANNELS
+    logits = torch.full((MAIN_OTHER_RIM_CHANNELS, 32, 32), -8.0)
     logits[4, 16:32] = 8.0  # one LI other region ...
-    logits[5, 16:32, 15:17] = 8.0  # ... with a predicted contact down its middle
+    logits[5, 16:32, 15:17] = 8.0  # ... with a predicted rim down its middle, between two cores
     pred = parser.get_parsed_content("postprocessing")({"pred": logits})["pred"] > 0.5
     assert pred[fragment_channel(2, 2)].sum() == pred[fragment_channel(2, 3)].sum() == 16 * 16
     assert pred.sum() == 16 * 32

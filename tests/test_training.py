@@ -65,9 +65,9 @@ def test_class_weight_cache_tells_target_settings_apart(tmp_path):
     paths = write_labels(tmp_path / "labels", [bitmap])
     cache = str(tmp_path / "cache")
     plain = class_balanced_weights(paths, cache_dir=cache, target_transform=MainOtherFragments())
-    contacts = class_balanced_weights(paths, cache_dir=cache, target_transform=MainOtherFragments(contacts=True))
-    assert len(plain) == 6 and len(contacts) == 9
-    assert contacts[2] == 4.0  # the contact band: columns 3 and 4, 16 of 64 pixels
+    rims = class_balanced_weights(paths, cache_dir=cache, target_transform=MainOtherFragments(rims=True))
+    assert len(plain) == 6 and len(rims) == 9
+    assert rims[2] == 1.6  # each 8 x 4 fragment's rim: all but its 6 x 2 core (2 deep), 40 of 64 pixels
     assert len(list(Path(cache).glob("class_pixels_*.json"))) == 2
 
 

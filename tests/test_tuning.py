@@ -154,7 +154,7 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
 @pytest.mark.parametrize("channels, split", [(30, False), (6, True), (9, True)])
 def test_fragment_probabilities_follow_the_formulation_the_channel_count_tells(channels, split):
     probs = torch.zeros(channels, 16, 16)
-    probs[1, 2:6, 2:6] = 0.9  # slots: SA fragment 2; main/other(/contact): SA other fragments
+    probs[1, 2:6, 2:6] = 0.9  # slots: SA fragment 2; main/other(/rim): SA other fragments
     fragments = fragment_probabilities(probs, 0.5, 1)
     assert fragments.shape == (30, 16, 16)
     assert torch.equal(fragments, probs) is not split

@@ -30,7 +30,7 @@ import torch
 from monai.utils import convert_to_numpy
 
 from custom_transforms.constants import NUM_CHANNELS
-from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS
+from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS
 from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
 from pengwin_xray.datalist import IMAGE_SUBDIR, split_folders
 
@@ -335,7 +335,7 @@ NETWORK_SIGNATURES: dict[str, tuple[str, str]] = {
 #: output channels of each formulation, with the overlay that sets them
 FORMULATION_OVERLAYS: dict[int, str] = {
     MAIN_OTHER_CHANNELS: "the default main/other formulation (no formulation overlay)",
-    MAIN_OTHER_CONTACT_CHANNELS: "configs/train_contacts.json",
+    MAIN_OTHER_RIM_CHANNELS: "configs/train_rims.json",
     NUM_CHANNELS: "configs/train_seed.json or configs/train_slots.json",
 }
 

@@ -30,7 +30,7 @@ from custom_transforms.constants import (
     NUM_CHANNELS,
     TUNED_POSTPROCESSING_FILE,
 )
-from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS, SplitOtherFragments
+from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, SplitOtherFragments
 from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_ious
 
@@ -69,21 +69,21 @@ def fragment_probabilities(
 ) -> torch.Tensor:
     """``[C, H, W]`` sigmoid outputs of any formulation to ``[30, H, W]`` fragment probabilities.
 
-    The channel count tells the formulation: 30 fragment slots pass through; 6 (main/other) and 9 (with contact
-    bands) are split by :class:`~custom_transforms.formulation.SplitOtherFragments`. ``shared_labels``, a dict kept
-    across calls on the same ``probs``, lets settings that differ only in the minimum size (without contact bands)
-    label the other fragments once (:meth:`~custom_transforms.formulation.SplitOtherFragments.label_others`).
+    The channel count tells the formulation: 30 fragment slots pass through; 6 (main/other) and 9 (with rims) are
+    split by :class:`~custom_transforms.formulation.SplitOtherFragments`. ``shared_labels``, a dict kept
+    across calls on the same ``probs``, lets settings that differ only in the minimum size (without rims) label
+    the other fragments once (:meth:`~custom_transforms.formulation.SplitOtherFragments.label_others`).
     """
     channels = probs.shape[0]
     if channels == NUM_CHANNELS:
         return probs
-    if channels not in (MAIN_OTHER_CHANNELS, MAIN_OTHER_CONTACT_CHANNELS):
+    if channels not in (MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS):
         raise ValueError(f"expected 6, 9 or {NUM_CHANNELS} output channels, got {channels}")
-    contacts = channels == MAIN_OTHER_CONTACT_CHANNELS
-    splitter = SplitOtherFragments(threshold, min_component_size, contacts, split_depth)
+    rims = channels == MAIN_OTHER_RIM_CHANNELS
+    splitter = SplitOtherFragments(threshold, min_component_size, rims, split_depth)
     if shared_labels is None:
         return splitter(probs)
-    key = (threshold, split_depth, min_component_size if contacts else None)
+    key = (threshold, split_depth, min_component_size if rims else None)
     if key not in shared_labels:
         shared_labels[key] = splitter.label_others(probs)
     return splitter(probs, shared_labels[key])
