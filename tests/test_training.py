@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.networks.nets import BasicUNet
 
 from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, assert_valid_submissions, bundle_run, free_port, tiny_training_args
@@ -315,6 +315,24 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert last.startswith(f"error: {tmp_path / 'models' / 'checkpoint.pt'}: the checkpoint to resume was written by run")
     assert "with other data" in last
     assert len(rest(mlflow_server, "runs/search", body={"experiment_ids": [experiment["experiment_id"]]})["runs"]) == 2
+
+
+@pytest.mark.parametrize("cosine_lr, final_lr", [("false", 2e-3), ("true", 0.0)])
+def test_cosine_lr_anneals_the_learning_rate_to_zero_over_max_epochs(tmp_path, cosine_lr, final_lr):
+    args = tiny_training_args(tmp_path, max_epochs=2, batch_size=4)
+    result = bundle_run(*args, "--learning_rate", "0.002", "--cosine_lr", cosine_lr, "--cpu_bf16", "false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(final_lr, abs=1e-12)
+    assert state["lr_scheduler"]["last_epoch"] == (2 if cosine_lr == "true" else 0)
+
+
+def test_a_resumed_training_loads_every_part_of_the_state_it_saves():
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    saved = parser.get("train#checkpoint#to_save")
+    loaded = parser.get("train#checkpoint_handlers#0#load_dict")
+    assert saved == loaded and "lr_scheduler" in saved
 
 
 @pytest.mark.slow
