@@ -50,6 +50,8 @@ _EXPORTS: dict[str, str] = {
             "fragment_cores",
             "MainOtherFragments",
             "MainOtherFragmentsd",
+            "FragmentSizeWeights",
+            "FragmentSizeWeightsd",
             "SplitOtherFragments",
             "SplitOtherFragmentsd",
         ),

@@ -24,7 +24,7 @@ import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor
+from monai.utils import TransformBackends, convert_to_numpy, convert_to_tensor, ensure_tuple_rep
 from scipy import ndimage
 from skimage.morphology import local_maxima, reconstruction
 from skimage.segmentation import watershed
@@ -49,6 +49,8 @@ __all__ = [
     "fragment_cores",
     "MainOtherFragments",
     "MainOtherFragmentsd",
+    "FragmentSizeWeights",
+    "FragmentSizeWeightsd",
     "SplitOtherFragments",
     "SplitOtherFragmentsd",
 ]
@@ -107,6 +109,42 @@ class MainOtherFragments(Transform):
             targets.append((targets[1] > 0) & ~cores.to(targets[1].device))
         per_bone = torch.stack([target.to(masks.dtype) for target in targets], dim=1)
         return _like(per_bone.reshape(-1, *masks.shape[1:]), img)
+
+
+class FragmentSizeWeights(Transform):
+    """Per-pixel loss weights ``[1, H, W]`` from ``[30, H, W]`` fragment masks, so that small fragments weigh more.
+
+    The official fracture IoU averages over fragments (a chip counts as much as a main fragment) while a pixel loss
+    sums over pixels. Each fragment's pixels weigh ``reference_fraction * H * W / area``, clipped to
+    ``[1, max_weight]``: fragments of at least ``reference_fraction`` of the image weigh 1 per pixel, a fragment of a
+    tenth of that area 10, so that its pixels together weigh as much as a fragment of the reference area. A pixel of
+    several fragments takes the largest weight; background weighs 1.
+
+    Args:
+        reference_fraction: the fragment area, as a fraction of the image, from which down weights grow.
+        max_weight: the largest weight.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, reference_fraction: float = 0.01, max_weight: float = 10.0) -> None:
+        if not 0 < reference_fraction <= 1:
+            raise ValueError(f"reference_fraction must be in (0, 1], got {reference_fraction!r}")
+        if not max_weight >= 1:
+            raise ValueError(f"max_weight must be at least 1, got {max_weight!r}")
+        self.reference_fraction = float(reference_fraction)
+        self.max_weight = float(max_weight)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        masks = convert_to_tensor(img, track_meta=False)
+        if masks.shape[0] != NUM_CHANNELS:
+            raise ValueError(f"expected {NUM_CHANNELS} fragment channels, got shape {tuple(masks.shape)}")
+        present = masks > 0
+        areas = present.flatten(1).sum(1).clamp(min=1).to(torch.float32)
+        reference = self.reference_fraction * present[0].numel()
+        weights = (reference / areas).clamp(1.0, self.max_weight)
+        per_pixel = (present * weights[:, None, None]).amax(0, keepdim=True).clamp(min=1.0)
+        return _like(per_pixel, img)
 
 
 class SplitOtherFragments(Transform):
@@ -271,6 +309,30 @@ class MainOtherFragmentsd(MapTransform):
         return d
 
 
+class FragmentSizeWeightsd(MapTransform):
+    """Dictionary twin of :class:`FragmentSizeWeights`: the weights of ``keys`` go to ``weight_keys``."""
+
+    backend = FragmentSizeWeights.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        weight_keys: KeysCollection,
+        reference_fraction: float = 0.01,
+        max_weight: float = 10.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.weight_keys = ensure_tuple_rep(weight_keys, len(self.keys))
+        self.weigher = FragmentSizeWeights(reference_fraction, max_weight)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key, weight_key in self.key_iterator(d, self.weight_keys):
+            d[weight_key] = self.weigher(d[key])
+        return d
+
+
 class SplitOtherFragmentsd(MapTransform):
     """Dictionary twin of :class:`SplitOtherFragments`."""
 
@@ -296,4 +358,5 @@ class SplitOtherFragmentsd(MapTransform):
 
 
 MainOtherFragmentsD = MainOtherFragmentsDict = MainOtherFragmentsd
+FragmentSizeWeightsD = FragmentSizeWeightsDict = FragmentSizeWeightsd
 SplitOtherFragmentsD = SplitOtherFragmentsDict = SplitOtherFragmentsd

@@ -15,6 +15,8 @@ from monai.data import MetaTensor
 from custom_transforms import (
     MAIN_OTHER_CHANNELS,
     MAIN_OTHER_RIM_CHANNELS,
+    FragmentSizeWeights,
+    FragmentSizeWeightsd,
     MainOtherFragments,
     MainOtherFragmentsd,
     SplitOtherFragments,
@@ -51,6 +53,30 @@ def test_main_other_keeps_metadata_and_rejects_wrong_channel_counts():
     assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "001_0000.tif"
     with pytest.raises(ValueError, match="30 fragment channels"):
         MainOtherFragments()(torch.zeros(6, 4, 4))
+
+
+@pytest.mark.parametrize("reference_fraction, max_weight", [(0.1, 10.0), (0.05, 3.0)])
+def test_size_weights_grow_inversely_with_fragment_area_up_to_the_cap(reference_fraction, max_weight):
+    masks = _fragments()  # areas 800 (LI main), 36 (LI 2), 200 (LI 3) and 100 (SA main) of 1600 pixels
+    weights = FragmentSizeWeights(reference_fraction, max_weight)(masks)
+    reference = reference_fraction * 1600
+    assert weights.shape == (1, 40, 40) and weights.dtype == torch.float32
+    for (row, col), area in {(0, 0): 800, (25, 3): 36, (35, 30): 200}.items():
+        assert weights[0, row, col] == pytest.approx(min(max(reference / area, 1.0), max_weight))
+    assert weights[0, 10, 10] == pytest.approx(min(max(reference / 100, 1.0), max_weight))  # largest of two
+    assert weights[0, 22, 0] == 1.0  # background
+
+
+def test_size_weights_dictionary_twin_writes_its_own_key_and_rejects_bad_settings():
+    data = FragmentSizeWeightsd(keys="label", weight_keys="weight")({"label": _fragments()})
+    torch.testing.assert_close(data["label"], _fragments())
+    torch.testing.assert_close(data["weight"], FragmentSizeWeights()(_fragments()))
+    with pytest.raises(ValueError, match="max_weight must be at least 1, got 0.5"):
+        FragmentSizeWeights(max_weight=0.5)
+    with pytest.raises(ValueError, match="reference_fraction must be in"):
+        FragmentSizeWeights(reference_fraction=0)
+    with pytest.raises(ValueError, match="30 fragment channels"):
+        FragmentSizeWeights()(torch.zeros(6, 4, 4))
 
 
 def test_split_numbers_other_components_by_size_and_round_trips_the_masks():

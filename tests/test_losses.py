@@ -45,3 +45,18 @@ def test_all_empty_targets_give_the_bce_alone_and_gradients_flow():
     torch.testing.assert_close(loss, torch.tensor(0.6931), atol=1e-4, rtol=0)
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_pixel_weights_from_the_last_target_channel_scale_the_bce_per_pixel():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 32, 32), _target()
+    weight = torch.ones(2, 1, 32, 32)
+    weight[1, 0, 4:6, 4:6] = 8.0  # the chip weighs more
+    pos_weight = torch.tensor([2.0, 3.0, 4.0]).view(-1, 1, 1)
+    weighted = FragmentDiceBCELoss(pos_weight=pos_weight, pixel_weights=True)(logits, torch.cat([target, weight], 1))
+    plain = FragmentDiceBCELoss(pos_weight=pos_weight)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target, weight=weight, pos_weight=pos_weight
+    )
+    torch.testing.assert_close(weighted, plain(logits, target) - plain.bce(logits, target) + bce)
+    assert bce > plain.bce(logits, target)

@@ -13,7 +13,15 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.handlers import ValidationHandler
 
-from custom_transforms import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, NUM_CHANNELS, fragment_channel
+from custom_transforms import (
+    MAIN_OTHER_CHANNELS,
+    MAIN_OTHER_RIM_CHANNELS,
+    NUM_CHANNELS,
+    FragmentSizeWeights,
+    decode_fragment_bits,
+    fragment_channel,
+)
+from custom_transforms.io import read_fragment_label
 from scripts.errors import root_cause
 from scripts.handlers import EpochTimeLimit
 from scripts.inferers import PengwinInferer, TwoStageInferer
@@ -98,6 +106,20 @@ def test_rims_overlay_trains_fragment_rims_and_splits_touching_fragments_between
     pred = parser.get_parsed_content("postprocessing")({"pred": logits})["pred"] > 0.5
     assert pred[fragment_channel(2, 2)].sum() == pred[fragment_channel(2, 3)].sum() == 16 * 16
     assert pred.sum() == 16 * 32
+
+
+@pytest.mark.parametrize("size_weights", [False, True])
+def test_fragment_size_weights_end_the_training_label_and_weight_the_loss(pengwin_root, size_weights):
+    parser = recipe_parser(pengwin_root)
+    parser.update({"train#augmentation": [], "fragment_size_weights": size_weights})
+    label = parser.get_parsed_content("train#dataset")[0]["label"]
+    assert label.shape[0] == MAIN_OTHER_CHANNELS + size_weights
+    assert parser.get_parsed_content("loss").pixel_weights is size_weights
+    if size_weights:  # the weights of the (unaugmented) label's fragments
+        fragments = decode_fragment_bits(read_fragment_label(parser.get_parsed_content("datalist")["training"][0]["label"]))
+        torch.testing.assert_close(label[-1:], FragmentSizeWeights()(fragments))
+        logits = torch.zeros(1, MAIN_OTHER_CHANNELS, *label.shape[1:])
+        assert torch.isfinite(parser.get_parsed_content("loss")(logits, label[None]))
 
 
 @pytest.mark.parametrize("evaluation", [False, True])

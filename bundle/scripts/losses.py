@@ -73,21 +73,37 @@ class FragmentDiceBCELoss(nn.Module):
     weighting as the metric. Empty channels enter through the BCE only (a Dice of an empty target rewards
     nothing but an empty prediction, which the BCE already asks for).
 
+    With ``pixel_weights`` the target's last channel is a per-pixel weight map of the BCE (e.g.
+    ``custom_transforms.FragmentSizeWeightsd``, concatenated after the targets), shared by every channel.
+
     Args:
         pos_weight: per-channel positive weights of the BCE, shape ``[C, 1, 1]`` (``None``: unweighted).
         dice_weight: factor of the Dice term.
         smooth: MONAI ``DiceLoss`` smoothing of numerator and denominator, in pixels.
+        pixel_weights: the target ends with a ``[B, 1, H, W]`` weight map of the BCE.
     """
 
-    def __init__(self, pos_weight: torch.Tensor | None = None, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
+    def __init__(
+        self,
+        pos_weight: torch.Tensor | None = None,
+        dice_weight: float = 1.0,
+        smooth: float = 1.0,
+        pixel_weights: bool = False,
+    ) -> None:
         super().__init__()
         self.bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        self.pixel_weights = bool(pixel_weights)
         self.dice = DiceLoss(sigmoid=True, reduction="none", smooth_nr=smooth, smooth_dr=smooth)
         self.dice_weight = float(dice_weight)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of ``logits`` against the binary ``target``, both ``[B, C, H, W]``."""
-        bce = self.bce(logits, target)
+        """Loss of ``logits`` ``[B, C, H, W]`` against the binary ``target`` (``[B, C + 1, H, W]`` with weights)."""
+        weight = None
+        if self.pixel_weights:
+            target, weight = target[:, :-1], target[:, -1:]
+        bce = nn.functional.binary_cross_entropy_with_logits(
+            logits, target, weight=weight, pos_weight=self.bce.pos_weight
+        )
         dice = self.dice(logits, target).reshape(target.shape[:2])
         present = target.flatten(2).amax(2) > 0
         if not present.any():
