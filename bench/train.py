@@ -8,8 +8,9 @@ off), ``max_epochs`` 1 (raised an epoch at a time, see below), and of the traini
 kept: ``ValidationHandler`` (a whole evaluation per epoch) and ``MLFlowHandler`` (an SQLite write per
 iteration) would be timed as training, and the checkpoint handlers are attached only by the ``training``
 expression, which is not run (``StatsHandler`` still formats its loss line; its logger is set to WARNING so that
-the line is not printed). Everything else (BasicUNet, BCE with ``pos_weight``, Adam, ``PengwinInferer`` with
-CPU bf16 autocast, the sigmoid/threshold postprocessing, ``CacheDataset`` and ``DataLoader``) is as configured.
+the line is not printed). Everything else (BasicUNet, the Dice + BCE loss with ``pos_weight``, Adam,
+``PengwinInferer`` with CPU bf16 autocast, ``CacheDataset`` and ``DataLoader``; no postprocessing, which only
+validation needs) is as configured.
 
 Three loops run, each on a model freshly built from the config with the same seed:
 
@@ -25,7 +26,7 @@ trainer epoch is one ``trainer.run()`` (ignite resumes it for one more epoch), t
 postprocessing, handlers and epoch boundaries count. Seconds per iteration: median over the rounds. The split
 comes from ignite's events: data (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``), model (to
 ``BACKWARD_COMPLETED``: forward, loss, backward) and rest (to ``ITERATION_COMPLETED``: ``Adam.step``,
-decollation, postprocessing, handlers). Ratio: trainer it/s / bare it/s.
+decollation, handlers). Ratio: trainer it/s / bare it/s.
 
 Memory: the rise of the process's resident set during each loop's warm-up epoch (the first step allocates the
 activations, gradients and Adam state): peak RSS (``VmHWM``, reset before the epoch by writing 5 to
@@ -206,13 +207,15 @@ def bundle_parser(root: Path, batch_size: int, augment: bool) -> ConfigParser:
     return parser
 
 
-def step_seconds(network: torch.nn.Module, size: int, batch_size: int, bf16: bool, steps: int) -> float:
-    """Median training step time of ``network`` on random data, after one warm-up step."""
+def step_seconds(
+    network: torch.nn.Module, channels: int, size: int, batch_size: int, bf16: bool, steps: int
+) -> float:
+    """Median training step time of ``network`` (``channels`` outputs) on random data, after one warm-up step."""
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     loss_function = torch.nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(SEED)
     inputs = torch.rand(batch_size, 1, size, size, generator=generator)
-    targets = (torch.rand(batch_size, 30, size, size, generator=generator) > 0.9).float()
+    targets = (torch.rand(batch_size, channels, size, size, generator=generator) > 0.9).float()
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -282,8 +285,9 @@ def main() -> None:
     for size in (224, 448):
         set_determinism(seed=SEED)
         network = network_parser.get_parsed_content("network_def", lazy=False)
-        fp32 = step_seconds(network, size, args.dtype_batch_size, bf16=False, steps=args.dtype_steps)
-        bf16 = step_seconds(network, size, args.dtype_batch_size, bf16=True, steps=args.dtype_steps)
+        channels = network_parser.get_parsed_content("out_channels")
+        fp32 = step_seconds(network, channels, size, args.dtype_batch_size, bf16=False, steps=args.dtype_steps)
+        bf16 = step_seconds(network, channels, size, args.dtype_batch_size, bf16=True, steps=args.dtype_steps)
         print(f"{size:5d} {fp32:7.2f} {bf16:7.2f} {fp32 / bf16:10.2f}x", flush=True)
     print(f"{load_average()} at end")
 
