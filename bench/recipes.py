@@ -18,7 +18,8 @@ recipe's validation results are echoed while it trains.
 It prints the machine, load and budget, one markdown table, and each recipe's difference from the first; all
 figures are in ``<work>/compare.json``.
 
-Run: ``.venv/bin/python bench/recipes.py [--recipes seed,slots,default] [--epochs 40] [--max-minutes M]``.
+Run: ``.venv/bin/python bench/recipes.py [--recipes seed,slots,default] [--epochs 40] [--max-minutes M] [--patients N]``
+(``--patients``: a larger synthetic dataset, 8 views per phantom, split by phantom 70:15:15 like the preset's 12).
 At the demo budget (``train.json``'s synthetic preset, 40 epochs) a recipe takes about 7 minutes on 2 idle CPU
 cores. The epoch budget fixes the scores whatever else runs; the times and, with ``--max-minutes``, the epochs
 reached need a quiet machine.
@@ -45,18 +46,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40, help="max_epochs of every recipe (default 40, the demo)")
     parser.add_argument("--max-minutes", type=float, default=None, help="training wall-time limit per recipe")
     parser.add_argument("--seed", type=int, default=0, help="training seed (the synthetic data keep their own)")
+    parser.add_argument(
+        "--patients", type=int, default=None, help="phantoms of the synthetic dataset (default: train.json's preset, 12)"
+    )
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "bench" / "work" / "recipes")
     args = parser.parse_args()
     recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
     overrides: dict = {"seed": args.seed}
     if args.max_minutes is not None:
         overrides["max_minutes"] = args.max_minutes
+    if args.patients is not None:
+        # a larger dataset gets its own folder, so the preset's stays as it is
+        overrides["synthetic#patients"] = args.patients
+        overrides["synthetic_dir"] = str(args.work / f"synthetic-{args.patients}")
     started = datetime.datetime.now(datetime.timezone.utc)
     print(
         f"{started:%Y-%m-%d %H:%M} UTC; {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads); load average before the run {os.getloadavg()[0]:.2f}; budget "
         f"{args.epochs} epochs" + (f" or {args.max_minutes} min" if args.max_minutes is not None else "")
-        + f"; seed {args.seed}",
+        + f"; seed {args.seed}" + (f"; {args.patients} synthetic phantoms" if args.patients is not None else ""),
         flush=True,
     )
     try:
