@@ -40,6 +40,7 @@ from scripts.loading import (
     report_failures,
 )
 from scripts.postprocessing import postprocess_fragments
+from scripts.tuning import tuned_postprocessing
 from scripts.writers import PredictionWriter
 from pengwin_xray.segment import load_segmenter
 
@@ -551,6 +552,8 @@ def test_cli_writes_bitmap_report_and_overlay_for_a_real_xray(tmp_path, real_dat
     assert not (bitmap & ~np.uint32(VALID_BITS_MASK)).any()
     report = json.loads((out / "101_0000.json").read_text())
     assert report["image"] == "101_0000.tif" and report["fragments"]
+    decoding = tuned_postprocessing(str(checkpoint))  # the settings the run decoded with, recorded in the report
+    assert (report["split_depth"], report["fragment_rims"]) == (decoding["split_depth"], False)
     bits_present = {bit for bit in range(1, NUM_CHANNELS + 1) if (bitmap & np.uint32(1 << bit)).any()}
     assert {entry["bit"] for entry in report["fragments"]} == bits_present
     with Image.open(out / "101_0000_overlay.png") as overlay:

@@ -405,7 +405,7 @@ def test_write_prediction_on_real_xray_writes_three_named_files(real_data, tmp_p
     sa1, li1 = disc(448, 120, 300, 40), disc(448, 300, 150, 60)
     probs[0][sa1] = 0.9
     probs[10][li1] = 0.8
-    paths = write_prediction(probs, image, image_path.name, tmp_path / "out")
+    paths = write_prediction(probs, image, image_path.name, tmp_path / "out", report_settings={"split_depth": 1.0})
 
     assert {kind: path.name for kind, path in paths.items()} == {
         "tif": "101_0000.tif",
@@ -422,7 +422,7 @@ def test_write_prediction_on_real_xray_writes_three_named_files(real_data, tmp_p
 
     report = json.loads(paths["json"].read_text())
     assert report["image"] == "101_0000.tif" and report["fallback_used"] is False
-    assert report["threshold"] == 0.5 and report["min_component_size"] == 10
+    assert report["threshold"] == 0.5 and report["min_component_size"] == 10 and report["split_depth"] == 1.0
     assert [(f["name"], f["area_px"]) for f in report["fragments"]] == [("SA-1", sa1.sum()), ("LI-1", li1.sum())]
     assert report["fragments"][0]["centroid"] == {"x": 300.0, "y": 120.0}
 

@@ -317,6 +317,7 @@ def write_prediction(
     threshold: float = DEFAULT_THRESHOLD,
     min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
     outputs: Sequence[str] = OUTPUT_KINDS,
+    report_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Post-process one image's network output and write its files into ``output_dir``.
 
@@ -334,6 +335,8 @@ def write_prediction(
         threshold: probability threshold (kept where ``> threshold``).
         min_component_size: smaller 8-connected components are dropped.
         outputs: which of ``"tif"``, ``"json"``, ``"png"`` to write.
+        report_settings: further settings the report records beside the threshold and minimum size (e.g. the
+            fragment decoding's ``split_depth``, applied before the probabilities came here).
 
     Returns:
         the written paths, keyed by output kind.
@@ -360,6 +363,7 @@ def write_prediction(
             "image": Path(image_name).name,
             "threshold": threshold,
             "min_component_size": min_component_size,
+            **(report_settings or {}),
             "fallback_used": fallback_used,
         }
         paths["json"] = write_report_json(folder / f"{stem}.json", report, extra)
@@ -380,6 +384,7 @@ class PredictionWriter:
         threshold: probability threshold of the fragment masks.
         min_component_size: smaller 8-connected components are dropped.
         outputs: which of "tif", "json", "png" to write per image.
+        report_settings: further settings every report records (see :func:`write_prediction`).
     """
 
     def __init__(
@@ -388,6 +393,7 @@ class PredictionWriter:
         threshold: float = DEFAULT_THRESHOLD,
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
         outputs: Sequence[str] = OUTPUT_KINDS,
+        report_settings: Mapping[str, Any] | None = None,
     ) -> None:
         unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
         if unknown or not outputs:
@@ -396,6 +402,7 @@ class PredictionWriter:
         self.threshold = check_threshold(threshold)
         self.min_component_size = check_min_component_size(min_component_size)
         self.outputs = tuple(outputs)
+        self.report_settings = dict(report_settings or {})
         self.written: list[str] = []
         self.failures: list[InputFailure] = []
 
@@ -403,7 +410,14 @@ class PredictionWriter:
         """Write one image's files; record the failure instead of raising."""
         try:
             paths = write_prediction(
-                probs, raw, filename, self.output_dir, self.threshold, self.min_component_size, self.outputs
+                probs,
+                raw,
+                filename,
+                self.output_dir,
+                self.threshold,
+                self.min_component_size,
+                self.outputs,
+                self.report_settings,
             )
         except (ValueError, OSError) as err:
             self.failures.append(InputFailure(filename, f"writing outputs failed: {error_reason(err, filename)}"))
