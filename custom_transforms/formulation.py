@@ -121,7 +121,7 @@ class FragmentSizeWeights(Transform):
     several fragments takes the largest weight; background weighs 1.
 
     Args:
-        reference_fraction: the fragment area, as a fraction of the image, from which down weights grow.
+        reference_fraction: the fragment area, as a fraction of the image, below which the weights exceed 1.
         max_weight: the largest weight.
     """
 
