@@ -269,7 +269,15 @@ def compare(
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / RECIPES["default"][0]))
     parser.update(shared)
-    data_root = parser.get_parsed_content("data_root")
+    from scripts.errors import root_cause  # the bundle's, importable from here on
+
+    try:
+        data_root = parser.get_parsed_content("data_root")
+    except RuntimeError as error:  # MONAI wraps the failed expression; its cause is the check on the user's input
+        cause = root_cause(error)
+        if isinstance(cause, (ValueError, OSError)):
+            raise ValueError(str(cause)) from None
+        raise
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     rows, budgets, train_seconds = [], {}, {}

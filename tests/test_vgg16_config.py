@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -184,6 +185,12 @@ def test_compare_rejects_unknown_or_no_recipes(tmp_path: Path, recipes: list, ov
 def test_compare_command_names_an_unknown_recipe_in_one_line(capsys) -> None:
     with pytest.raises(SystemExit, match="unknown or no recipe.*'unet'.*default, vgg16unet, seed, slots"):
         compare_main(["--recipes", "default,unet", "--bundle_root", str(BUNDLE_ROOT)])
+
+
+def test_compare_command_names_a_missing_dataset_folder_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_root"
+    with pytest.raises(SystemExit, match=rf"^pengwin-compare: {re.escape(str(missing))}: dataset folder does not exist$"):
+        compare_main(["--dataset_dir", str(missing), "--bundle_root", str(BUNDLE_ROOT), "--output_dir", str(tmp_path)])
 
 
 @pytest.fixture(scope="module")
