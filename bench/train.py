@@ -23,7 +23,7 @@ Three loops run, each on a model freshly built from the config with the same see
 Speed: each loop first runs one warm-up epoch alone; then the loops take turns, one epoch (2 iterations) each
 per round, in an order that rotates every round, so that load from other work falls on all three alike. A
 trainer epoch is one ``trainer.run()`` (ignite resumes it for one more epoch), timed whole, so data loading,
-postprocessing, handlers and epoch boundaries count. Seconds per iteration: median over the rounds. The split
+handlers and epoch boundaries count. Seconds per iteration: median over the rounds. The split
 comes from ignite's events: data (``GET_BATCH_STARTED`` to ``GET_BATCH_COMPLETED``), model (to
 ``BACKWARD_COMPLETED``: forward, loss, backward) and rest (to ``ITERATION_COMPLETED``: ``Adam.step``,
 decollation, handlers). Ratio: trainer it/s / bare it/s.
