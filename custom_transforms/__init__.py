@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
         (
             "CATEGORY_NAMES",
             "DEFAULT_MIN_COMPONENT_SIZE",
+            "DEFAULT_SEED_THRESHOLD",
             "DEFAULT_SPLIT_DEPTH",
             "DEFAULT_THRESHOLD",
             "IMAGE_SIZE",

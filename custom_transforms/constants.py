@@ -26,6 +26,9 @@ DEFAULT_MIN_COMPONENT_SIZE: int = 10
 #: the main/other formulation keeps each other-fragments component whole unless a split depth is given or chosen on
 #: validation (the configs' ``split_depth``; ``custom_transforms.SplitOtherFragments``)
 DEFAULT_SPLIT_DEPTH: float = 0.0
+#: ... and grows each other fragment from all of its pixels unless a higher seed threshold is given or chosen (the
+#: configs' ``seed_threshold``: seeds are the pixels above it, grown over the other mask)
+DEFAULT_SEED_THRESHOLD: float = 0.0
 #: the file beside a model's ``model.pt`` holding the threshold and minimum component size chosen for it on
 #: validation images (``bundle/scripts/tuning.py``)
 TUNED_POSTPROCESSING_FILE: str = "postprocessing.json"
@@ -61,6 +64,14 @@ def check_min_component_size(value: int | str) -> int:
     if not (size >= 0 and size.is_integer()):
         raise ValueError(f"min_component_size must be a whole number of pixels, 0 or more, got {value!r}")
     return int(size)
+
+
+def check_seed_threshold(value: float | str) -> float:
+    """``value`` as a seed threshold; it must be a number from 0 (every pixel a seed) to below 1."""
+    threshold = as_number(value)
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"seed_threshold must be a probability from 0 to below 1, got {value!r}")
+    return threshold
 
 
 def check_split_depth(value: float | str) -> float:

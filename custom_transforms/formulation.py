@@ -31,12 +31,14 @@ from skimage.segmentation import watershed
 
 from .constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_SEED_THRESHOLD,
     DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
     MAX_FRAGMENTS,
     NUM_CATEGORIES,
     NUM_CHANNELS,
     check_min_component_size,
+    check_seed_threshold,
     check_split_depth,
     check_threshold,
 )
@@ -163,10 +165,14 @@ class SplitOtherFragments(Transform):
     h-maxima transform, by morphological reconstruction). So a neck splits a component when the inscribed radius on
     both sides exceeds the neck's half-width by more than ``split_depth`` pixels; elsewhere the component stays whole.
 
+    With ``seed_threshold`` above ``threshold``, the components (split at necks as above) are taken of the pixels
+    above ``seed_threshold`` only: confident cores, which come apart where the network's probability dips between
+    two touching fragments. A part of the other mask without any seed becomes its own seed, and scikit-image's
+    watershed on the other probability grows the seeds over the whole other mask.
+
     With ``rims=True`` (9 input channels) the components are seeds taken outside the rims (rim probability at most
-    ``threshold``: the fragments' cores); seeds smaller than ``min_component_size`` are dropped, a part of the other
-    mask without any seed becomes its own seed, and scikit-image's watershed on the rim probability grows the seeds
-    over the whole other mask.
+    ``threshold``: the fragments' cores); seeds smaller than ``min_component_size`` are dropped, and the seeds grow
+    as above, over the rim probability.
 
     Args:
         threshold: probability above which an other-fragments (or rim) pixel belongs to it.
@@ -175,6 +181,8 @@ class SplitOtherFragments(Transform):
         split_depth: a neck splits a component when its half-width is more than this many pixels below the
             inscribed radius on both sides; 0 keeps components whole. Only without ``rims`` (which split between
             the cores).
+        seed_threshold: probability above which an other-fragments pixel seeds a fragment; at or below
+            ``threshold`` (the default 0) every pixel of the other mask is a seed. Only without ``rims``.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -185,28 +193,45 @@ class SplitOtherFragments(Transform):
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
         rims: bool = False,
         split_depth: float = DEFAULT_SPLIT_DEPTH,
+        seed_threshold: float = DEFAULT_SEED_THRESHOLD,
     ) -> None:
         self.threshold = check_threshold(threshold)
         self.min_component_size = check_min_component_size(min_component_size)
         self.rims = bool(rims)
         self.split_depth = check_split_depth(split_depth)
+        self.seed_threshold = check_seed_threshold(seed_threshold)
         if self.rims and self.split_depth > 0:
             raise ValueError(f"split_depth must be 0 with rims, which split components, got {split_depth!r}")
+        if self.rims and self.seed_threshold > 0:
+            raise ValueError(f"seed_threshold must be 0 with rims, whose cores are the seeds, got {seed_threshold!r}")
 
     def _components(self, other: np.ndarray, rim: np.ndarray | None) -> tuple[np.ndarray, int]:
         """Labels of the other fragments of one bone, and the largest label (some below it may be unused)."""
         mask = other > self.threshold
         if rim is None:
-            if self.split_depth > 0:
-                return self._split_at_necks(mask)
-            return ndimage.label(mask, structure=EIGHT_CONNECTED)
+            if self.seed_threshold <= self.threshold:
+                return self._split(mask)
+            seeds, count = self._split(other > self.seed_threshold)
+            return self._grow(seeds, count, mask, -other)
         seeds, count = ndimage.label(mask & (rim <= self.threshold), structure=EIGHT_CONNECTED)
         sizes = np.bincount(seeds.ravel(), minlength=count + 1)
         seeds[sizes[seeds] < self.min_component_size] = 0
+        return self._grow(seeds, count, mask, rim)
+
+    def _split(self, mask: np.ndarray) -> tuple[np.ndarray, int]:
+        """The 8-connected components of ``mask``, split at their necks when ``split_depth`` is above 0."""
+        if self.split_depth > 0:
+            return self._split_at_necks(mask)
+        return ndimage.label(mask, structure=EIGHT_CONNECTED)
+
+    @staticmethod
+    def _grow(seeds: np.ndarray, count: int, mask: np.ndarray, landscape: np.ndarray) -> tuple[np.ndarray, int]:
+        """``seeds`` (labels up to ``count``) grown over ``mask`` by a watershed of ``landscape``; each part of ``mask``
+        without a seed is a seed of its own. Returns the labels and the largest one."""
         unseeded, _ = ndimage.label(mask, structure=EIGHT_CONNECTED)
         orphans = np.isin(unseeded, np.unique(unseeded[seeds > 0]), invert=True) & mask
         seeds[orphans] = unseeded[orphans] + count
-        return watershed(rim, seeds, mask=mask), int(seeds.max(initial=0))
+        return watershed(landscape, seeds, mask=mask), int(seeds.max(initial=0))
 
     def _split_at_necks(self, mask: np.ndarray) -> tuple[np.ndarray, int]:
         """The components of ``mask`` split at their necks (see ``split_depth``), and the largest label.
@@ -268,8 +293,8 @@ class SplitOtherFragments(Transform):
         """
         Args:
             img: the ``[6, H, W]`` (or, with rims, ``[9, H, W]``) probabilities.
-            labels: :meth:`label_others` of ``img`` by a splitter with the same threshold, split depth and rims
-                (with rims, also the same minimum size); labelled here when not given.
+            labels: :meth:`label_others` of ``img`` by a splitter with the same threshold, split depth, seed
+                threshold and rims (with rims, also the same minimum size); labelled here when not given.
         """
         probs = self._checked(img)
         if labels is None:
@@ -345,10 +370,11 @@ class SplitOtherFragmentsd(MapTransform):
         min_component_size: int = DEFAULT_MIN_COMPONENT_SIZE,
         rims: bool = False,
         split_depth: float = DEFAULT_SPLIT_DEPTH,
+        seed_threshold: float = DEFAULT_SEED_THRESHOLD,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.splitter = SplitOtherFragments(threshold, min_component_size, rims, split_depth)
+        self.splitter = SplitOtherFragments(threshold, min_component_size, rims, split_depth, seed_threshold)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

@@ -129,15 +129,59 @@ def test_split_depth_keeps_small_components_without_a_deep_maximum_whole():
     assert [int(split[fragment_channel(1, k)].sum()) for k in (2, 3, 4)] == [20, 4, 0]
 
 
+def _two_cores_and_a_loose_piece() -> torch.Tensor:
+    """Main/other probabilities whose LI other mask is one 12 x 30 bar: two confident ends (0.95) joined by a
+    middle the network doubts (0.7), no neck between them; plus a separate doubtful 4 x 4 piece (0.7)."""
+    probs = torch.zeros(MAIN_OTHER_CHANNELS, 30, 40)
+    probs[3, 4:16, 4:34] = 0.7
+    probs[3, 4:16, 4:14] = 0.95
+    probs[3, 4:16, 24:34] = 0.95
+    probs[3, 22:26, 30:34] = 0.7
+    return probs
+
+
+@pytest.mark.parametrize(
+    "seed_threshold, split_depth, areas",
+    [
+        (0.0, 0.0, [360, 16, 0]),  # plain components: the bar is one fragment
+        (0.5, 1.0, [360, 16, 0]),  # a seed threshold at or below the threshold changes nothing
+        (0.9, 0.0, [180, 180, 16]),  # seeds at the two ends: the bar parts in its middle; the piece stays
+        (0.9, 1.0, [180, 180, 16]),
+    ],
+)
+def test_seed_threshold_grows_confident_cores_over_the_other_mask(seed_threshold, split_depth, areas):
+    """Seeds are the components of the pixels above ``seed_threshold``; a watershed of the probability grows them
+    over the whole other mask, and a part of the mask without a seed is a fragment of its own."""
+    probs = _two_cores_and_a_loose_piece()
+    split = SplitOtherFragments(0.5, 1, split_depth=split_depth, seed_threshold=seed_threshold)(probs) > 0.5
+    li_others = split[fragment_channel(2, 2) : fragment_channel(2, 10) + 1]
+    assert [int(mask.sum()) for mask in li_others[:3]] == areas
+    assert torch.equal(li_others.any(0), probs[3] > 0.5)  # a partition of the other mask
+    assert int(li_others.sum()) == int((probs[3] > 0.5).sum())
+
+
+@pytest.mark.parametrize("seed_threshold", [0.0, 0.9])
+def test_seeded_splitters_differing_only_in_minimum_size_share_their_labels(seed_threshold):
+    probs = _two_cores_and_a_loose_piece()
+    labels = SplitOtherFragments(0.5, 0, split_depth=1.0, seed_threshold=seed_threshold).label_others(probs)
+    for size in (0, 17, 1000):
+        splitter = SplitOtherFragments(0.5, size, split_depth=1.0, seed_threshold=seed_threshold)
+        assert torch.equal(splitter(probs, labels), splitter(probs))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"seed_threshold": 1.0}, "seed_threshold must be a probability from 0 to below 1, got 1.0"),
+        ({"seed_threshold": -0.1}, "seed_threshold must be a probability from 0 to below 1"),
+        ({"seed_threshold": "high"}, "seed_threshold must be a probability"),
+        ({"seed_threshold": 0.9, "rims": True}, "seed_threshold must be 0 with rims"),
         ({"split_depth": -1}, "split_depth must be a number of pixels, 0 or more, got -1"),
         ({"split_depth": "deep"}, "split_depth must be a number of pixels"),
         ({"split_depth": 2, "rims": True}, "split_depth must be 0 with rims"),
     ],
 )
-def test_split_depth_rejects_bad_values_in_one_line(kwargs, message):
+def test_split_depth_and_seed_threshold_reject_bad_values_in_one_line(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SplitOtherFragments(0.5, 1, **kwargs)
 

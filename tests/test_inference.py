@@ -422,6 +422,7 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
         ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("fragment_rims", TRAIN_CONFIG),
         ("postprocessing_choice", EVALUATE_CONFIG), ("threshold", EVALUATE_CONFIG),
         ("min_component_size", EVALUATE_CONFIG), ("split_depth", EVALUATE_CONFIG),
+        ("seed_threshold", EVALUATE_CONFIG),
     ],
 )  # fmt: skip
 def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key, config):
@@ -430,10 +431,11 @@ def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(
 
 def test_inference_decodes_with_the_post_processing_chosen_for_the_model(tmp_path):
     (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(
-        json.dumps({"threshold": 0.4, "min_component_size": 25, "split_depth": 2.0})
+        json.dumps({"threshold": 0.4, "min_component_size": 25, "split_depth": 2.0, "seed_threshold": 0.9})
     )
     splitter = parsed(ckpt_dir=str(tmp_path)).get_parsed_content("fragment_decoding")[0].splitter
-    assert (splitter.threshold, splitter.min_component_size, splitter.split_depth) == (0.4, 25, 2.0)
+    settings = (splitter.threshold, splitter.min_component_size, splitter.split_depth, splitter.seed_threshold)
+    assert settings == (0.4, 25, 2.0, 0.9)
 
 
 def test_inference_runs_the_trained_model_as_evaluation_does_in_float32_on_cpu():
@@ -553,7 +555,8 @@ def test_cli_writes_bitmap_report_and_overlay_for_a_real_xray(tmp_path, real_dat
     report = json.loads((out / "101_0000.json").read_text())
     assert report["image"] == "101_0000.tif" and report["fragments"]
     decoding = tuned_postprocessing(str(checkpoint))  # the settings the run decoded with, recorded in the report
-    assert (report["split_depth"], report["fragment_rims"]) == (decoding["split_depth"], False)
+    recorded = (report["split_depth"], report["seed_threshold"], report["fragment_rims"])
+    assert recorded == (decoding["split_depth"], decoding["seed_threshold"], False)
     bits_present = {bit for bit in range(1, NUM_CHANNELS + 1) if (bitmap & np.uint32(1 << bit)).any()}
     assert {entry["bit"] for entry in report["fragments"]} == bits_present
     with Image.open(out / "101_0000_overlay.png") as overlay:

@@ -283,13 +283,14 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert 0.0 <= summary["val_mean_iou"] <= 1.0
     # the post-processing chosen on the validation split at the end of training is the one evaluation used
     chosen = json.loads((tmp_path / "models" / "postprocessing.json").read_text())
-    assert chosen["num_validation"] == 2 and len(chosen["grid"]) == 100  # 5 thresholds x 5 sizes x 4 split depths
+    assert chosen["num_validation"] == 2 and len(chosen["grid"]) == 300  # 5 thresholds x 5 sizes x 4 depths x 3 seeds
     runs = rest(mlflow_server, "runs/search", body={"experiment_ids": [experiment["experiment_id"]]})["runs"]
     scored = next(r for r in runs if r["info"]["run_name"].startswith("evaluate-"))
     params = {p["key"]: p["value"] for p in scored["data"]["params"]}
     assert float(params["threshold"]) == chosen["threshold"] and params["flip_tta"] == "True"
     assert int(params["min_component_size"]) == chosen["min_component_size"]
     assert float(params["split_depth"]) == chosen["split_depth"]
+    assert float(params["seed_threshold"]) == chosen["seed_threshold"]
     tags = {t["key"]: t["value"] for t in scored["data"]["tags"]}
     assert tags["mlflow.parentRunId"] == run["info"]["run_id"]  # shown under the training run it scored
     assert len(runs) == 2  # training and evaluation; the refused resume added none

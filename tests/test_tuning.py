@@ -10,6 +10,7 @@ import torch
 
 from custom_transforms.constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_SEED_THRESHOLD,
     DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
     TUNED_POSTPROCESSING_FILE,
@@ -19,12 +20,17 @@ from custom_transforms import SplitOtherFragments
 from scripts.inferers import PengwinInferer
 from scripts.tuning import (
     MIN_COMPONENT_SIZES,
+    SEED_THRESHOLDS,
     SPLIT_DEPTHS,
     THRESHOLDS,
     choose_postprocessing,
     fragment_probabilities,
     tuned_postprocessing,
 )
+
+
+#: the (threshold, seed threshold) pairs of the grid: a seed threshold at or below the threshold would repeat seed 0
+SEEDED_THRESHOLDS = [(t, s) for t in THRESHOLDS for s in SEED_THRESHOLDS if s == DEFAULT_SEED_THRESHOLD or s > t]
 
 
 def _logit(probability: float) -> float:
@@ -59,10 +65,16 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
     assert chosen["validation_fracture_iou"] == pytest.approx(1.0) and chosen["num_validation"] == 1
     assert chosen["validation_anatomical_iou"] == pytest.approx(1.0)
     assert chosen["default_validation_fracture_iou"] == pytest.approx(0.5)  # the never-empty fallback: main only
-    assert chosen["split_depth"] == 0.0  # nothing to split: every depth scores the same, the first is kept
-    assert len(chosen["grid"]) == len(THRESHOLDS) * len(MIN_COMPONENT_SIZES) * len(SPLIT_DEPTHS)
+    # nothing to split: every depth and seed threshold scores the same, the first is kept
+    assert (chosen["split_depth"], chosen["seed_threshold"]) == (0.0, 0.0)
+    assert len(chosen["grid"]) == len(SEEDED_THRESHOLDS) * len(MIN_COMPONENT_SIZES) * len(SPLIT_DEPTHS)
     assert json.loads((tmp_path / TUNED_POSTPROCESSING_FILE).read_text()) == chosen
-    assert tuned_postprocessing(model_path) == {"threshold": 0.3, "min_component_size": 10, "split_depth": 0.0}
+    assert tuned_postprocessing(model_path) == {
+        "threshold": 0.3,
+        "min_component_size": 10,
+        "split_depth": 0.0,
+        "seed_threshold": 0.0,
+    }
 
 
 class _MergingNetwork(torch.nn.Module):
@@ -93,19 +105,41 @@ def test_choice_splits_fragments_the_network_merges_at_a_neck(tmp_path):
     assert chosen["validation_fracture_iou"] > 0.9 > chosen["default_validation_fracture_iou"]
 
 
-def test_choice_labels_each_image_once_per_threshold_and_split_depth(tmp_path, monkeypatch):
+class _DoubtfulMiddleNetwork(torch.nn.Module):
+    """Main/other logits: SA's main fragment, and its fragments 2 and 3 as one 20 x 42 bar without a neck: two
+    confident halves (0.95) joined by two columns the network doubts (0.75)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.full((x.shape[0], 6, *x.shape[2:]), _logit(0.01))
+        logits[:, 0, 2:10, 8:56] = _logit(0.9)
+        logits[:, 1, 20:40, 8:50] = _logit(0.95)
+        logits[:, 1, 20:40, 28:30] = _logit(0.75)
+        return logits
+
+
+def test_choice_grows_fragments_from_confident_cores_where_no_neck_parts_them(tmp_path):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    chosen = choose_postprocessing(_DoubtfulMiddleNetwork(), [_merged_batch()], PengwinInferer(), model_path)
+    assert chosen["seed_threshold"] in (0.8, 0.9)
+    assert chosen["validation_fracture_iou"] > 0.9 > chosen["default_validation_fracture_iou"]
+    unseeded = [entry["fracture_iou"] for entry in chosen["grid"] if entry["seed_threshold"] == 0.0]
+    assert max(unseeded) < 0.9  # neither a threshold nor a split depth parts the bar
+
+
+def test_choice_labels_each_image_once_per_threshold_split_depth_and_seed_threshold(tmp_path, monkeypatch):
     calls = []
     label_others = SplitOtherFragments.label_others
 
     def counted(self, img):
-        calls.append((self.threshold, self.split_depth))
+        calls.append((self.threshold, self.split_depth, self.seed_threshold))
         return label_others(self, img)
 
     monkeypatch.setattr(SplitOtherFragments, "label_others", counted)
     model_path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(1)}, model_path)
     chosen = choose_postprocessing(_MergingNetwork(), [_merged_batch()], PengwinInferer(), model_path)
-    assert sorted(calls) == sorted((t, d) for t in THRESHOLDS for d in SPLIT_DEPTHS)
+    assert sorted(calls) == sorted((t, d, s) for t, s in SEEDED_THRESHOLDS for d in SPLIT_DEPTHS)
     assert chosen["split_depth"] > 0  # the same choice as when every setting labels anew
 
 
@@ -118,16 +152,18 @@ def test_slot_networks_are_tuned_without_split_depths(tmp_path):
     torch.save({"weights": torch.zeros(1)}, model_path)
     chosen = choose_postprocessing(Slots(), [_validation_batch()], PengwinInferer(), model_path)
     assert {entry["split_depth"] for entry in chosen["grid"]} == {DEFAULT_SPLIT_DEPTH}
+    assert {entry["seed_threshold"] for entry in chosen["grid"]} == {DEFAULT_SEED_THRESHOLD}
     assert len(chosen["grid"]) == len(THRESHOLDS) * len(MIN_COMPONENT_SIZES)
 
 
-def test_a_choice_written_before_split_depths_reads_the_default_split_depth(tmp_path):
+def test_a_choice_written_before_split_depths_and_seed_thresholds_reads_their_defaults(tmp_path):
     model_path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(1)}, model_path)
     chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
-    del chosen["split_depth"]
+    del chosen["split_depth"], chosen["seed_threshold"]
     (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(chosen))
-    assert tuned_postprocessing(model_path)["split_depth"] == DEFAULT_SPLIT_DEPTH
+    settings = tuned_postprocessing(model_path)
+    assert (settings["split_depth"], settings["seed_threshold"]) == (DEFAULT_SPLIT_DEPTH, DEFAULT_SEED_THRESHOLD)
 
 
 def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_model(tmp_path, caplog):
@@ -136,6 +172,7 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
         "threshold": DEFAULT_THRESHOLD,
         "min_component_size": DEFAULT_MIN_COMPONENT_SIZE,
         "split_depth": DEFAULT_SPLIT_DEPTH,
+        "seed_threshold": DEFAULT_SEED_THRESHOLD,
     }
     assert tuned_postprocessing(model_path) == defaults
     torch.save({"weights": torch.zeros(1)}, model_path)

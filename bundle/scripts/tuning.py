@@ -1,13 +1,13 @@
 """Post-processing chosen on the validation split: the threshold, minimum component size and (main/other formulation)
-split depth of the trained model.
+split depth and seed threshold of the trained model.
 
 At the end of training, :func:`choose_postprocessing` runs the best network once over the validation images and
-scores every setting of a small grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENT_SIZES`, x :data:`SPLIT_DEPTHS` for
-6 output channels) with the official fracture IoU, ties going to the higher anatomical IoU, then to the grid's
-earlier setting. The choice is written to ``postprocessing.json`` beside ``model.pt`` with the model file's SHA-256;
+scores every setting of a small grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENT_SIZES`, x :data:`SPLIT_DEPTHS` x
+:data:`SEED_THRESHOLDS` for 6 output channels) with the official fracture IoU, ties going to the higher anatomical
+IoU, then to the grid's earlier setting. The choice is written to ``postprocessing.json`` beside ``model.pt`` with the model file's SHA-256;
 evaluation and inference read it through :func:`tuned_postprocessing`, which ignores (with a warning) a file written
 for another ``model.pt``. Test images never enter the choice. A value given on the command line (``--threshold``,
-``--min_component_size``, ``--split_depth``) still wins.
+``--min_component_size``, ``--split_depth``, ``--seed_threshold``) still wins.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from custom_transforms.bits import encode_fragment_bits
 from custom_transforms.constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
+    DEFAULT_SEED_THRESHOLD,
     DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
     NUM_CHANNELS,
@@ -40,6 +41,7 @@ __all__ = [
     "THRESHOLDS",
     "MIN_COMPONENT_SIZES",
     "SPLIT_DEPTHS",
+    "SEED_THRESHOLDS",
     "fragment_probabilities",
     "choose_postprocessing",
     "tuned_postprocessing",
@@ -51,12 +53,16 @@ logger = logging.getLogger(__name__)
 THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_COMPONENT_SIZES: tuple[int, ...] = (0, 10, 25, 50, 100)
 #: split depths (pixels) tried for the main/other formulation; the other formulations split no component
-SPLIT_DEPTHS: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0)
+SPLIT_DEPTHS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+#: seed thresholds tried for the main/other formulation (0: every other-fragment pixel is a seed); one at or below
+#: the setting's threshold would repeat the 0 setting, so it is skipped
+SEED_THRESHOLDS: tuple[float, ...] = (0.0, 0.8, 0.9)
 #: what :func:`tuned_postprocessing` falls back to without a tuned file (or for a key an older file lacks)
 DEFAULTS: dict[str, float | int] = {
     "threshold": DEFAULT_THRESHOLD,
     "min_component_size": DEFAULT_MIN_COMPONENT_SIZE,
     "split_depth": DEFAULT_SPLIT_DEPTH,
+    "seed_threshold": DEFAULT_SEED_THRESHOLD,
 }
 
 
@@ -65,6 +71,7 @@ def fragment_probabilities(
     threshold: float,
     min_component_size: int,
     split_depth: float = DEFAULT_SPLIT_DEPTH,
+    seed_threshold: float = DEFAULT_SEED_THRESHOLD,
     shared_labels: dict[tuple, list] | None = None,
 ) -> torch.Tensor:
     """``[C, H, W]`` sigmoid outputs of any formulation to ``[30, H, W]`` fragment probabilities.
@@ -80,10 +87,10 @@ def fragment_probabilities(
     if channels not in (MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS):
         raise ValueError(f"expected 6, 9 or {NUM_CHANNELS} output channels, got {channels}")
     rims = channels == MAIN_OTHER_RIM_CHANNELS
-    splitter = SplitOtherFragments(threshold, min_component_size, rims, split_depth)
+    splitter = SplitOtherFragments(threshold, min_component_size, rims, split_depth, seed_threshold)
     if shared_labels is None:
         return splitter(probs)
-    key = (threshold, split_depth, min_component_size if rims else None)
+    key = (threshold, split_depth, seed_threshold, min_component_size if rims else None)
     if key not in shared_labels:
         shared_labels[key] = splitter.label_others(probs)
     return splitter(probs, shared_labels[key])
@@ -98,6 +105,7 @@ def choose_postprocessing(
     thresholds: Sequence[float] = THRESHOLDS,
     min_component_sizes: Sequence[int] = MIN_COMPONENT_SIZES,
     split_depths: Sequence[float] = SPLIT_DEPTHS,
+    seed_thresholds: Sequence[float] = SEED_THRESHOLDS,
     max_images: int = 200,
 ) -> dict[str, Any]:
     """Choose the post-processing of ``network`` (the weights in ``model_path``) on the validation ``dataloader``.
@@ -111,30 +119,41 @@ def choose_postprocessing(
         thresholds: probability thresholds to try.
         min_component_sizes: minimum component sizes (pixels) to try.
         split_depths: split depths (pixels) to try when the network has the main/other formulation's 6 outputs.
+        seed_thresholds: seed thresholds to try with them.
         max_images: score at most this many validation images (the first ones: each costs a scoring per setting).
 
     Returns:
-        what was written: the chosen ``threshold``, ``min_component_size`` and ``split_depth``, their validation
+        what was written: the chosen ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold``, their validation
         scores, the scores of the defaults, the whole grid and the model file's SHA-256.
     """
-    scores: dict[tuple[float, int, float], list[tuple[float, float]]] = {}
+    scores: dict[tuple[float, int, float, float], list[tuple[float, float]]] = {}
     num_scored = 0
     network.eval()
     with torch.no_grad():
         for batch in dataloader:
             probs = torch.sigmoid(inferer(batch["image"].to(device), network)).float().cpu()
             if not scores:
-                depths = split_depths if probs.shape[1] == MAIN_OTHER_CHANNELS else (DEFAULT_SPLIT_DEPTH,)
-                grid = [(float(t), int(m), float(d)) for t in thresholds for m in min_component_sizes for d in depths]
+                main_other = probs.shape[1] == MAIN_OTHER_CHANNELS
+                depths = split_depths if main_other else (DEFAULT_SPLIT_DEPTH,)
+                seeds = seed_thresholds if main_other else (DEFAULT_SEED_THRESHOLD,)
+                grid = [
+                    (float(t), int(m), float(d), float(s))
+                    for t in thresholds
+                    for m in min_component_sizes
+                    for d in depths
+                    for s in seeds
+                    if s == DEFAULT_SEED_THRESHOLD or s > t
+                ]
                 scores = {setting: [] for setting in grid}
             for prob, label in list(zip(probs, batch["label"]))[: max_images - num_scored]:
                 label_bits = encode_fragment_bits(label.cpu())
                 shared_labels: dict[tuple, list] = {}
-                for threshold, size, depth in scores:
-                    fragments = fragment_probabilities(prob, threshold, size, depth, shared_labels)
+                for setting, values in scores.items():
+                    threshold, size, depth, seed = setting
+                    fragments = fragment_probabilities(prob, threshold, size, depth, seed, shared_labels)
                     masks = postprocess_fragments(fragments, threshold, size).masks
                     result = score_ious(encode_fragment_bits(masks), label_bits)
-                    scores[(threshold, size, depth)].append((result["fracture_iou"], result["anatomical_iou"]))
+                    values.append((result["fracture_iou"], result["anatomical_iou"]))
                 num_scored += 1
             if num_scored >= max_images:
                 break
@@ -142,31 +161,38 @@ def choose_postprocessing(
         raise ValueError("no validation image to choose the post-processing on")
     means = {setting: tuple(np.mean(values, axis=0).tolist()) for setting, values in scores.items()}
     best = max(scores, key=lambda setting: means[setting])  # max keeps the first of equal scores
-    default = (float(DEFAULT_THRESHOLD), int(DEFAULT_MIN_COMPONENT_SIZE), float(DEFAULT_SPLIT_DEPTH))
+    default = (
+        float(DEFAULT_THRESHOLD),
+        int(DEFAULT_MIN_COMPONENT_SIZE),
+        float(DEFAULT_SPLIT_DEPTH),
+        float(DEFAULT_SEED_THRESHOLD),
+    )
     chosen = {
         "threshold": best[0],
         "min_component_size": best[1],
         "split_depth": best[2],
+        "seed_threshold": best[3],
         "validation_fracture_iou": means[best][0],
         "validation_anatomical_iou": means[best][1],
         "default_validation_fracture_iou": means[default][0] if default in means else None,
         "num_validation": len(scores[best]),
         "model_sha256": file_sha256(model_path),
-        "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "fracture_iou": means[(t, m, d)][0],
-                  "anatomical_iou": means[(t, m, d)][1]} for t, m, d in scores],
+        "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "seed_threshold": s,
+                  "fracture_iou": means[(t, m, d, s)][0], "anatomical_iou": means[(t, m, d, s)][1]}
+                 for t, m, d, s in scores],
     }  # fmt: skip
     path = write_json_atomic(Path(model_path).parent / TUNED_POSTPROCESSING_FILE, chosen)
     logger.info(
         f"post-processing chosen on {chosen['num_validation']} validation images: threshold {best[0]:g}, "
-        f"min_component_size {best[1]}, split_depth {best[2]:g} (fracture IoU {means[best][0]:.4f}; defaults "
+        f"min_component_size {best[1]}, split_depth {best[2]:g}, seed_threshold {best[3]:g} (fracture IoU {means[best][0]:.4f}; defaults "
         f"{chosen['default_validation_fracture_iou'] or float('nan'):.4f}); written to {path}"
     )
     return chosen
 
 
 def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int]:
-    """The ``threshold``, ``min_component_size`` and ``split_depth`` chosen for ``model_path`` on validation, or the
-    defaults (also for the split depth of a file written before it was chosen).
+    """The ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold`` chosen for ``model_path`` on
+    validation, or the defaults (also for a key of a file written before it was chosen).
 
     The defaults are used when no ``postprocessing.json`` lies beside the model, or when it was chosen for another
     model file (then with a warning: e.g. for ``checkpoint.pt``, or a ``model.pt`` trained after the choice);
