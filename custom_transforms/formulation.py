@@ -6,7 +6,9 @@ slot. The main/other formulation trains 6 channels (SA-main, SA-other, LI-main, 
 and turns the other-fragments channel back into fragments 2..10 by its 8-connected components, largest first,
 as the PENGWIN 2024 winners did.
 
-Other fragments that touch or overlap in the view merge into one component. With ``rims=True`` each bone gets a
+Other fragments that touch or overlap in the view merge into one component; decoding cuts components at their
+necks (``split_depth``) and, with a ``seed_threshold``, grows the fragments from the network's confident cores,
+which come apart where its probability dips between two fragments. With ``rims=True`` each bone gets a
 third channel, the rim of its other fragments: the pixels of each other fragment outside its core, the core being
 the pixels deeper inside the fragment than half its largest inscribed radius (9 channels: main, other, rim per
 bone). Decoding then takes the components of the other mask outside the rim, the cores, as seeds and floods the

@@ -296,6 +296,12 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert len(runs) == 2  # training and evaluation; the refused resume added none
     assert "summary: " + str(tmp_path / "eval/evaluation/summary.json") in evaluate.stderr + evaluate.stdout
 
+    # the choice made again for the trained model alone (configs/choose_postprocessing.json) is training's own
+    (tmp_path / "models" / "postprocessing.json").unlink()
+    choose = bundle_run("--config_file", "['configs/train.json','configs/choose_postprocessing.json']", *common)
+    assert choose.returncode == 0, choose.stderr[-3000:]
+    assert json.loads((tmp_path / "models" / "postprocessing.json").read_text()) == chosen
+
     images = tmp_path / "data/synthetic/train/input/images/x-ray"
     out = tmp_path / "predictions"
     infer = bundle_run(
