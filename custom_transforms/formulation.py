@@ -39,6 +39,7 @@ from .constants import (
     MAX_FRAGMENTS,
     NUM_CATEGORIES,
     NUM_CHANNELS,
+    as_number,
     check_min_component_size,
     check_seed_threshold,
     check_split_depth,
@@ -89,17 +90,32 @@ def fragment_cores(fragments: np.ndarray) -> np.ndarray:
     return cores
 
 
+def _seams(others: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]``: the pixels of each bone's ``[B, K, H, W]`` boolean other fragments that are 8-connected to a
+    pixel of another other fragment of the bone outside their own."""
+    elsewhere = others.any(1, keepdim=True) & ~others
+    flat = elsewhere.flatten(0, 1)[:, None].float()
+    near = torch.nn.functional.max_pool2d(flat, 3, stride=1, padding=1).view_as(others) > 0
+    return (others & near).any(1)
+
+
 class MainOtherFragments(Transform):
     """``[30, H, W]`` fragment masks to per bone its fragment 1 and the union of fragments 2..10.
 
     Args:
         rims: add per bone the rim of its other fragments (``[9, H, W]`` instead of ``[6, H, W]``).
+        seam_target: the other-fragments target on the seams where two other fragments of a bone meet (the pixels
+            of one that are 8-connected to another's pixels outside it); below 1 it teaches the network to lower its
+            probability there, so that seeds above a seed threshold come apart (:class:`SplitOtherFragments`).
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, rims: bool = False) -> None:
+    def __init__(self, rims: bool = False, seam_target: float = 1.0) -> None:
         self.rims = bool(rims)
+        if not 0.0 <= as_number(seam_target) <= 1.0:
+            raise ValueError(f"seam_target must be a number from 0 to 1, got {seam_target!r}")
+        self.seam_target = float(seam_target)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         masks = convert_to_tensor(img, track_meta=False)
@@ -108,10 +124,13 @@ class MainOtherFragments(Transform):
         bones = masks.reshape(NUM_CATEGORIES, MAX_FRAGMENTS, *masks.shape[1:])
         others = bones[:, 1:]
         targets = [bones[:, 0], others.amax(1)]
+        if self.seam_target < 1.0:
+            targets[1] = torch.where(_seams(others > 0), self.seam_target, targets[1].float())
         if self.rims:
             cores = torch.from_numpy(np.stack([fragment_cores(bone) for bone in convert_to_numpy(others, dtype=bool)]))
             targets.append((targets[1] > 0) & ~cores.to(targets[1].device))
-        per_bone = torch.stack([target.to(masks.dtype) for target in targets], dim=1)
+        dtype = masks.dtype if self.seam_target == 1.0 else torch.float32  # seams need fractional targets
+        per_bone = torch.stack([target.to(dtype) for target in targets], dim=1)
         return _like(per_bone.reshape(-1, *masks.shape[1:]), img)
 
 
@@ -325,9 +344,11 @@ class MainOtherFragmentsd(MapTransform):
 
     backend = MainOtherFragments.backend
 
-    def __init__(self, keys: KeysCollection, rims: bool = False, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, rims: bool = False, seam_target: float = 1.0, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = MainOtherFragments(rims)
+        self.converter = MainOtherFragments(rims, seam_target)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

@@ -55,6 +55,39 @@ def test_main_other_keeps_metadata_and_rejects_wrong_channel_counts():
         MainOtherFragments()(torch.zeros(6, 4, 4))
 
 
+def _touching_others() -> torch.Tensor:
+    """LI: a main fragment, fragments 2 and 3 side by side (columns 2..9 and 10..17 of rows 5..14), and an isolated
+    fragment 4 in a corner; RI: fragment 2 overlapping fragment 3's left half."""
+    masks = torch.zeros(30, 20, 20, dtype=torch.uint8)
+    masks[fragment_channel(2, 1), 16:20, :] = 1
+    masks[fragment_channel(2, 2), 5:15, 2:10] = 1
+    masks[fragment_channel(2, 3), 5:15, 10:18] = 1
+    masks[fragment_channel(2, 4), 0:2, 0:2] = 1
+    masks[fragment_channel(3, 2), 5:15, 2:10] = 1
+    masks[fragment_channel(3, 3), 5:15, 2:6] = 1
+    return masks
+
+
+def test_seam_target_marks_where_two_other_fragments_meet_and_nothing_else():
+    masks = _touching_others()
+    plain, seamed = MainOtherFragments()(masks), MainOtherFragments(seam_target=0.25)(masks)
+    assert plain.dtype == torch.uint8 and seamed.dtype == torch.float32
+    li_other = seamed[3]
+    assert torch.all(li_other[5:15, 9:11] == 0.25)  # the last column of fragment 2 and the first of fragment 3
+    assert int((li_other == 0.25).sum()) == 20
+    assert torch.equal(li_other > 0, plain[3] > 0)  # the same pixels, only their target lowered
+    assert torch.equal(seamed[2], plain[2].float())  # main fragments keep their targets
+    # RI: fragment 3 lies inside fragment 2: the seam is fragment 3's own pixels next to fragment 2's outside it
+    assert torch.equal((seamed[5] == 0.25).nonzero()[:, 1].unique(), torch.tensor([5]))
+    assert torch.equal(MainOtherFragments(seam_target=1.0)(masks), plain)
+
+
+@pytest.mark.parametrize("seam_target", [-0.1, 1.5, "low", True])
+def test_seam_target_rejects_values_outside_zero_to_one_in_one_line(seam_target):
+    with pytest.raises(ValueError, match="seam_target must be a number from 0 to 1"):
+        MainOtherFragmentsd(keys="label", seam_target=seam_target)
+
+
 @pytest.mark.parametrize("reference_fraction, max_weight", [(0.1, 10.0), (0.05, 3.0)])
 def test_size_weights_grow_inversely_with_fragment_area_up_to_the_cap(reference_fraction, max_weight):
     masks = _fragments()  # areas 800 (LI main), 36 (LI 2), 200 (LI 3) and 100 (SA main) of 1600 pixels

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser, ConfigWorkflow
@@ -18,6 +19,7 @@ from custom_transforms import (
     MAIN_OTHER_RIM_CHANNELS,
     NUM_CHANNELS,
     FragmentSizeWeights,
+    MainOtherFragments,
     decode_fragment_bits,
     fragment_channel,
 )
@@ -120,6 +122,26 @@ def test_fragment_size_weights_end_the_training_label_and_weight_the_loss(pengwi
         torch.testing.assert_close(label[-1:], FragmentSizeWeights()(fragments))
         logits = torch.zeros(1, MAIN_OTHER_CHANNELS, *label.shape[1:])
         assert torch.isfinite(parser.get_parsed_content("loss")(logits, label[None]))
+
+
+@pytest.mark.parametrize("seam_target", [1.0, 0.5])
+def test_fragment_seam_target_lowers_the_other_target_where_other_fragments_meet(pengwin_root, seam_target):
+    for label in pengwin_root.glob("*/output/images/x-ray/*.tif"):  # LI fragments 2 and 3 side by side
+        bitmap = tifffile.imread(label)
+        bitmap[20:28, 4:16] |= 1 << 12
+        bitmap[20:28, 16:28] |= 1 << 13
+        tifffile.imwrite(label, bitmap)
+    parser = recipe_parser(pengwin_root)
+    parser.update({"train#augmentation": [], "fragment_seam_target": seam_target})
+    dataset, items = parser.get_parsed_content("train#dataset"), parser.get_parsed_content("datalist")["training"]
+    for index, item in enumerate(items):
+        fragments = decode_fragment_bits(read_fragment_label(item["label"]))
+        expected = MainOtherFragments(seam_target=seam_target)(fragments).float()
+        torch.testing.assert_close(dataset[index]["label"], expected)
+    seamed = any(bool((dataset[index]["label"] == 0.5).any()) for index in range(len(items)))
+    assert seamed is (seam_target == 0.5)  # touching other fragments of the labels have seams
+    assert parser.get_parsed_content("hyperparameters")["fragment_seam_target"] == seam_target
+    assert parser.get_parsed_content("train#run_identity#settings")["fragment_seam_target"] == seam_target
 
 
 @pytest.mark.parametrize("evaluation", [False, True])
