@@ -8,7 +8,8 @@ as the PENGWIN 2024 winners did.
 
 Other fragments that touch or overlap in the view merge into one component; decoding cuts components at their
 necks (``split_depth``) and, with a ``seed_threshold``, grows the fragments from the network's confident cores,
-which come apart where its probability dips between two fragments. With ``rims=True`` each bone gets a
+which come apart where its probability dips between two fragments; a ``seam_target`` below 1 on the pixels where two
+other fragments meet teaches it those dips. With ``rims=True`` each bone gets a
 third channel, the rim of its other fragments: the pixels of each other fragment outside its core, the core being
 the pixels deeper inside the fragment than half its largest inscribed radius (9 channels: main, other, rim per
 bone). Decoding then takes the components of the other mask outside the rim, the cores, as seeds and floods the

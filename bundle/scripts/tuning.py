@@ -4,9 +4,10 @@ split depth and seed threshold of the trained model.
 At the end of training, :func:`choose_postprocessing` runs the best network once over the validation images and
 scores every setting of a small grid (:data:`THRESHOLDS` x :data:`MIN_COMPONENT_SIZES`, x :data:`SPLIT_DEPTHS` x
 :data:`SEED_THRESHOLDS` for 6 output channels) with the official fracture IoU, ties going to the higher anatomical
-IoU, then to the grid's earlier setting. The choice is written to ``postprocessing.json`` beside ``model.pt`` with the model file's SHA-256;
-evaluation and inference read it through :func:`tuned_postprocessing`, which ignores (with a warning) a file written
-for another ``model.pt``. Test images never enter the choice. A value given on the command line (``--threshold``,
+IoU, then to the grid's earlier setting. The choice is written to ``postprocessing.json`` beside ``model.pt`` with
+the model file's SHA-256; evaluation and inference read it through :func:`tuned_postprocessing`, which ignores (with
+a warning) a file written for another ``model.pt``; ``configs/choose_postprocessing.json`` makes the choice again
+for a trained model. Test images never enter the choice. A value given on the command line (``--threshold``,
 ``--min_component_size``, ``--split_depth``, ``--seed_threshold``) still wins.
 """
 
@@ -123,8 +124,8 @@ def choose_postprocessing(
         max_images: score at most this many validation images (the first ones: each costs a scoring per setting).
 
     Returns:
-        what was written: the chosen ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold``, their validation
-        scores, the scores of the defaults, the whole grid and the model file's SHA-256.
+        what was written: the chosen ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold``,
+        their validation scores, the scores of the defaults, the whole grid and the model file's SHA-256.
     """
     scores: dict[tuple[float, int, float, float], list[tuple[float, float]]] = {}
     num_scored = 0
@@ -184,8 +185,9 @@ def choose_postprocessing(
     path = write_json_atomic(Path(model_path).parent / TUNED_POSTPROCESSING_FILE, chosen)
     logger.info(
         f"post-processing chosen on {chosen['num_validation']} validation images: threshold {best[0]:g}, "
-        f"min_component_size {best[1]}, split_depth {best[2]:g}, seed_threshold {best[3]:g} (fracture IoU {means[best][0]:.4f}; defaults "
-        f"{chosen['default_validation_fracture_iou'] or float('nan'):.4f}); written to {path}"
+        f"min_component_size {best[1]}, split_depth {best[2]:g}, seed_threshold {best[3]:g} (fracture IoU "
+        f"{means[best][0]:.4f}; defaults {chosen['default_validation_fracture_iou'] or float('nan'):.4f}); "
+        f"written to {path}"
     )
     return chosen
 
