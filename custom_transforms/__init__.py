@@ -49,7 +49,6 @@ _EXPORTS: dict[str, str] = {
             "MAIN_OTHER_RIM_CHANNELS",
             "CORE_DEPTH_FRACTION",
             "fragment_cores",
-            "relative_depths",
             "MainOtherFragments",
             "MainOtherFragmentsd",
             "FragmentSizeWeights",

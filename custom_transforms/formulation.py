@@ -53,7 +53,6 @@ __all__ = [
     "CORE_DEPTH_FRACTION",
     "EIGHT_CONNECTED",
     "fragment_cores",
-    "relative_depths",
     "MainOtherFragments",
     "MainOtherFragmentsd",
     "FragmentSizeWeights",
@@ -78,24 +77,18 @@ def _like(result: torch.Tensor, img: NdarrayOrTensor) -> NdarrayOrTensor:
     return result if isinstance(img, torch.Tensor) else result.numpy()
 
 
-def relative_depths(fragments: np.ndarray) -> np.ndarray:
-    """float32 ``[H, W]``: each pixel's depth in a fragment divided by that fragment's largest depth, the largest
-    over the ``[N, H, W]`` boolean fragment masks that hold it (0 outside them, 1 at each fragment's deepest pixel).
+def fragment_cores(fragments: np.ndarray) -> np.ndarray:
+    """The union of the cores of ``[N, H, W]`` boolean fragment masks (see :data:`CORE_DEPTH_FRACTION`).
 
     A fragment's depth is scipy's exact distance to the nearest pixel outside it, the image edge counting as
     outside, computed on the fragment's bounding box padded by one pixel.
     """
-    depths = np.zeros(fragments.shape[1:], dtype=np.float32)
+    cores = np.zeros(fragments.shape[1:], dtype=bool)
     for fragment in fragments:
         for box in ndimage.find_objects(fragment.astype(np.uint8)):
             depth = ndimage.distance_transform_edt(np.pad(fragment[box], 1))[1:-1, 1:-1]
-            np.maximum(depths[box], depth / depth.max(), out=depths[box])
-    return depths
-
-
-def fragment_cores(fragments: np.ndarray) -> np.ndarray:
-    """The union of the cores of ``[N, H, W]`` boolean fragment masks (see :data:`CORE_DEPTH_FRACTION`)."""
-    return relative_depths(fragments) > CORE_DEPTH_FRACTION
+            cores[box] |= depth > CORE_DEPTH_FRACTION * depth.max()
+    return cores
 
 
 def _seams(others: torch.Tensor) -> torch.Tensor:
@@ -115,21 +108,15 @@ class MainOtherFragments(Transform):
         seam_target: the other-fragments target on the seams where two other fragments of a bone meet (the pixels
             of one that are 8-connected to another's pixels outside it); below 1 it teaches the network to lower its
             probability there, so that seeds above a seed threshold come apart (:class:`SplitOtherFragments`).
-        edge_target: the other-fragments target at a fragment's edge: below 1 the target of each other-fragment
-            pixel rises linearly with its depth in the fragment, from ``edge_target`` to 1 at the fragment's deepest
-            pixel (``edge_target + (1 - edge_target) * depth / largest depth``, see :func:`relative_depths`), so that
-            every fragment is taught a peak of its own for the seeds; seams take the lower of the two targets.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, rims: bool = False, seam_target: float = 1.0, edge_target: float = 1.0) -> None:
+    def __init__(self, rims: bool = False, seam_target: float = 1.0) -> None:
         self.rims = bool(rims)
-        for name, value in (("seam_target", seam_target), ("edge_target", edge_target)):
-            if not 0.0 <= as_number(value) <= 1.0:
-                raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
+        if not 0.0 <= as_number(seam_target) <= 1.0:
+            raise ValueError(f"seam_target must be a number from 0 to 1, got {seam_target!r}")
         self.seam_target = float(seam_target)
-        self.edge_target = float(edge_target)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         masks = convert_to_tensor(img, track_meta=False)
@@ -138,18 +125,12 @@ class MainOtherFragments(Transform):
         bones = masks.reshape(NUM_CATEGORIES, MAX_FRAGMENTS, *masks.shape[1:])
         others = bones[:, 1:]
         targets = [bones[:, 0], others.amax(1)]
-        if self.edge_target < 1.0:
-            depths = np.stack([relative_depths(bone) for bone in convert_to_numpy(others, dtype=bool)])
-            profile = torch.from_numpy(self.edge_target + (1.0 - self.edge_target) * depths).to(targets[1].device)
-            targets[1] = torch.where(targets[1] > 0, profile, 0.0)
         if self.seam_target < 1.0:
-            seam_target = torch.minimum(targets[1].float(), torch.tensor(self.seam_target))
-            targets[1] = torch.where(_seams(others > 0), seam_target, targets[1].float())
+            targets[1] = torch.where(_seams(others > 0), self.seam_target, targets[1].float())
         if self.rims:
             cores = torch.from_numpy(np.stack([fragment_cores(bone) for bone in convert_to_numpy(others, dtype=bool)]))
             targets.append((targets[1] > 0) & ~cores.to(targets[1].device))
-        fractional = self.seam_target < 1.0 or self.edge_target < 1.0
-        dtype = torch.float32 if fractional else masks.dtype
+        dtype = masks.dtype if self.seam_target == 1.0 else torch.float32  # seams need fractional targets
         per_bone = torch.stack([target.to(dtype) for target in targets], dim=1)
         return _like(per_bone.reshape(-1, *masks.shape[1:]), img)
 
@@ -365,15 +346,10 @@ class MainOtherFragmentsd(MapTransform):
     backend = MainOtherFragments.backend
 
     def __init__(
-        self,
-        keys: KeysCollection,
-        rims: bool = False,
-        seam_target: float = 1.0,
-        edge_target: float = 1.0,
-        allow_missing_keys: bool = False,
+        self, keys: KeysCollection, rims: bool = False, seam_target: float = 1.0, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = MainOtherFragments(rims, seam_target, edge_target)
+        self.converter = MainOtherFragments(rims, seam_target)
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

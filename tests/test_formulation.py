@@ -23,7 +23,6 @@ from custom_transforms import (
     SplitOtherFragmentsd,
     fragment_channel,
     fragment_cores,
-    relative_depths,
 )
 from helpers import REPO_ROOT, write_pair
 
@@ -83,42 +82,10 @@ def test_seam_target_marks_where_two_other_fragments_meet_and_nothing_else():
     assert torch.equal(MainOtherFragments(seam_target=1.0)(masks), plain)
 
 
-@pytest.mark.parametrize("name", ["seam_target", "edge_target"])
-@pytest.mark.parametrize("value", [-0.1, 1.5, "low", True])
-def test_seam_and_edge_targets_reject_values_outside_zero_to_one_in_one_line(name, value):
-    with pytest.raises(ValueError, match=f"{name} must be a number from 0 to 1"):
-        MainOtherFragmentsd(keys="label", **{name: value})
-
-
-def test_relative_depths_peak_at_one_in_each_fragment_and_cores_lie_above_half():
-    fragments = np.zeros((2, 12, 12), dtype=bool)
-    fragments[0, 1:8, 1:8] = True  # 7 x 7: depth 1 on its edge, 4 at its centre
-    fragments[1, 6:9, 6:12] = True  # 3 x 6 at the image edge, overlapping the first: depth 1 on the edge, 2 inside
-    depths = relative_depths(fragments)
-    assert depths.dtype == np.float32 and depths[4, 4] == 1.0 and depths[1, 1] == 0.25 and depths[2, 2] == 0.5
-    assert depths[7, 10] == 1.0 and depths[7, 11] == 0.5  # the image edge counts as outside
-    assert depths[7, 7] == 1.0  # overlap: the larger of the two fragments' relative depths
-    assert np.array_equal(depths > 0, fragments.any(0))
-    assert np.array_equal(fragment_cores(fragments), depths > 0.5)
-
-
-@pytest.mark.parametrize("edge_target", [0.5, 0.0])
-def test_edge_target_rises_with_depth_to_one_in_every_other_fragment_and_seams_keep_the_lower(edge_target):
-    masks = _touching_others()
-    plain = MainOtherFragments()(masks)
-    shaped = MainOtherFragments(edge_target=edge_target)(masks)
-    both = MainOtherFragments(seam_target=0.25, edge_target=edge_target)(masks)
-    li_other = shaped[3]
-    assert shaped.dtype == torch.float32 and torch.equal(li_other > 0, plain[3] > 0)
-    # fragment 2 of LI spans rows 5..14 and columns 2..9: depth 1 on its edge, 4 (its largest) in its middle
-    assert li_other[5, 5] == pytest.approx(edge_target + (1 - edge_target) / 4)
-    assert li_other[9, 5] == 1.0 and li_other[9, 14] == 1.0  # both touching fragments have a peak of their own
-    assert li_other[9, 9] < li_other[9, 7] < li_other[9, 5]  # and fall towards the seam between them
-    assert torch.equal(shaped[2], plain[2].float())  # main fragments keep their targets
-    seams = MainOtherFragments(seam_target=0.25)(masks)[3] == 0.25
-    assert torch.all(both[3][seams] == min(0.25, edge_target + (1 - edge_target) / 4))
-    torch.testing.assert_close(both[3][~seams], li_other[~seams])
-    assert torch.equal(MainOtherFragments(edge_target=1.0)(masks), plain)
+@pytest.mark.parametrize("seam_target", [-0.1, 1.5, "low", True])
+def test_seam_target_rejects_values_outside_zero_to_one_in_one_line(seam_target):
+    with pytest.raises(ValueError, match="seam_target must be a number from 0 to 1"):
+        MainOtherFragmentsd(keys="label", seam_target=seam_target)
 
 
 @pytest.mark.parametrize("reference_fraction, max_weight", [(0.1, 10.0), (0.05, 3.0)])
