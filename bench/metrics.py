@@ -35,6 +35,7 @@ import tifffile
 from scipy.ndimage import binary_dilation, binary_erosion, generate_binary_structure
 from scipy.spatial.distance import cdist
 from sklearn.utils import resample
+from threadpoolctl import threadpool_limits
 
 from custom_transforms.io import list_tiffs, read_fragment_label
 from pengwin_xray.datalist import LABEL_SUBDIR
@@ -205,6 +206,7 @@ def main() -> None:
 
         os.sched_setaffinity(0, {cpus[0]})  # per image on one core, both scorers
         cv2.setNumThreads(1)  # as in each scoring process of evaluate_folders
+        threadpool_limits(1, user_api="openmp")  # pykdtree's queries too
         print(f"1. per image on one core (CPU {cpus[0]}), best of {args.repeats}; every official number identical")
         print(f"{'case':34s} {'fragments':>9s} {'reference ms':>12s} {'ours ms':>8s} {'ratio':>6s}")
         reference_total = ours_total = 0.0

@@ -31,9 +31,8 @@ Deliberate differences from the reference:
 * A label without any fragment is a ``ValueError`` (the reference has nothing to average and crashes).
 * Both bit maps are first cropped to the bounding box of their fragments plus one pixel, each surface band is
   computed by OpenCV's cross-shaped erosion and dilation on its mask's own bounding box plus one pixel, and
-  nearest distances come from OpenCV's exact distance transform, or a k-d tree for sparse point sets, instead of
-  all-pairs distance matrices: same points in the same order, same distances, far less time and memory
-  (``bench/metrics.py``).
+  nearest distances come from an exact k-d tree query instead of all-pairs distance matrices: same points in the
+  same order, same distances, far less time and memory (``bench/metrics.py``).
 * MONAI's ``HausdorffDistanceMetric`` / ``SurfaceDistanceMetric`` are not used: their surfaces are the inner edge
   ``mask ^ erosion(mask)`` without the outer ring and without sub-sampling, so they cannot give the challenge's
   numbers.
@@ -58,8 +57,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import cv2
 import numpy as np
+from pykdtree.kdtree import KDTree
 from scipy.optimize import linear_sum_assignment
-from scipy.spatial import cKDTree
+from threadpoolctl import threadpool_limits
 
 from custom_transforms.constants import MAX_FRAGMENTS, NUM_CATEGORIES, NUM_CHANNELS
 from custom_transforms.io import as_bitmap, read_fragment_label, tiffs_by_stem
@@ -79,7 +79,6 @@ __all__ = [
     "surface_band",
     "subsample_points",
     "surface_points",
-    "NEAREST_METHODS",
     "nearest_distances",
     "hd95_assd",
     "miss_radius",
@@ -110,18 +109,31 @@ METRICS: tuple[str, ...] = OFFICIAL_METRICS + ("fracture_iou_hungarian",)
 MAX_SURFACE_POINTS: int = 10_000
 SURFACE_SEED: int = 2024
 
-#: OpenCV's distances are exact after rounding their squares for boxes with a smaller diagonal (error of d**2
-#: about 2 * d**2 * 2e-7, kept under 0.2); PENGWIN's 448 x 448 images have a diagonal of 634
-_OPENCV_EXACT_DIAGONAL = 700
-#: what :func:`nearest_distances` can use
-NEAREST_METHODS: tuple[str, ...] = ("auto", "transform", "tree")
-#: above this many box pixels per point a k-d tree query beats the distance transform (``bench/metrics.py``'s cases:
-#: 23% less distance time than the transform alone, 13% less than the tree alone); the tree's settings are the
-#: fastest there
-_TREE_PIXELS_PER_POINT = 20
-_TREE_LEAF_SIZE = 32
+#: points per leaf of the k-d tree of :func:`nearest_distances` (the fastest on ``bench/metrics.py``'s cases)
+_TREE_LEAF_SIZE = 8
 #: the 4-connected 3x3 cross of the official surface band
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def _decoded_fragments(bitmap: NdarrayOrTensor, source: str) -> tuple[np.ndarray, np.ndarray, list[Box]]:
+    """:func:`fragment_masks` and the bounding box of each mask.
+
+    The boxes come from the OR of the map along its rows and its columns (one pass over the map, not one per bit),
+    and each mask is decoded on its box only.
+    """
+    array = as_bitmap(bitmap, source).astype(np.int32, copy=False)  # exact: bits 1..30 only
+    present = int(np.bitwise_or.reduce(array, axis=None)) if array.size else 0
+    bits = [bit for bit in range(1, NUM_CHANNELS + 1) if present >> bit & 1]
+    rows, cols = np.bitwise_or.reduce(array, axis=1), np.bitwise_or.reduce(array, axis=0)
+    masks = np.zeros((len(bits), *array.shape), dtype=bool)
+    boxes = []
+    for mask, bit in zip(masks, bits):
+        set_rows, set_cols = np.flatnonzero(rows & (1 << bit)), np.flatnonzero(cols & (1 << bit))
+        box = (slice(int(set_rows[0]), int(set_rows[-1]) + 1), slice(int(set_cols[0]), int(set_cols[-1]) + 1))
+        mask[box] = (array[box] & (1 << bit)) != 0
+        boxes.append(box)
+    categories = ((np.array(bits, dtype=np.int64) - 1) // MAX_FRAGMENTS + 1).astype(np.int64)
+    return masks, categories, boxes
 
 
 def fragment_masks(bitmap: NdarrayOrTensor, source: str = "bit map") -> tuple[np.ndarray, np.ndarray]:
@@ -132,11 +144,8 @@ def fragment_masks(bitmap: NdarrayOrTensor, source: str = "bit map") -> tuple[np
     Returns:
         ``(masks, categories)``: bool ``[N, H, W]`` and the category (1..3) of each mask, int ``[N]``.
     """
-    array = as_bitmap(bitmap, source).astype(np.int32, copy=False)  # exact: bits 1..30 only
-    present = int(np.bitwise_or.reduce(array, axis=None)) if array.size else 0
-    bits = np.array([bit for bit in range(1, NUM_CHANNELS + 1) if present >> bit & 1], dtype=np.int32)
-    masks = (array[None] & (1 << bits)[:, None, None]) != 0
-    return masks, ((bits - 1) // MAX_FRAGMENTS + 1).astype(np.int64)
+    masks, categories, _ = _decoded_fragments(bitmap, source)
+    return masks, categories
 
 
 def surface_band(mask: np.ndarray) -> np.ndarray:
@@ -177,48 +186,37 @@ def surface_points(mask: np.ndarray, box: Box | None = None) -> np.ndarray:
     return subsample_points(points)
 
 
-def nearest_distances(from_points: np.ndarray, to_points: np.ndarray, method: str = "auto") -> np.ndarray:
+def nearest_distances(from_points: np.ndarray, to_points: np.ndarray) -> np.ndarray:
     """float32 distance from each of ``from_points`` to the nearest of ``to_points`` (both ``[K, 2]``, integer).
 
-    Both methods give the reference's all-pairs ``cdist`` minimum to the last bit:
-
-    * ``"transform"``: one exact Euclidean distance transform of ``to_points`` on the box that holds both sets, read
-      at ``from_points``: OpenCV's (Felzenszwalb's algorithm) for boxes whose diagonal is under
-      :data:`_OPENCV_EXACT_DIAGONAL` pixels, scipy's (float64) beyond. Its cost grows with the box's area.
-    * ``"tree"``: scipy's k-d tree of ``to_points`` queried at ``from_points``. Its cost grows with the points.
-    * ``"auto"`` (default): the tree when the box has more than :data:`_TREE_PIXELS_PER_POINT` pixels per point
-      (e.g. a small fragment matched to a large one), else the transform.
+    An exact query of pykdtree's k-d tree of ``to_points`` in float64: the square roots of the exact integer squared
+    distances, rounded to float32, which is the reference's all-pairs ``cdist`` minimum to the last bit. pykdtree
+    rather than scipy's ``cKDTree`` or OpenCV's exact distance transform: on ``bench/metrics.py``'s cases it takes
+    less than half the time of either (the transform's cost grows with the pair's box, surfaces are thin rings).
     """
-    if method not in NEAREST_METHODS:
-        raise ValueError(f"method must be one of {NEAREST_METHODS}, got {method!r}")
-    origin = np.minimum(from_points.min(axis=0), to_points.min(axis=0))
-    shape = tuple(int(n) for n in np.maximum(from_points.max(axis=0), to_points.max(axis=0)) - origin + 1)
-    if method == "auto":
-        sparse = shape[0] * shape[1] > _TREE_PIXELS_PER_POINT * (len(from_points) + len(to_points))
-        method = "tree" if sparse else "transform"
-    if method == "tree":
-        tree = cKDTree(to_points, leafsize=_TREE_LEAF_SIZE, balanced_tree=False, compact_nodes=False)
-        # float64 square roots of exact integer squares, rounded to float32: what the reference's cdist gives
-        return tree.query(from_points)[0].astype(np.float32)
-    grid = np.full(shape, 255, dtype=np.uint8)
-    targets, sources = to_points - origin, from_points - origin
-    grid[targets[:, 0], targets[:, 1]] = 0
-    if shape[0] ** 2 + shape[1] ** 2 >= _OPENCV_EXACT_DIAGONAL**2:
-        from scipy.ndimage import distance_transform_edt  # only for images far larger than PENGWIN's 448 px
+    tree = KDTree(np.asarray(to_points, dtype=np.float64), leafsize=_TREE_LEAF_SIZE)
+    return tree.query(np.asarray(from_points, dtype=np.float64), k=1)[0].astype(np.float32)
 
-        return distance_transform_edt(grid)[sources[:, 0], sources[:, 1]].astype(np.float32)
-    distances = cv2.distanceTransform(grid, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    found = distances[sources[:, 0], sources[:, 1]].astype(np.float64)
-    # OpenCV's square roots are within a few float32 ulps; below the diagonal limit the squared distances, integers,
-    # are recovered exactly by rounding, and float32(sqrt) of those is what the reference's all-pairs cdist gives
-    return np.sqrt(np.rint(found * found)).astype(np.float32)
+
+def _percentile_95(distances: np.ndarray) -> np.float32:
+    """``np.percentile(distances, 95)`` of non-empty float32 distances, to the last bit (linear method: numpy's
+    virtual index, partition and float32 interpolation), without numpy's general-purpose overhead, which is most of
+    its cost on arrays of a few thousand values."""
+    position = (len(distances) - 1) * 0.95
+    lower = int(position)
+    if lower >= len(distances) - 1:
+        return distances.max()
+    ordered = np.partition(distances, (lower, lower + 1))
+    below, above = ordered[lower], ordered[lower + 1]
+    weight, difference = position - lower, above - below
+    return above - difference * (1 - weight) if weight >= 0.5 else below + difference * weight
 
 
 def hd95_assd(points: np.ndarray, other_points: np.ndarray) -> tuple[np.float32, np.float32]:
     """HD95 (max of the directed 95th percentiles) and ASSD (mean of the directed means) of two point sets."""
     forward = nearest_distances(points, other_points)
     backward = nearest_distances(other_points, points)
-    hd95 = max(np.percentile(forward, 95), np.percentile(backward, 95))
+    hd95 = max(_percentile_95(forward), _percentile_95(backward))
     assd = (np.mean(forward) + np.mean(backward)) / 2
     return hd95, assd
 
@@ -242,11 +240,19 @@ def _reference_mean(values: Sequence[float | np.floating]) -> float:
 
 
 class _Fragments(NamedTuple):
-    """The non-empty fragments of one bit map, cropped: masks ``[N, h, w]``, categories ``[N]`` and boxes."""
+    """The non-empty fragments of one bit map, cropped: masks ``[N, h, w]``, categories ``[N]``, boxes and areas."""
 
     masks: np.ndarray
     categories: np.ndarray
     boxes: list[Box]
+    areas: np.ndarray
+
+    @classmethod
+    def of(cls, bitmap: np.ndarray) -> _Fragments:
+        """The fragments of an (already checked) bit map."""
+        masks, categories, boxes = _decoded_fragments(bitmap, "bit map")
+        areas = np.array([np.count_nonzero(mask[box]) for mask, box in zip(masks, boxes)], dtype=np.int64)
+        return cls(masks, categories, boxes, areas)
 
     def bone(self, category: int) -> tuple[np.ndarray, Box | None]:
         """The OR of this category's fragments and its bounding box (``None`` when the bone is empty)."""
@@ -268,10 +274,8 @@ def _iou_matrix(first: _Fragments, second: _Fragments) -> np.ndarray:
             overlap = overlap_box(box, other_box)
             if overlap is not None:
                 intersection[row, column] = np.count_nonzero(mask[overlap] & other[overlap])
-    areas = np.count_nonzero(first.masks.reshape(len(first.masks), -1), axis=1)
-    other_areas = np.count_nonzero(second.masks.reshape(len(second.masks), -1), axis=1)
     # the division matches the reference's int64 / int64
-    return intersection / (areas[:, None] + other_areas[None] - intersection)
+    return intersection / (first.areas[:, None] + second.areas[None] - intersection)
 
 
 def _fragments_and_ious(
@@ -291,11 +295,7 @@ def _fragments_and_ious(
     foreground = (label != 0) | (prediction != 0)
     everything = (slice(0, None), slice(0, None))
     crop = grow_box(bounding_boxes(foreground[None])[0], 1, label.shape) if foreground.any() else everything
-    fragments = []
-    for bitmap in (label, prediction):
-        masks, categories = fragment_masks(bitmap[crop])
-        fragments.append(_Fragments(masks, categories, bounding_boxes(masks)))
-    label_fragments, pred_fragments = fragments
+    label_fragments, pred_fragments = _Fragments.of(label[crop]), _Fragments.of(prediction[crop])
     if scored and not len(label_fragments.masks):
         raise ValueError(f"{name}: the label has no fragment, so there is nothing to score against")
     if len(pred_fragments.masks):
@@ -416,7 +416,7 @@ def fragment_best_ious(
     """
     label = as_bitmap(label_bitmap, source=f"{name} (label)")
     fragments, _, iou, _ = _fragments_and_ious(prediction_bitmap, label, name)
-    areas = np.count_nonzero(fragments.masks.reshape(len(fragments.masks), -1), axis=1) / label.size
+    areas = fragments.areas / label.size
     return areas, iou.max(axis=1)
 
 
@@ -466,8 +466,10 @@ def summarise(rows: Sequence[dict]) -> dict[str, float | int]:
 
 
 def _one_thread_per_process() -> None:
-    """Start of a scoring process: OpenCV on one thread, so that the processes do not oversubscribe the cores."""
+    """Start of a scoring process: OpenCV and OpenMP (pykdtree's queries) on one thread, so that the processes do
+    not oversubscribe the cores."""
     cv2.setNumThreads(1)
+    threadpool_limits(1, user_api="openmp")
 
 
 def _score_files(task: tuple[Path, Path]) -> dict[str, float | str]:
