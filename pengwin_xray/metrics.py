@@ -115,13 +115,13 @@ _TREE_LEAF_SIZE = 8
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
-def _decoded_fragments(bitmap: NdarrayOrTensor, source: str) -> tuple[np.ndarray, np.ndarray, list[Box]]:
-    """:func:`fragment_masks` and the bounding box of each mask.
+def _decoded_fragments(bitmap: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[Box]]:
+    """:func:`fragment_masks` of an already checked ``[H, W]`` bit map (:func:`as_bitmap`), and each mask's box.
 
     The boxes come from the OR of the map along its rows and its columns (one pass over the map, not one per bit),
     and each mask is decoded on its box only.
     """
-    array = as_bitmap(bitmap, source).astype(np.int32, copy=False)  # exact: bits 1..30 only
+    array = bitmap.astype(np.int32, copy=False)  # exact: bits 1..30 only
     present = int(np.bitwise_or.reduce(array, axis=None)) if array.size else 0
     bits = [bit for bit in range(1, NUM_CHANNELS + 1) if present >> bit & 1]
     rows, cols = np.bitwise_or.reduce(array, axis=1), np.bitwise_or.reduce(array, axis=0)
@@ -132,7 +132,7 @@ def _decoded_fragments(bitmap: NdarrayOrTensor, source: str) -> tuple[np.ndarray
         box = (slice(int(set_rows[0]), int(set_rows[-1]) + 1), slice(int(set_cols[0]), int(set_cols[-1]) + 1))
         mask[box] = (array[box] & (1 << bit)) != 0
         boxes.append(box)
-    categories = ((np.array(bits, dtype=np.int64) - 1) // MAX_FRAGMENTS + 1).astype(np.int64)
+    categories = (np.array(bits, dtype=np.int64) - 1) // MAX_FRAGMENTS + 1
     return masks, categories, boxes
 
 
@@ -144,7 +144,7 @@ def fragment_masks(bitmap: NdarrayOrTensor, source: str = "bit map") -> tuple[np
     Returns:
         ``(masks, categories)``: bool ``[N, H, W]`` and the category (1..3) of each mask, int ``[N]``.
     """
-    masks, categories, _ = _decoded_fragments(bitmap, source)
+    masks, categories, _ = _decoded_fragments(as_bitmap(bitmap, source))
     return masks, categories
 
 
@@ -249,8 +249,8 @@ class _Fragments(NamedTuple):
 
     @classmethod
     def of(cls, bitmap: np.ndarray) -> _Fragments:
-        """The fragments of an (already checked) bit map."""
-        masks, categories, boxes = _decoded_fragments(bitmap, "bit map")
+        """The fragments of an already checked ``[H, W]`` bit map (:func:`as_bitmap`)."""
+        masks, categories, boxes = _decoded_fragments(bitmap)
         areas = np.array([np.count_nonzero(mask[box]) for mask, box in zip(masks, boxes)], dtype=np.int64)
         return cls(masks, categories, boxes, areas)
 

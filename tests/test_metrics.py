@@ -423,6 +423,19 @@ def test_nearest_distances_between_surface_bands_equal_cdist() -> None:
         np.testing.assert_array_equal(nearest_distances(points, other), _ref_directed(points, other))
 
 
+@pytest.mark.parametrize("size, other_size", [(1, 1), (2, 7), (21, 5), (40, 33), (997, 400), (3000, 1)])
+def test_hd95_assd_equal_numpy_percentile_and_mean_to_the_last_bit(size: int, other_size: int) -> None:
+    """Set sizes whose 95th-percentile positions fall on an element, below and above half-way between two, and on a
+    single distance: the same float32 numbers as ``np.percentile(..., 95)`` of the reference's distances."""
+    rng = np.random.default_rng(size * 31 + other_size)
+    points, other = rng.integers(0, 448, size=(size, 2)), rng.integers(0, 448, size=(other_size, 2))
+    forward, backward = _ref_directed(points, other), _ref_directed(other, points)
+    hd95, assd = hd95_assd(points, other)
+    expected = max(np.percentile(forward, 95), np.percentile(backward, 95))
+    assert hd95 == expected and type(hd95) is type(expected)
+    assert assd == (np.mean(forward) + np.mean(backward)) / 2
+
+
 def test_hd95_assd_of_identical_point_sets_is_zero() -> None:
     points = np.argwhere(_band_by_hand(_rect(SHAPE, 4, 4, 6, 9)))
     assert hd95_assd(points, points) == (0.0, 0.0)
