@@ -93,6 +93,8 @@ EVALUATION = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
          "batch_size must be a whole number, 1 or more, got 'two'"),
         (["train.json"], "synthetic", {"seed": "abc"}, "initialize",
          "seed must be a whole number, 0 or more, got 'abc'"),
+        (["train.json"], "synthetic", {"fragment_seam_target": 2}, "train#preprocessing",
+         "fragment_seam_target must be a number from 0 to 1, got 2"),
         (["train.json"], "one patient", {"max_class_weight": -2}, "class_weights",
          "max_class_weight must be a number above 0, got -2"),
         (["train.json"], "one patient", {}, "initialize", "no validation images (datalist: training 2, validation 0"),

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers import BUNDLE_ROOT
-from scripts.flags import as_count, as_positive_number, reject_unknown_overrides
+from scripts.flags import as_count, as_fraction, as_positive_number, reject_unknown_overrides
 
 TRAIN = str(BUNDLE_ROOT / "configs" / "train.json")
 EVALUATE = str(BUNDLE_ROOT / "configs" / "evaluate.json")
@@ -22,6 +22,17 @@ def test_positive_numbers_are_read_as_floats(value, expected):
 def test_anything_but_a_positive_number_names_the_setting(value):
     with pytest.raises(ValueError, match=f"learning_rate must be a number above 0, got {value!r}"):
         as_positive_number(value, "learning_rate")
+
+
+@pytest.mark.parametrize("value, expected", [(0, 0.0), ("0.5", 0.5), (1, 1.0)])
+def test_fractions_are_read_as_floats_from_zero_to_one(value, expected):
+    assert as_fraction(value, "fragment_seam_target") == expected
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "low", None, float("nan"), True])
+def test_anything_but_a_number_from_zero_to_one_names_the_setting(value):
+    with pytest.raises(ValueError, match=f"fragment_seam_target must be a number from 0 to 1, got {value!r}"):
+        as_fraction(value, "fragment_seam_target")
 
 
 @pytest.mark.parametrize("value, minimum, expected", [(8, 1, 8), ("40", 1, 40), (2.0, 1, 2), (0, 0, 0)])

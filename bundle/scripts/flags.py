@@ -13,7 +13,7 @@ from monai.utils import ensure_tuple
 
 from custom_transforms.constants import as_number
 
-__all__ = ["as_flag", "as_positive_number", "as_count", "reject_unknown_overrides"]
+__all__ = ["as_flag", "as_positive_number", "as_fraction", "as_count", "reject_unknown_overrides"]
 
 
 def as_flag(value: bool | int | str) -> bool:
@@ -38,6 +38,18 @@ def as_positive_number(value: float | int | str, name: str) -> float:
     number = as_number(value)
     if not 0.0 < number < float("inf"):
         raise ValueError(f"{name} must be a number above 0, got {value!r}")
+    return number
+
+
+def as_fraction(value: float | int | str, name: str) -> float:
+    """A setting that must be a number from 0 to 1 (a training target), as a float.
+
+    Raises:
+        ValueError: naming the setting, for anything else (text, NaN, numbers outside 0..1).
+    """
+    number = as_number(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {value!r}")
     return number
 
 
