@@ -326,16 +326,18 @@ class SplitOtherFragments(Transform):
             raise ValueError(f"labels must be one {probs.shape[1:]} map per bone (label_others of img), got {shapes}")
         per_bone = self._per_bone
         fragments = np.zeros((NUM_CATEGORIES, MAX_FRAGMENTS, *probs.shape[1:]), dtype=np.float32)
+        smallest = max(self.min_component_size, 1)  # labels may skip numbers: a missing one has size 0
         for bone, (components, count) in enumerate(labels):
-            main, other = probs[per_bone * bone], probs[per_bone * bone + 1]
-            fragments[bone, 0] = main
-            sizes = np.bincount(components.ravel(), minlength=count + 1)[1:]
-            smallest = max(self.min_component_size, 1)  # labels may skip numbers: a missing one has size 0
-            kept = [index + 1 for index in np.argsort(-sizes, kind="stable") if sizes[index] >= smallest]
-            for rank, component in enumerate(kept):
-                slot = min(rank + 1, MAX_FRAGMENTS - 1)
-                inside = components == component
-                fragments[bone, slot][inside] = other[inside]
+            fragments[bone, 0] = probs[per_bone * bone]
+            sizes = np.bincount(components.ravel(), minlength=count + 1)
+            largest_first = np.argsort(-sizes[1:], kind="stable") + 1
+            kept = largest_first[sizes[largest_first] >= smallest]
+            # each component's slot (0: dropped), filled in one pass over the image instead of one per component
+            slot_of = np.zeros(len(sizes), dtype=np.intp)
+            slot_of[kept] = np.minimum(np.arange(1, len(kept) + 1), MAX_FRAGMENTS - 1)
+            slots = slot_of[components]
+            rows, cols = np.nonzero(slots)
+            fragments[bone, slots[rows, cols], rows, cols] = probs[per_bone * bone + 1, rows, cols]
         result = torch.from_numpy(fragments.reshape(NUM_CHANNELS, *probs.shape[1:]))
         return _like(result.to(img.device) if isinstance(img, torch.Tensor) else result, img)
 
