@@ -289,6 +289,15 @@ def test_fragment_report_centroid_x_is_column_and_y_is_row_on_a_wide_image(row, 
     assert entry["bbox"] == {"x_min": col - 1, "y_min": row - 1, "x_max": col + 1, "y_max": row + 1}
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fragment_report_centroid_and_area_equal_the_pixel_coordinates_mean_and_count_exactly(seed):
+    masks = np.random.default_rng(seed).random((NUM_CHANNELS, 61, 83)) < 0.3
+    for entry in fragment_report(masks):
+        rows, cols = np.nonzero(masks[entry["bit"] - 1])
+        assert entry["area_px"] == rows.size
+        assert entry["centroid"] == {"x": float(cols.mean()), "y": float(rows.mean())}
+
+
 def test_fragment_report_top_left_mask_has_small_x_and_y():
     masks = np.zeros((NUM_CHANNELS, SIZE, SIZE), bool)
     masks[0, :4, :6] = True

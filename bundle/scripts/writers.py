@@ -111,8 +111,9 @@ def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None
         if box is None:
             continue
         mask = mask_array[channel][box]
-        rows, cols = np.nonzero(mask)
-        rows, cols = rows + box[0].start, cols + box[1].start
+        # the centroid from the row and column counts: exact integer sums, as the mean of the pixel coordinates
+        row_counts, col_counts = mask.sum(axis=1), mask.sum(axis=0)
+        area = int(row_counts.sum())
         category, fragment = channel_category_fragment(channel)
         _, num_components = ndimage.label(mask, structure=EIGHT_CONNECTED)
         report.append(
@@ -122,8 +123,11 @@ def fragment_report(masks: NdarrayOrTensor, probs: NdarrayOrTensor | None = None
                 "fragment": fragment,
                 "bit": fragment_bit(category, fragment),
                 "name": fragment_name(category, fragment),
-                "area_px": int(rows.size),
-                "centroid": {"x": float(cols.mean()), "y": float(rows.mean())},
+                "area_px": area,
+                "centroid": {
+                    "x": float(np.arange(box[1].start, box[1].stop) @ col_counts / area),
+                    "y": float(np.arange(box[0].start, box[0].stop) @ row_counts / area),
+                },
                 "bbox": {
                     "x_min": box[1].start,
                     "y_min": box[0].start,
@@ -240,9 +244,9 @@ def overlay_image(
     rgb = np.repeat(grey[..., None] * np.float32(255.0), 3, axis=-1)
     for channel, box in enumerate(bounding_boxes(mask_array)):
         if box is not None:
-            region = rgb[box]
-            blended = (1.0 - _OVERLAY_ALPHA) * region + _OVERLAY_ALPHA * FRAGMENT_PALETTE[channel]
-            np.copyto(region, blended, where=mask_array[channel][box][..., None])
+            rows, cols = np.nonzero(mask_array[channel][box])
+            rows, cols = rows + box[0].start, cols + box[1].start
+            rgb[rows, cols] = (1.0 - _OVERLAY_ALPHA) * rgb[rows, cols] + _OVERLAY_ALPHA * FRAGMENT_PALETTE[channel]
     picture = Image.fromarray(np.rint(rgb).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(picture)
     height, width = grey.shape
