@@ -234,6 +234,12 @@ def test_report_json_refuses_extra_key_fragments(tmp_path):
         write_report_json(tmp_path / "r.json", [], {"fragments": 1})
 
 
+def test_png_reads_back_as_the_same_rgb_pixels(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE + 7, 3), dtype=np.uint8)
+    with Image.open(write_png(tmp_path / "p.png", rgb)) as image:
+        assert image.mode == "RGB" and np.array_equal(np.asarray(image), rgb)
+
+
 def test_png_refuses_non_rgb_arrays(tmp_path):
     with pytest.raises(ValueError, match="uint8 RGB"):
         write_png(tmp_path / "p.png", np.zeros((SIZE, SIZE), np.uint8))
