@@ -337,8 +337,22 @@ def test_openvino_format_computes_in_float32_unless_cpu_bf16(model_root):
     bf16 = load_network("openvino", small_unet(), **model_paths(model_root), cpu_bf16=True)
     expected = load_network("pt", small_unet(), **model_paths(model_root))(image).detach()
     torch.testing.assert_close(float32(image), expected, rtol=0, atol=PROB_TOLERANCE)
-    assert float32.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
-    assert bf16.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == ("bf16" if native_cpu_bf16() else "f32")
+    shape = tuple(image.shape)
+    assert float32.compiled_for(shape).get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+    assert bf16.compiled_for(shape).get_property("INFERENCE_PRECISION_HINT").get_type_name() == (
+        "bf16" if native_cpu_bf16() else "f32"
+    )
+
+
+def test_openvino_network_compiles_each_input_shape_once_and_keeps_the_last_few(model_root):
+    """Static-shape kernels per input size: a shape seen again reuses its compiled model; the oldest is dropped."""
+    network = OpenVinoNetwork(model_root / "models" / "model.onnx", max_shapes=2)
+    sizes = [32, 48, 32, 64]
+    outputs = [network(torch.zeros(1, 1, size, size)) for size in sizes]
+    assert [tuple(output.shape[2:]) for output in outputs] == [(size, size) for size in sizes]
+    assert list(network.requests) == [(1, 1, 32, 32), (1, 1, 64, 64)]
+    static = network.compiled_for((1, 1, 64, 64)).input(0).get_partial_shape()
+    assert static.is_static and [dim.get_length() for dim in static] == [1, 1, 64, 64]
 
 
 # ---------------------------------------------------------------- writer and summary
