@@ -3,7 +3,9 @@
 Data: ``--patients`` x ``--views`` raw X-rays of the default synthetic generator at ``--size`` (448) px, seed 0.
 Model: the trained ``model.pt`` of ``--ckpt_dir`` (the bundle's ``models`` by default; train first), exported here
 to TorchScript and ONNX (the model card's recipe, dynamic axes), run as ``configs/inference.json`` runs it: float32 on
-the CPU, flip TTA (two network calls per image), the post-processing chosen for the model.
+the CPU, flip TTA (two network calls per image), the post-processing chosen for the model; the network runs at the
+views' own size (``image_size`` null), as for a model trained on 448 px images, whatever size the model was trained
+at (the inference command would bring the views to that size).
 
 1. Network only, per model format (the inferer's call on a preprocessed image, both TTA passes): eager float32,
    TorchScript, ONNX Runtime, OpenVINO, and where the CPU computes bf16 natively eager bfloat16 autocast and
@@ -87,7 +89,7 @@ def export_models(ckpt_dir: Path, folder: Path) -> dict[str, str]:
 
 def engines(ckpt_dir: Path, exported: dict[str, str]) -> dict[str, Segmenter]:
     """A loaded Segmenter per engine (the same config, model format and bf16 switch changed)."""
-    common = {"ckpt_dir": str(ckpt_dir), **exported}
+    common = {"ckpt_dir": str(ckpt_dir), "image_size": None, **exported}
     found = {
         "eager fp32": load_segmenter(BUNDLE_ROOT, **common),
         "TorchScript": load_segmenter(BUNDLE_ROOT, model_format="ts", **common),
@@ -133,6 +135,7 @@ def file_preprocessing() -> Callable[[dict], dict]:
     """The file preprocessing of inference.json (load, keep the raw image, then the segmenter's own)."""
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
+    parser["image_size"] = None
     return parser.get_parsed_content("preprocessing")
 
 
@@ -237,7 +240,7 @@ def main() -> None:
         os.link(files[0], one / files[0].name)
         command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                    "--dataset_dir", str(one), "--output_dir", str(root / "one_out"), "--ckpt_dir",
-                   str(args.ckpt_dir.resolve()), "--num_workers", "0"]  # fmt: skip
+                   str(args.ckpt_dir.resolve()), "--num_workers", "0", "--image_size", "None"]  # fmt: skip
         start = time.perf_counter()
         subprocess.run(command, cwd=BUNDLE_ROOT, check=True, capture_output=True)
         command_s = time.perf_counter() - start

@@ -42,6 +42,7 @@ from scripts.loading import (
 from scripts.postprocessing import postprocess_fragments
 from scripts.tuning import tuned_postprocessing
 from scripts.writers import PredictionWriter
+from pengwin_xray.atomic import file_sha256
 from pengwin_xray.segment import load_segmenter
 
 from helpers import BUNDLE_ROOT, write_pair
@@ -523,6 +524,56 @@ def test_segmenter_segments_a_file_and_its_array_as_the_inference_command_writes
     workflow.run()
     workflow.finalize()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "case.tif"), from_file.bitmap)
+
+
+class _InputSizes(torch.nn.Module):
+    """Wraps a network and records the spatial size of every input it is called with."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network, self.sizes = network, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[2:]))
+        return self.network(x)
+
+
+@pytest.mark.parametrize(
+    "image_size, shape, network_sizes",
+    [
+        ([32, 32], (SIZE, SIZE), {(32, 32)}),  # an input larger than the validation images: seen at their scale
+        ([32, 32], (SIZE, 48), {(32, 24)}),  # the longer side to theirs, the aspect ratio kept
+        ([96, 96], (SIZE, SIZE), {(96, 96)}),  # smaller: enlarged
+        ([SIZE, SIZE], (SIZE, SIZE), {(SIZE, SIZE)}),  # the same size: as it is
+        (None, (SIZE, SIZE), {(SIZE, SIZE)}),  # no size recorded: as it is
+    ],
+)
+def test_inference_runs_the_network_at_the_image_size_the_model_was_chosen_on(
+    tmp_path, model_root, image_size, shape, network_sizes
+):
+    """postprocessing.json's image_size (the validation images') sets the network's scale; outputs keep the input's."""
+    models = tmp_path / "models"
+    shutil.copytree(model_root / "models", models)
+    choice = {"threshold": 0.5, "min_component_size": 0, "split_depth": 0, "seed_threshold": 0,
+              "image_size": image_size, "model_sha256": file_sha256(models / "model.pt")}  # fmt: skip
+    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    segmenter = load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
+    segmenter.network = spy = _InputSizes(segmenter.network)
+    result = segmenter.segment(raw_xray(SIZE, seed=6)[: shape[0], : shape[1]])
+    assert set(spy.sizes) == network_sizes and result.bitmap.shape == shape and result.bitmap.any()
+
+
+def test_inference_image_size_override_runs_the_network_at_the_input_size(tmp_path, model_root):
+    models = tmp_path / "models"
+    shutil.copytree(model_root / "models", models)
+    choice = {"image_size": [32, 32], "model_sha256": file_sha256(models / "model.pt")}
+    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    overrides = {"ckpt_dir": str(models), "network_def#features": FEATURES}
+    assert load_segmenter(BUNDLE_ROOT, **overrides).image_preprocessing({"image": torch.ones(1, SIZE, SIZE)})[
+        "image"
+    ].shape == (1, 32, 32)
+    unchanged = load_segmenter(BUNDLE_ROOT, image_size=None, **overrides)
+    assert unchanged.image_preprocessing({"image": torch.ones(1, SIZE, SIZE)})["image"].shape == (1, SIZE, SIZE)
 
 
 def test_load_segmenter_refuses_a_misspelt_override_and_merges_overlays(model_root):

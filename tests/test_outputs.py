@@ -466,6 +466,15 @@ def test_write_prediction_rejects_probabilities_of_another_aspect_ratio(tmp_path
         write_prediction(np.zeros((NUM_CHANNELS, 32, 16), np.float32), raw_image(), "case.tif", tmp_path)
 
 
+def test_write_prediction_accepts_probabilities_whose_aspect_ratio_a_resize_rounded(tmp_path):
+    """448 x 300 brought to 128 on its longer side is 128 x 86 (85.7 rounded): resized back to 448 x 300."""
+    probs = np.zeros((NUM_CHANNELS, 128, 86), np.float32)
+    probs[fragment_channel(1, 1), 40:90, 20:60] = 0.9
+    raw = np.random.default_rng(0).uniform(0.2, 56.0, (448, 300)).astype(np.float32)
+    bitmap = tifffile.imread(write_prediction(probs, raw, "case.tif", tmp_path, outputs=("tif",))["tif"])
+    assert bitmap.shape == (448, 300) and set(np.unique(bitmap).tolist()) == {0, 1 << 1}
+
+
 def test_write_prediction_rejects_unknown_output_kind(tmp_path):
     with pytest.raises(ValueError, match="unknown output kinds"):
         write_prediction(empty_probs(), raw_image(), "case.tif", tmp_path, outputs=("tif", "nii"))

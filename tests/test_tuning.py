@@ -74,7 +74,17 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
         "min_component_size": 10,
         "split_depth": 0.0,
         "seed_threshold": 0.0,
+        "image_size": [64, 64],  # the validation images': the scale inference brings other inputs to
     }
+
+
+def test_choice_records_no_image_size_when_validation_images_differ_in_size(tmp_path):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    smaller = {"image": torch.zeros(1, 1, 32, 32), "label": torch.zeros(1, 30, 32, 32)}
+    smaller["label"][0, fragment_channel(1, 1), 8:24, 8:24] = 1
+    chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch(), smaller], PengwinInferer(), model_path)
+    assert chosen["image_size"] is None and tuned_postprocessing(model_path)["image_size"] is None
 
 
 class _MergingNetwork(torch.nn.Module):
@@ -156,14 +166,15 @@ def test_slot_networks_are_tuned_without_split_depths(tmp_path):
     assert len(chosen["grid"]) == len(THRESHOLDS) * len(MIN_COMPONENT_SIZES)
 
 
-def test_a_choice_written_before_split_depths_and_seed_thresholds_reads_their_defaults(tmp_path):
+def test_a_choice_written_before_split_depths_seed_thresholds_and_image_size_reads_their_defaults(tmp_path):
     model_path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(1)}, model_path)
     chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
-    del chosen["split_depth"], chosen["seed_threshold"]
+    del chosen["split_depth"], chosen["seed_threshold"], chosen["image_size"]
     (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(chosen))
     settings = tuned_postprocessing(model_path)
     assert (settings["split_depth"], settings["seed_threshold"]) == (DEFAULT_SPLIT_DEPTH, DEFAULT_SEED_THRESHOLD)
+    assert settings["image_size"] is None  # unknown: inference runs the network at each input's size
 
 
 def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_model(tmp_path, caplog):
@@ -173,6 +184,7 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
         "min_component_size": DEFAULT_MIN_COMPONENT_SIZE,
         "split_depth": DEFAULT_SPLIT_DEPTH,
         "seed_threshold": DEFAULT_SEED_THRESHOLD,
+        "image_size": None,
     }
     assert tuned_postprocessing(model_path) == defaults
     torch.save({"weights": torch.zeros(1)}, model_path)

@@ -119,14 +119,15 @@ def postprocess_fragments(
     return PostprocessResult(masks, False)
 
 def resize_probabilities(probs: NdarrayOrTensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize ``[30, h, w]`` probabilities to ``size`` if needed (same aspect ratio required)."""
+    """Bilinearly resize ``[30, h, w]`` probabilities to ``size`` if needed (the same aspect ratio required, to the
+    rounding of a resize that kept it)."""
     tensor = convert_to_tensor(probs, dtype=torch.float32, track_meta=False)
     if tensor.ndim != 3:
         raise ValueError(f"expected probabilities of shape [{NUM_CHANNELS}, H, W], got {tuple(tensor.shape)}")
     height, width = tensor.shape[1:]
     if (height, width) == size:
         return tensor
-    if height * size[1] != width * size[0]:
+    if abs(height * size[1] - width * size[0]) > max(size) / 2:
         raise ValueError(f"probabilities of size {(height, width)} do not have the aspect ratio of the image {size}")
     resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
     return resized.clamp_(0.0, 1.0)

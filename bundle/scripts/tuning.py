@@ -9,6 +9,10 @@ the model file's SHA-256; evaluation and inference read it through :func:`tuned_
 a warning) a file written for another ``model.pt``; ``configs/choose_postprocessing.json`` makes the choice again
 for a trained model. Test images never enter the choice. A value given on the command line (``--threshold``,
 ``--min_component_size``, ``--split_depth``, ``--seed_threshold``) still wins.
+
+The file also records ``image_size``, the size of the validation images (``None`` if they differ): the scale at
+which the network learned the anatomy and at which the pixel-valued settings (minimum size, split depth) were chosen.
+Inference resizes inputs of another size to it (``configs/inference.json``'s ``image_size``).
 """
 
 from __future__ import annotations
@@ -59,11 +63,12 @@ SPLIT_DEPTHS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
 #: the setting's threshold would repeat the 0 setting, so it is skipped
 SEED_THRESHOLDS: tuple[float, ...] = (0.0, 0.8, 0.9)
 #: what :func:`tuned_postprocessing` falls back to without a tuned file (or for a key an older file lacks)
-DEFAULTS: dict[str, float | int] = {
+DEFAULTS: dict[str, float | int | list[int] | None] = {
     "threshold": DEFAULT_THRESHOLD,
     "min_component_size": DEFAULT_MIN_COMPONENT_SIZE,
     "split_depth": DEFAULT_SPLIT_DEPTH,
     "seed_threshold": DEFAULT_SEED_THRESHOLD,
+    "image_size": None,
 }
 
 
@@ -125,13 +130,16 @@ def choose_postprocessing(
 
     Returns:
         what was written: the chosen ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold``,
-        their validation scores, the scores of the defaults, the whole grid and the model file's SHA-256.
+        their validation scores, the scores of the defaults, the whole grid, the validation images' ``image_size``
+        and the model file's SHA-256.
     """
     scores: dict[tuple[float, int, float, float], list[tuple[float, float]]] = {}
+    image_sizes: set[tuple[int, ...]] = set()
     num_scored = 0
     network.eval()
     with torch.no_grad():
         for batch in dataloader:
+            image_sizes.add(tuple(batch["image"].shape[2:]))
             probs = torch.sigmoid(inferer(batch["image"].to(device), network)).float().cpu()
             if not scores:
                 main_other = probs.shape[1] == MAIN_OTHER_CHANNELS
@@ -177,6 +185,7 @@ def choose_postprocessing(
         "validation_anatomical_iou": means[best][1],
         "default_validation_fracture_iou": means[default][0] if default in means else None,
         "num_validation": len(scores[best]),
+        "image_size": list(next(iter(image_sizes))) if len(image_sizes) == 1 else None,
         "model_sha256": file_sha256(model_path),
         "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "seed_threshold": s,
                   "fracture_iou": means[(t, m, d, s)][0], "anatomical_iou": means[(t, m, d, s)][1]}
@@ -192,9 +201,10 @@ def choose_postprocessing(
     return chosen
 
 
-def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int]:
+def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int | list[int] | None]:
     """The ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold`` chosen for ``model_path`` on
-    validation, or the defaults (also for a key of a file written before it was chosen).
+    validation and the validation images' ``image_size``, or the defaults (also for a key of a file written before it
+    was recorded; ``image_size`` ``None``: unknown).
 
     The defaults are used when no ``postprocessing.json`` lies beside the model, or when it was chosen for another
     model file (then with a warning: e.g. for ``checkpoint.pt``, or a ``model.pt`` trained after the choice);
