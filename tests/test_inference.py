@@ -620,8 +620,8 @@ def test_cli_writes_bitmap_report_and_overlay_for_a_real_xray(tmp_path, real_dat
     report = json.loads((out / "101_0000.json").read_text())
     assert report["image"] == "101_0000.tif" and report["fragments"]
     decoding = tuned_postprocessing(str(checkpoint))  # the settings the run decoded with, recorded in the report
-    recorded = (report["split_depth"], report["seed_threshold"], report["fragment_rims"])
-    assert recorded == (decoding["split_depth"], decoding["seed_threshold"], False)
+    recorded = (report["split_depth"], report["seed_threshold"], report["fragment_rims"], report["image_size"])
+    assert recorded == (decoding["split_depth"], decoding["seed_threshold"], False, decoding["image_size"])
     bits_present = {bit for bit in range(1, NUM_CHANNELS + 1) if (bitmap & np.uint32(1 << bit)).any()}
     assert {entry["bit"] for entry in report["fragments"]} == bits_present
     with Image.open(out / "101_0000_overlay.png") as overlay:
