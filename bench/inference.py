@@ -240,7 +240,7 @@ def main() -> None:
         os.link(files[0], one / files[0].name)
         command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                    "--dataset_dir", str(one), "--output_dir", str(root / "one_out"), "--ckpt_dir",
-                   str(args.ckpt_dir.resolve()), "--num_workers", "0", "--image_size", "None"]  # fmt: skip
+                   str(args.ckpt_dir.resolve()), "--num_workers", "0", "--image_size", "0"]  # fmt: skip
         start = time.perf_counter()
         subprocess.run(command, cwd=BUNDLE_ROOT, check=True, capture_output=True)
         command_s = time.perf_counter() - start

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from helpers import BUNDLE_ROOT
-from scripts.flags import as_count, as_fraction, as_positive_number, reject_unknown_overrides
+from scripts.flags import as_count, as_fraction, as_image_size, as_positive_number, reject_unknown_overrides
 
 TRAIN = str(BUNDLE_ROOT / "configs" / "train.json")
 EVALUATE = str(BUNDLE_ROOT / "configs" / "evaluate.json")
@@ -44,6 +44,24 @@ def test_counts_are_read_as_whole_numbers(value, minimum, expected):
 def test_anything_but_a_whole_number_from_the_minimum_names_the_setting(value, minimum):
     with pytest.raises(ValueError, match=f"batch_size must be a whole number, {minimum} or more, got"):
         as_count(value, "batch_size", minimum)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ([128, 128], [128, 128]), ((448, 300), [448, 300]), (224, [224, 224]), ("[128, 96]", [128, 96]),
+        ("448", [448, 448]), ([128.0, 128.0], [128, 128]),
+        (None, None), (0, None), (False, None), ("0", None), ("none", None), ("None", None), ("false", None),
+    ],
+)  # fmt: skip
+def test_image_sizes_are_read_as_height_and_width_or_none(value, expected):
+    assert as_image_size(value, "image_size") == expected
+
+
+@pytest.mark.parametrize("value", ["big", [128, 0], [128, 12.5], [1, 2, 3], "[128, -1]", True, [True, 3]])
+def test_anything_but_an_image_size_or_off_names_the_setting(value):
+    with pytest.raises(ValueError, match=r"^image_size must be \[height, width\] in pixels, or 0 for none, got "):
+        as_image_size(value, "image_size")
 
 
 @pytest.mark.parametrize(

@@ -629,6 +629,34 @@ def test_cli_writes_bitmap_report_and_overlay_for_a_real_xray(tmp_path, real_dat
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("override, network_size", [((), [32, 32]), (("--image_size", "0"), None)])
+def test_cli_runs_the_network_at_the_recorded_image_size_unless_told_0(tmp_path, model_root, override, network_size):
+    """The command line cannot pass None (monai.bundle run drops it): 0 switches the resize off; reports say which."""
+    models = tmp_path / "models"
+    shutil.copytree(model_root / "models", models)
+    choice = {"image_size": [32, 32], "model_sha256": file_sha256(models / "model.pt")}
+    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "case.tif", raw_xray(SIZE, seed=7))
+    result = run_bundle("--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(models),
+                        "--outputs", "['json']", *override)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "case.json").read_text())["image_size"] == network_size
+
+
+@pytest.mark.slow
+def test_cli_names_a_bad_image_size_in_one_line(tmp_path, model_root):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "case.tif", raw_xray(SIZE, seed=7))
+    result = run_bundle("--dataset_dir", str(inputs), "--output_dir", str(tmp_path / "out"),
+                        "--bundle_root", str(model_root), "--image_size", "big")  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "image_size must be [height, width] in pixels, or 0 for none, got 'big'" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
 def test_cli_grand_challenge_onnx_run_skips_bad_files_writes_good_one_and_fails(tmp_path, model_root):
     inputs = tmp_path / "in"
     inputs.mkdir()

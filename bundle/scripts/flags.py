@@ -13,7 +13,7 @@ from monai.utils import ensure_tuple
 
 from custom_transforms.constants import as_number
 
-__all__ = ["as_flag", "as_positive_number", "as_fraction", "as_count", "reject_unknown_overrides"]
+__all__ = ["as_flag", "as_positive_number", "as_fraction", "as_count", "as_image_size", "reject_unknown_overrides"]
 
 
 def as_flag(value: bool | int | str) -> bool:
@@ -63,6 +63,35 @@ def as_count(value: int | str, name: str, minimum: int = 1) -> int:
     if not (number >= minimum and number.is_integer()):
         raise ValueError(f"{name} must be a whole number, {minimum} or more, got {value!r}")
     return int(number)
+
+
+def as_image_size(value: Sequence[int] | int | str | None, name: str) -> list[int] | None:
+    """An image size ``[H, W]`` (a single number: square), or ``None`` for none: ``None``, ``0``, ``false`` or
+    ``none`` (the command line cannot pass ``None`` itself: ``monai.bundle run`` drops such overrides).
+
+    Raises:
+        ValueError: naming the setting, for anything but two whole numbers above 0, one, or an "off" value.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "none", "null", "false", "0"):
+            return None
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{name} must be [height, width] in pixels, or 0 for none, got {value!r}") from None
+    if value is None or value is False or (isinstance(value, (int, float)) and value == 0):
+        return None
+    sides = list(ensure_tuple(value))
+    if len(sides) == 1:
+        sides *= 2
+    whole = all(
+        isinstance(side, (int, float)) and not isinstance(side, bool) and side >= 1 and float(side).is_integer()
+        for side in sides
+    )
+    if len(sides) != 2 or not whole:
+        raise ValueError(f"{name} must be [height, width] in pixels, or 0 for none, got {value!r}")
+    return [int(side) for side in sides]
 
 
 #: ``python -m monai.bundle run`` arguments that are not config overrides
