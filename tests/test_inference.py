@@ -563,6 +563,18 @@ def test_inference_runs_the_network_at_the_image_size_the_model_was_chosen_on(
     assert set(spy.sizes) == network_sizes and result.bitmap.shape == shape and result.bitmap.any()
 
 
+def test_inference_of_an_input_at_the_recorded_image_size_is_unchanged(tmp_path, model_root):
+    """The resize is a no-op at the validation images' size: the bit map is the one without any image_size."""
+    models = tmp_path / "models"
+    shutil.copytree(model_root / "models", models)
+    choice = {"image_size": [SIZE, SIZE], "model_sha256": file_sha256(models / "model.pt")}
+    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    overrides = {"ckpt_dir": str(models), "network_def#features": FEATURES}
+    raw = raw_xray(SIZE, seed=8)
+    recorded = load_segmenter(BUNDLE_ROOT, **overrides).segment(raw).bitmap
+    np.testing.assert_array_equal(recorded, load_segmenter(BUNDLE_ROOT, image_size=0, **overrides).segment(raw).bitmap)
+
+
 def test_inference_image_size_override_runs_the_network_at_the_input_size(tmp_path, model_root):
     models = tmp_path / "models"
     shutil.copytree(model_root / "models", models)
