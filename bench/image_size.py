@@ -44,7 +44,7 @@ def score_test_split(root: Path, ckpt_dir: Path, **overrides: object) -> tuple[d
         start = time.perf_counter()
         bitmap = segmenter.segment(item["image"]).bitmap
         milliseconds.append((time.perf_counter() - start) * 1e3)
-        scores.append(score_image(read_fragment_label(item["label"]), bitmap))
+        scores.append(score_image(bitmap, read_fragment_label(item["label"])))
     means = {name: float(np.mean([score[name] for score in scores])) for name in OFFICIAL_METRICS}
     return means, statistics.median(milliseconds)
 

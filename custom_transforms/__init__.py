@@ -59,7 +59,9 @@ _EXPORTS: dict[str, str] = {
         "formulation",
     ),
     **dict.fromkeys(("CLAHE", "CLAHEd", "NegLogWindow", "NegLogWindowd"), "intensity"),
-    **dict.fromkeys(("BoneCropd", "RandSideFlipd", "SwapSideChannels", "SwapSideChannelsd"), "spatial"),
+    **dict.fromkeys(
+        ("BoneCropd", "RandSideFlipd", "ResizeToReferenced", "SwapSideChannels", "SwapSideChannelsd"), "spatial"
+    ),
     **dict.fromkeys(
         (
             "TIFF_SUFFIXES",

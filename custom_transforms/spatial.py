@@ -1,5 +1,6 @@
 """Spatial transforms that know the anatomy: side-aware left-right flipping (mirroring an X-ray turns the left hip
-into a right hip) and per-bone crops (the second stage of the two-stage recipe)."""
+into a right hip) and per-bone crops (the second stage of the two-stage recipe); and bringing predictions made at the
+model's image size back to the size of their label."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .constants import (
     fragment_channel,
 )
 
-__all__ = ["SwapSideChannels", "SwapSideChannelsd", "RandSideFlipd", "BoneCropd"]
+__all__ = ["SwapSideChannels", "SwapSideChannelsd", "RandSideFlipd", "BoneCropd", "ResizeToReferenced"]
 
 _LEFT = slice(fragment_channel(2, 1), fragment_channel(2, MAX_FRAGMENTS) + 1)
 _RIGHT = slice(fragment_channel(3, 1), fragment_channel(3, MAX_FRAGMENTS) + 1)
@@ -153,3 +154,35 @@ class BoneCropd(MapTransform):
             resized = Resize((side, side), mode=self.mode[key])(crop(sample[key]))
             sample[key] = resized.to(sample[key].dtype) if isinstance(sample[key], torch.Tensor) else resized
         return sample
+
+
+class ResizeToReferenced(MapTransform):
+    """Resize ``keys`` (channel first) to the spatial size of ``reference_key`` with MONAI's :class:`Resize`.
+
+    Evaluation of a model on images of another size than it was trained on: the image is brought to the model's
+    image size and the predicted probabilities, decoded there, are brought back to the label's size to be scored,
+    as inference brings them back to the input's. MONAI's ``ResampleToMatchd`` would need the affines of both; here
+    only the sizes matter (a whole view resized, never cropped).
+
+    Args:
+        keys: the items to resize.
+        reference_key: the item whose spatial size they take.
+        mode: interpolation mode of :class:`Resize` (probabilities: "bilinear").
+    """
+
+    backend = Resize.backend
+
+    def __init__(
+        self, keys: KeysCollection, reference_key: str, mode: str = InterpolateMode.BILINEAR,
+        allow_missing_keys: bool = False,
+    ) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys)
+        self.reference_key = reference_key
+        self.mode = mode
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        resize = Resize(spatial_size=tuple(d[self.reference_key].shape[1:]), mode=self.mode)
+        for key in self.key_iterator(d):
+            d[key] = resize(d[key])
+        return d

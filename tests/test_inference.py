@@ -43,9 +43,11 @@ from scripts.postprocessing import postprocess_fragments
 from scripts.tuning import tuned_postprocessing
 from scripts.writers import PredictionWriter
 from pengwin_xray.atomic import file_sha256
+from pengwin_xray.datalist import build_datalist
+from pengwin_xray.metrics import read_fragment_label, score_image
 from pengwin_xray.segment import load_segmenter
 
-from helpers import BUNDLE_ROOT, write_pair
+from helpers import BUNDLE_ROOT, bundle_run, write_pair
 
 CONFIG = BUNDLE_ROOT / "configs" / "inference.json"
 TRAIN_CONFIG = BUNDLE_ROOT / "configs" / "train.json"
@@ -437,7 +439,8 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
         ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("fragment_rims", TRAIN_CONFIG),
         ("postprocessing_choice", EVALUATE_CONFIG), ("threshold", EVALUATE_CONFIG),
         ("min_component_size", EVALUATE_CONFIG), ("split_depth", EVALUATE_CONFIG),
-        ("seed_threshold", EVALUATE_CONFIG),
+        ("seed_threshold", EVALUATE_CONFIG), ("image_size", EVALUATE_CONFIG), ("network_image_size", EVALUATE_CONFIG),
+        ("resize_to_image_size", EVALUATE_CONFIG),
     ],
 )  # fmt: skip
 def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key, config):
@@ -655,6 +658,28 @@ def test_cli_runs_the_network_at_the_recorded_image_size_unless_told_0(tmp_path,
                         "--outputs", "['json']", *override)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "case.json").read_text())["image_size"] == network_size
+
+
+@pytest.mark.slow
+def test_evaluation_scores_what_inference_writes_for_a_model_of_another_image_size(tmp_path, pengwin_root, model_root):
+    """A model validated on 48 px images, evaluated on 32 px data: both bring the images to 48 px, decode there and
+    score the probabilities brought back to 32 px, so evaluation's official means are those of inference's bit maps."""
+    models = tmp_path / "models"
+    shutil.copytree(model_root / "models", models)
+    choice = {"threshold": 0.5, "min_component_size": 0, "split_depth": 0.0, "seed_threshold": 0.0,
+              "image_size": [48, 48], "model_sha256": file_sha256(models / "model.pt")}  # fmt: skip
+    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    common = ["--dataset_dir", str(pengwin_root), "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "eval"),
+              "--network_def#features", json.dumps(FEATURES), "--num_workers", "0"]  # fmt: skip
+    result = bundle_run("--config_file", "['configs/train.json','configs/evaluate.json']", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval" / "evaluation" / "summary.json").read_text())
+    segmenter = load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
+    test = build_datalist(pengwin_root)["test"]
+    scores = [score_image(segmenter.segment(item["image"]).bitmap, read_fragment_label(item["label"])) for item in test]
+    assert summary["num_images"] == len(test) > 0
+    for name in ("fracture_iou", "anatomical_iou", "fracture_hd95", "anatomical_hd95"):
+        assert summary[name] == pytest.approx(np.mean([score[name] for score in scores])), name
 
 
 @pytest.mark.slow

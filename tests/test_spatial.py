@@ -8,7 +8,14 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from custom_transforms import BoneCropd, RandSideFlipd, SwapSideChannels, SwapSideChannelsd, fragment_channel
+from custom_transforms import (
+    BoneCropd,
+    RandSideFlipd,
+    ResizeToReferenced,
+    SwapSideChannels,
+    SwapSideChannelsd,
+    fragment_channel,
+)
 from pengwin_xray.masks import square_box, square_crop_box
 
 
@@ -137,3 +144,17 @@ def test_bone_crops_of_a_label_without_fragments_are_the_whole_image():
 def test_bone_crops_reject_masks_without_thirty_channels():
     with pytest.raises(ValueError, match="expected 30 fragment channels in 'label'"):
         BoneCropd("label", "label")({"label": torch.zeros(6, 8, 8)})
+
+
+@pytest.mark.parametrize("size, reference", [(16, 32), (48, 32), (32, 32)])
+def test_resize_to_reference_brings_keys_to_the_reference_size_bilinearly(size, reference):
+    """Probabilities decoded at the model's image size take the label's size; the reference itself is untouched."""
+    probs = torch.zeros(2, size, size)
+    probs[1, : size // 2] = 1.0  # the top half
+    label = torch.zeros(2, reference, reference)
+    data = ResizeToReferenced(keys=["pred", "prob"], reference_key="label")({"pred": probs, "prob": probs, "label": label})
+    assert data["pred"].shape == data["prob"].shape == (2, reference, reference) and data["label"] is label
+    resized = torch.as_tensor(data["pred"])
+    assert torch.equal(resized[0], torch.zeros(reference, reference))
+    assert torch.equal(resized[1] > 0.5, (torch.arange(reference) < reference // 2)[:, None].expand(reference, reference))
+    assert float(resized.min()) >= 0.0 and float(resized.max()) <= 1.0
