@@ -12,7 +12,8 @@ for a trained model. Test images never enter the choice. A value given on the co
 
 The file also records ``image_size``, the size of the validation images (``None`` if they differ): the scale at
 which the network learned the anatomy and at which the pixel-valued settings (minimum size, split depth) were chosen.
-Inference resizes inputs of another size to it (``configs/inference.json``'s ``image_size``).
+Inference and evaluation bring images of another size to it (``image_size`` of ``configs/inference.json`` and
+``configs/evaluate.json``).
 """
 
 from __future__ import annotations
