@@ -85,26 +85,38 @@ def _check_shape(path: str | Path, array: np.ndarray, expected_shape: Sequence[i
         raise ValueError(f"{path}: expected shape {tuple(expected_shape)}, got {array.shape}")
 
 
-def read_xray_image(path: str | Path, expected_shape: Sequence[int] | None = None) -> np.ndarray:
+def read_xray_image(
+    path: str | Path, expected_shape: Sequence[int] | None = None, image_size: Sequence[int] | None = None
+) -> np.ndarray:
     """Read a raw PENGWIN X-ray as float32 ``[H, W]``; reject what the pipeline cannot process (see
     :func:`check_xray_image`)."""
-    return check_xray_image(_read_single_page(path), str(path), expected_shape)
+    return check_xray_image(_read_single_page(path), str(path), expected_shape, image_size)
 
 
 def check_xray_image(
-    image: np.ndarray, source: str = "image", expected_shape: Sequence[int] | None = None
+    image: np.ndarray,
+    source: str = "image",
+    expected_shape: Sequence[int] | None = None,
+    image_size: Sequence[int] | None = None,
 ) -> np.ndarray:
     """A raw X-ray ``[H, W]`` as float32, checked; ``source`` names it in the errors.
 
     Rejected: non-2D, not of ``expected_shape`` (when given), non-float, smaller than :data:`MIN_IMAGE_SIZE` on a
-    side, non-finite, non-positive (the neg-log window takes the logarithm of the transmitted intensity) and
-    constant images.
+    side (also once its longer side is brought to the model's ``image_size``, when given, as inference does),
+    non-finite, non-positive (the neg-log window takes the logarithm of the transmitted intensity) and constant images.
     """
     array = np.asarray(image)
     _check_shape(source, array, expected_shape)
     if min(array.shape) < MIN_IMAGE_SIZE:
         raise ValueError(f"{source}: image of {array.shape[0]}x{array.shape[1]} pixels; the networks need at least "
                          f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
+    if image_size:
+        longest = max(image_size)
+        scaled = [round(side * longest / max(array.shape)) for side in array.shape]
+        if min(scaled) < MIN_IMAGE_SIZE:
+            raise ValueError(f"{source}: image of {array.shape[0]}x{array.shape[1]} pixels is {scaled[0]}x{scaled[1]} "
+                             f"at the model's image size ({longest} pixels on its longer side); the networks need at "
+                             f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} (--image_size 0 runs it at its own size)")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{source}: expected a float raw-intensity image (float32), got dtype {array.dtype}")
     array = array.astype(np.float32, copy=False)

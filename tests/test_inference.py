@@ -182,6 +182,30 @@ def test_list_inputs_rejects_bad_file_with_its_reason_and_keeps_good_one(tmp_pat
     assert scan.failures[0].path == str(tmp_path / "bad.tif") and reason in scan.failures[0].reason
 
 
+@pytest.mark.parametrize("image_size, rejected", [(None, False), ([448, 448], False), ([128, 128], True)])
+def test_list_inputs_rejects_an_image_too_narrow_at_the_model_image_size(tmp_path, image_size, rejected):
+    """A 448 x 40 view is 128 x 11 once brought to a 128 px model: rejected before the run, not a network crash."""
+    narrow = raw_xray(448, seed=2)[:, :40].copy()
+    tifffile.imwrite(tmp_path / "narrow.tif", narrow)
+    tifffile.imwrite(tmp_path / "good.tif", raw_xray(448))
+    scan = list_inputs(tmp_path, image_size=image_size)
+    assert [Path(item["image"]).name for item in scan.items] == (["good.tif"] if rejected else ["good.tif", "narrow.tif"])
+    reasons = [failure.reason for failure in scan.failures]
+    expected = "image of 448x40 pixels is 128x11 at the model's image size (128 pixels on its longer side)"
+    assert reasons == ([f"{expected}; the networks need at least 32x32 (--image_size 0 runs it at its own size)"]
+                       if rejected else [])  # fmt: skip
+
+
+def test_segmenter_names_an_array_too_narrow_at_the_model_image_size_in_one_line(tmp_path, model_root):
+    models = tmp_path / "models"
+    shutil.copytree(model_root / "models", models)
+    choice = {"image_size": [128, 128], "model_sha256": file_sha256(models / "model.pt")}
+    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    segmenter = load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
+    with pytest.raises(ValueError, match=r"^image array: image of 448x40 pixels is 128x11 at the model's image size"):
+        segmenter.segment(raw_xray(448, seed=2)[:, :40].copy())
+
+
 def test_list_inputs_takes_tif_and_tiff_of_any_case_sorted_and_ignores_other_files_and_subfolders(tmp_path):
     for name in ("c.TIFF", "a.tif", "b.Tif"):
         tifffile.imwrite(tmp_path / name, raw_xray())
@@ -545,7 +569,7 @@ class _InputSizes(torch.nn.Module):
     "image_size, shape, network_sizes",
     [
         ([32, 32], (SIZE, SIZE), {(32, 32)}),  # an input larger than the validation images: seen at their scale
-        ([32, 32], (SIZE, 48), {(32, 24)}),  # the longer side to theirs, the aspect ratio kept
+        ([48, 48], (SIZE, 48), {(48, 36)}),  # the longer side to theirs, the aspect ratio kept
         ([96, 96], (SIZE, SIZE), {(96, 96)}),  # smaller: enlarged
         ([SIZE, SIZE], (SIZE, SIZE), {(SIZE, SIZE)}),  # the same size: as it is
         (None, (SIZE, SIZE), {(SIZE, SIZE)}),  # no size recorded: as it is

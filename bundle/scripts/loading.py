@@ -147,17 +147,23 @@ def error_reason(err: BaseException, path: str) -> str:
     message = str(err)
     return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
 
-def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> InputScan:
+def list_inputs(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    image_size: Sequence[int] | None = None,
+) -> InputScan:
     """Find the X-rays directly inside ``dataset_dir`` (not recursive), or, for a PENGWIN root, in the
     ``<split>/input/images/x-ray`` folder of each split, and check each one before the run.
 
     Every ``*.tif``/``*.tiff`` file is read with :func:`custom_transforms.read_xray_image`; an unreadable, non-float,
-    NaN/inf or constant image is logged with its reason and listed in ``failures``, and so is a file whose output
-    name (``<stem>.tif``) another input already takes (``a.tif`` and ``a.tiff``).
+    NaN/inf or constant image, or one too narrow at the model's ``image_size``, is logged with its reason and listed in
+    ``failures``, and so is a file whose output name (``<stem>.tif``) another input already takes (``a.tif`` and
+    ``a.tiff``).
 
     Args:
         dataset_dir: folder of raw PENGWIN X-ray TIFFs, or a PENGWIN root.
         output_dir: the output folder, if known, to refuse writing bit maps over the inputs.
+        image_size: the size inference brings the images to (``None``: their own).
 
     Raises:
         FileNotFoundError: when ``dataset_dir`` does not exist or holds no TIFF file.
@@ -188,7 +194,7 @@ def list_inputs(dataset_dir: str | os.PathLike, output_dir: str | os.PathLike | 
         try:
             if stem in stems:
                 raise ValueError(f"same output name {stem}.tif as {Path(stems[stem]).name}")
-            read_xray_image(path)
+            read_xray_image(path, image_size=image_size)
         except (ValueError, OSError) as err:
             failures.append(InputFailure(path, error_reason(err, path)))
             logger.warning(f"skipping {path}: {failures[-1].reason}")

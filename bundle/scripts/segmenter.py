@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -42,6 +42,7 @@ class Segmenter:
         threshold: probability threshold of the fragment masks (checked, as the writer checks it).
         min_component_size: smaller 8-connected components are dropped.
         device: where the network runs.
+        image_size: the size ``image_preprocessing`` brings images to (``None``: their own), for the input checks.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class Segmenter:
         threshold: float,
         min_component_size: int,
         device: str | torch.device = "cpu",
+        image_size: Sequence[int] | None = None,
     ) -> None:
         self.network = network
         self.image_preprocessing = image_preprocessing
@@ -61,6 +63,7 @@ class Segmenter:
         self.threshold = check_threshold(threshold)
         self.min_component_size = check_min_component_size(min_component_size)
         self.device = torch.device(device)
+        self.image_size = image_size
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The inferer's logits ``[B, C, h, w]`` for a preprocessed batch ``[B, C_in, h, w]``."""
@@ -74,9 +77,9 @@ class Segmenter:
     def segment(self, image: str | os.PathLike | np.ndarray) -> Segmentation:
         """Segment one raw X-ray: a TIFF file or a float ``[H, W]`` array of transmitted intensities."""
         if isinstance(image, (str, os.PathLike)):
-            raw = read_xray_image(image)
+            raw = read_xray_image(image, image_size=self.image_size)
         else:
-            raw = check_xray_image(image, "image array")
+            raw = check_xray_image(image, "image array", image_size=self.image_size)
         network_input = self.image_preprocessing({"image": raw[None]})["image"]
         probs = self.fragment_probabilities(self.logits(torch.as_tensor(network_input)[None])[0])
         return segment_probabilities(probs, raw.shape, self.threshold, self.min_component_size)
