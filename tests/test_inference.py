@@ -124,6 +124,15 @@ def model_paths(root: Path) -> dict[str, str]:
     }
 
 
+def models_with_choice(tmp_path: Path, model_root: Path, **choice) -> Path:
+    """A copy of ``model_root``'s models with ``choice`` as the post-processing chosen for its model.pt."""
+    models = tmp_path / "models"
+    shutil.copytree(model_root / "models", models)
+    choice["model_sha256"] = file_sha256(models / "model.pt")
+    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    return models
+
+
 def run_bundle(*args: str) -> subprocess.CompletedProcess:
     """Run inference.json through the monai.bundle CLI in the bundle folder, with the small test network."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
@@ -197,10 +206,7 @@ def test_list_inputs_rejects_an_image_too_narrow_at_the_model_image_size(tmp_pat
 
 
 def test_segmenter_names_an_array_too_narrow_at_the_model_image_size_in_one_line(tmp_path, model_root):
-    models = tmp_path / "models"
-    shutil.copytree(model_root / "models", models)
-    choice = {"image_size": [128, 128], "model_sha256": file_sha256(models / "model.pt")}
-    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    models = models_with_choice(tmp_path, model_root, image_size=[128, 128])
     segmenter = load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
     with pytest.raises(ValueError, match=r"^image array: image of 448x40 pixels is 128x11 at the model's image size"):
         segmenter.segment(raw_xray(448, seed=2)[:, :40].copy())
@@ -579,11 +585,8 @@ def test_inference_runs_the_network_at_the_image_size_the_model_was_chosen_on(
     tmp_path, model_root, image_size, shape, network_sizes
 ):
     """postprocessing.json's image_size (the validation images') sets the network's scale; outputs keep the input's."""
-    models = tmp_path / "models"
-    shutil.copytree(model_root / "models", models)
-    choice = {"threshold": 0.5, "min_component_size": 0, "split_depth": 0, "seed_threshold": 0,
-              "image_size": image_size, "model_sha256": file_sha256(models / "model.pt")}  # fmt: skip
-    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    models = models_with_choice(tmp_path, model_root, threshold=0.5, min_component_size=0, split_depth=0,
+                                seed_threshold=0, image_size=image_size)  # fmt: skip
     segmenter = load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
     segmenter.network = spy = _InputSizes(segmenter.network)
     result = segmenter.segment(raw_xray(SIZE, seed=6)[: shape[0], : shape[1]])
@@ -592,10 +595,7 @@ def test_inference_runs_the_network_at_the_image_size_the_model_was_chosen_on(
 
 def test_inference_of_an_input_at_the_recorded_image_size_is_unchanged(tmp_path, model_root):
     """The resize is a no-op at the validation images' size: the bit map is the one without any image_size."""
-    models = tmp_path / "models"
-    shutil.copytree(model_root / "models", models)
-    choice = {"image_size": [SIZE, SIZE], "model_sha256": file_sha256(models / "model.pt")}
-    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    models = models_with_choice(tmp_path, model_root, image_size=[SIZE, SIZE])
     overrides = {"ckpt_dir": str(models), "network_def#features": FEATURES}
     raw = raw_xray(SIZE, seed=8)
     recorded = load_segmenter(BUNDLE_ROOT, **overrides).segment(raw).bitmap
@@ -603,10 +603,7 @@ def test_inference_of_an_input_at_the_recorded_image_size_is_unchanged(tmp_path,
 
 
 def test_inference_image_size_override_runs_the_network_at_the_input_size(tmp_path, model_root):
-    models = tmp_path / "models"
-    shutil.copytree(model_root / "models", models)
-    choice = {"image_size": [32, 32], "model_sha256": file_sha256(models / "model.pt")}
-    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    models = models_with_choice(tmp_path, model_root, image_size=[32, 32])
     overrides = {"ckpt_dir": str(models), "network_def#features": FEATURES}
     assert load_segmenter(BUNDLE_ROOT, **overrides).image_preprocessing({"image": torch.ones(1, SIZE, SIZE)})[
         "image"
@@ -671,10 +668,7 @@ def test_cli_writes_bitmap_report_and_overlay_for_a_real_xray(tmp_path, real_dat
 @pytest.mark.parametrize("override, network_size", [((), [32, 32]), (("--image_size", "0"), None)])
 def test_cli_runs_the_network_at_the_recorded_image_size_unless_told_0(tmp_path, model_root, override, network_size):
     """The command line cannot pass None (monai.bundle run drops it): 0 switches the resize off; reports say which."""
-    models = tmp_path / "models"
-    shutil.copytree(model_root / "models", models)
-    choice = {"image_size": [32, 32], "model_sha256": file_sha256(models / "model.pt")}
-    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    models = models_with_choice(tmp_path, model_root, image_size=[32, 32])
     inputs = tmp_path / "in"
     inputs.mkdir()
     tifffile.imwrite(inputs / "case.tif", raw_xray(SIZE, seed=7))
@@ -688,11 +682,8 @@ def test_cli_runs_the_network_at_the_recorded_image_size_unless_told_0(tmp_path,
 def test_evaluation_scores_what_inference_writes_for_a_model_of_another_image_size(tmp_path, pengwin_root, model_root):
     """A model validated on 48 px images, evaluated on 32 px data: both bring the images to 48 px, decode there and
     score the probabilities brought back to 32 px, so evaluation's official means are those of inference's bit maps."""
-    models = tmp_path / "models"
-    shutil.copytree(model_root / "models", models)
-    choice = {"threshold": 0.5, "min_component_size": 0, "split_depth": 0.0, "seed_threshold": 0.0,
-              "image_size": [48, 48], "model_sha256": file_sha256(models / "model.pt")}  # fmt: skip
-    (models / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    models = models_with_choice(tmp_path, model_root, threshold=0.5, min_component_size=0, split_depth=0.0,
+                                seed_threshold=0.0, image_size=[48, 48])  # fmt: skip
     common = ["--dataset_dir", str(pengwin_root), "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "eval"),
               "--network_def#features", json.dumps(FEATURES), "--num_workers", "0"]  # fmt: skip
     result = bundle_run("--config_file", "['configs/train.json','configs/evaluate.json']", *common)
