@@ -80,7 +80,7 @@ def as_image_size(value: Sequence[int] | int | str | None, name: str) -> list[in
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             raise ValueError(f"{name} must be [height, width] in pixels, or 0 for none, got {value!r}") from None
-    if value is None or value is False or (isinstance(value, (int, float)) and value == 0):
+    if value is None or (isinstance(value, (int, float)) and value == 0):  # False == 0
         return None
     sides = list(ensure_tuple(value))
     if len(sides) == 1:
