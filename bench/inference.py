@@ -18,7 +18,8 @@ at (the inference command would bring the views to that size).
    bit map, report, overlay, the three file writes.
 3. End to end: ``FolderInference.run`` (what the inference command runs: DataLoader, network, background
    decoding and writing) over the folder twice, all three outputs and the bit map only, for eager float32 and the
-   fastest engine; images/s and the ratio to that engine's network-only figure.
+   fastest engine; images/s and the ratio to that engine's network-only figure, beside the most that ratio can be
+   when the network keeps every thread busy and the other stages (their part 2 times) share the same cores.
 4. Warm single-image latency of ``Segmenter.segment`` (a loaded bundle, a file in, a Segmentation out): distribution
    over every image, for eager float32 and the fastest engine.
 5. The inference command's start-up: wall time on a one-image folder, less the warm per-image time, against
@@ -131,6 +132,13 @@ def stage_times(segmenter: Segmenter, files: list[Path], out: Path) -> dict[str,
     return {stage: statistics.median(values) for stage, values in times.items()}
 
 
+def background_stages(outputs: list[str]) -> list[str]:
+    """The stages of :func:`stage_times` besides the network that a folder run writing ``outputs`` goes through."""
+    per_output = {"tif": ["write tif"], "json": ["report", "write json"], "png": ["report", "overlay", "write png"]}
+    always = ["load + preprocess", "fragment decoding", "post-processing + bit map"]
+    return list(dict.fromkeys(always + [stage for output in outputs for stage in per_output[output]]))
+
+
 def file_preprocessing() -> Callable[[dict], dict]:
     """The file preprocessing of inference.json (load, keep the raw image, then the segmenter's own)."""
     parser = ConfigParser()
@@ -211,12 +219,17 @@ def main() -> None:
             print(f"  {stage:28s} {milliseconds:8.1f}")
         print(f"  {'all stages':28s} {sum(stages.values()):8.1f}")
 
-        print(f"\n3. end to end: FolderInference, the inference command's engine, {2 * len(files)} images")
+        print(f"\n3. end to end: FolderInference, the inference command's engine, {2 * len(files)} images; the bound")
+        print(f"   assumes the network keeps all {torch.get_num_threads()} threads busy, the other stages' time B (part 2)"
+              " taking their share: T x threads / (T x threads + B)")
         for name in dict.fromkeys(["eager fp32", fastest]):
             for outputs in (["tif", "json", "png"], ["tif"]):
                 rate = end_to_end(segmenters[name], files * 2, out / name.replace(" ", "_"), outputs)
+                network_cpu = torch.get_num_threads() / network_rate[name]
+                other_cpu = sum(stages[stage] for stage in background_stages(outputs)) / 1e3
                 print(f"  {name:13s} {'+'.join(outputs):12s} {rate:6.2f} images/s = "
-                      f"{100 * rate / network_rate[name]:5.1f}% of its network-only {network_rate[name]:.2f}")
+                      f"{100 * rate / network_rate[name]:5.1f}% of its network-only {network_rate[name]:.2f}"
+                      f" (bound {100 * network_cpu / (network_cpu + other_cpu):5.1f}%)")
 
         print("\n4. warm single-image latency: Segmenter.segment(file), ms")
         warm = {name: segmenters[name] for name in dict.fromkeys(["eager fp32", fastest])}

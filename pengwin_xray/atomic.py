@@ -22,9 +22,12 @@ __all__ = ["atomic_open", "write_json_atomic", "remove_stale_temporaries", "file
 
 logger = logging.getLogger(__name__)
 
-#: temporary files of an atomic write: :func:`atomic_open`'s ``.<name>.<random>.tmp`` and ignite's atomic
-#: ``DiskSaver``'s ``tmp<random>`` (checkpoints)
-TEMPORARY_NAME = re.compile(r"^(\..+\.[A-Za-z0-9_]+\.tmp|tmp[A-Za-z0-9_]{8})$")
+#: the suffix of :func:`atomic_open`'s temporary files, ``.<name>.<random>.pengwin.tmp``, which no other program uses
+TEMPORARY_SUFFIX = ".pengwin.tmp"
+TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+" + re.escape(TEMPORARY_SUFFIX) + "$")
+#: ignite's atomic ``DiskSaver`` writes a checkpoint to ``tmp<random>`` first (Python's ``tempfile`` name, so found
+#: only in a checkpoint folder is it taken for one of ours)
+CHECKPOINT_TEMPORARY_NAME = re.compile(r"^tmp[A-Za-z0-9_]{8}$")
 
 
 @contextmanager
@@ -38,7 +41,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     os.close(descriptor)  # reopened by name: tifffile and PIL want a handle whose ``name`` is a path
     text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
     try:
@@ -61,20 +64,26 @@ def write_json_atomic(path: str | os.PathLike, content: Any) -> Path:
     return Path(path)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, min_age_s: float = 60.0) -> list[Path]:
+def remove_stale_temporaries(
+    folder: str | os.PathLike, min_age_s: float = 60.0, checkpoints: bool = False
+) -> list[Path]:
     """Delete the temporary files that killed atomic writes left directly in ``folder``; return them.
 
-    A file counts as left behind when its name is a temporary name (:data:`TEMPORARY_NAME`) and it has not been
-    written for ``min_age_s`` seconds, so a write in progress elsewhere is not touched. A missing folder is fine.
+    A file counts as left behind when it bears :func:`atomic_open`'s temporary name (:data:`TEMPORARY_NAME`), or, in
+    a checkpoint folder (``checkpoints``), ignite's (:data:`CHECKPOINT_TEMPORARY_NAME`), and it has not been written
+    for ``min_age_s`` seconds, so a write in progress elsewhere is not touched. A missing folder is fine.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    names = [TEMPORARY_NAME, CHECKPOINT_TEMPORARY_NAME] if checkpoints else [TEMPORARY_NAME]
     now = time.time()
     stale = [
         path
         for path in sorted(folder.iterdir())
-        if path.is_file() and TEMPORARY_NAME.match(path.name) and now - path.stat().st_mtime >= min_age_s
+        if path.is_file()
+        and any(name.match(path.name) for name in names)
+        and now - path.stat().st_mtime >= min_age_s
     ]
     for path in stale:
         path.unlink(missing_ok=True)

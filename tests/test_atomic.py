@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pengwin_xray.atomic import atomic_open, remove_stale_temporaries, write_json_atomic
+from pengwin_xray.atomic import TEMPORARY_SUFFIX, atomic_open, remove_stale_temporaries, write_json_atomic
 
 
 def test_successful_write_creates_folders_and_a_readable_file(tmp_path):
@@ -46,16 +46,34 @@ def test_the_target_is_replaced_only_by_the_rename(tmp_path, monkeypatch):
     assert target.read_text() == "{}" and len(list(tmp_path.iterdir())) == 1
 
 
-def test_temporaries_left_by_killed_writes_are_removed_and_nothing_else(tmp_path):
-    ours = Path(tempfile.mkstemp(dir=tmp_path, prefix=".summary.json.", suffix=".tmp")[1])  # as atomic_open names it
-    with tempfile.NamedTemporaryFile(delete=False, dir=tmp_path) as handle:  # as ignite's atomic DiskSaver names it
-        ignites = Path(handle.name)
-    keep = [tmp_path / name for name in ("model.pt", "tmp_notes.txt", "summary.json", ".hidden.tmp.bak")]
-    for path in keep:
+def stale_files(folder: Path, names: list[str]) -> list[Path]:
+    paths = [folder / name for name in names]
+    for path in paths:
         path.write_text("x")
-    for path in [ours, ignites, *keep]:
         os.utime(path, (0, 0))  # long untouched
-    in_progress = Path(tempfile.mkstemp(dir=tmp_path, prefix=".model.pt.", suffix=".tmp")[1])  # just written
-    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([ours, ignites])
+    return paths
+
+
+def test_temporaries_left_by_killed_writes_are_removed_and_nothing_else(tmp_path):
+    with atomic_open(tmp_path / "summary.json", "w"):  # what a write killed here leaves: its temporary
+        (ours,) = tmp_path.iterdir()
+        os.link(ours, tmp_path / "kept")
+    ours = (tmp_path / "kept").rename(ours)
+    os.utime(ours, (0, 0))
+    (tmp_path / "summary.json").unlink()
+    # other programs' files, also temporary-looking: Python's tempfile names, editors' drafts
+    keep = stale_files(tmp_path, ["model.pt", "tmp_notes.txt", "tmpab12cd34", ".draft.v2.tmp", ".hidden.tmp.bak"])
+    in_progress = Path(tempfile.mkstemp(dir=tmp_path, prefix=".model.pt.", suffix=TEMPORARY_SUFFIX)[1])  # just written
+    assert remove_stale_temporaries(tmp_path) == [ours]
     assert sorted(tmp_path.iterdir()) == sorted([*keep, in_progress])
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_a_checkpoint_folder_also_loses_ignites_temporaries(tmp_path):
+    with tempfile.NamedTemporaryFile(delete=False, dir=tmp_path) as handle:  # as ignite's atomic DiskSaver names it
+        ignites = Path(handle.name)
+    os.utime(ignites, (0, 0))
+    keep = stale_files(tmp_path, ["model.pt", "tmp_notes.txt"])
+    assert remove_stale_temporaries(tmp_path) == []
+    assert remove_stale_temporaries(tmp_path, checkpoints=True) == [ignites]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)

@@ -43,7 +43,7 @@ from scripts.postprocessing import postprocess_fragments
 from scripts.tuning import tuned_postprocessing
 from scripts.writers import PredictionWriter
 from pengwin_xray.atomic import file_sha256
-from pengwin_xray.datalist import build_datalist
+from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR, build_datalist
 from pengwin_xray.metrics import read_fragment_label, score_image
 from pengwin_xray.segment import load_segmenter
 
@@ -275,8 +275,22 @@ def test_list_inputs_fails_when_no_file_is_usable_and_names_every_file(tmp_path)
 
 def test_list_inputs_refuses_output_folder_equal_to_input_folder(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", raw_xray())
-    with pytest.raises(ValueError, match="would overwrite the inputs"):
+    with pytest.raises(ValueError, match="folder of the inputs .* would overwrite them"):
         list_inputs(tmp_path, output_dir=tmp_path / "sub" / "..")
+
+
+@pytest.mark.parametrize("given", ["root", "split"])
+@pytest.mark.parametrize("output", [IMAGE_SUBDIR, LABEL_SUBDIR], ids=["x-rays", "labels"])
+def test_list_inputs_refuses_the_x_ray_or_label_folder_of_a_pengwin_split_as_output(tmp_path, given, output):
+    split = tmp_path / "test"
+    (split / IMAGE_SUBDIR).mkdir(parents=True)
+    (split / LABEL_SUBDIR).mkdir(parents=True)
+    tifffile.imwrite(split / IMAGE_SUBDIR / "001_0000.tif", raw_xray())
+    dataset_dir = tmp_path if given == "root" else split
+    what = "inputs" if output == IMAGE_SUBDIR else "ground-truth labels"
+    with pytest.raises(ValueError, match=f"output_dir is the folder of the {what}"):
+        list_inputs(dataset_dir, output_dir=split / output)
+    assert len(list_inputs(dataset_dir, output_dir=tmp_path / "out").items) == 1
 
 
 # ---------------------------------------------------------------- model formats

@@ -22,7 +22,7 @@ import logging
 import os
 import pickle
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -33,7 +33,7 @@ from monai.utils import convert_to_numpy
 from custom_transforms.constants import NUM_CHANNELS
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS
 from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
-from pengwin_xray.datalist import IMAGE_SUBDIR, split_folders
+from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR, split_folders
 
 __all__ = [
     "resolve_dataset",
@@ -44,6 +44,7 @@ __all__ = [
     "InputFailure",
     "InputScan",
     "error_reason",
+    "check_output_folder",
     "list_inputs",
     "OnnxModelNetwork",
     "OnnxRuntimeNetwork",
@@ -147,6 +148,19 @@ def error_reason(err: BaseException, path: str) -> str:
     message = str(err)
     return message[len(path) + 2 :] if message.startswith(f"{path}: ") else message
 
+def check_output_folder(
+    output_dir: str | os.PathLike, input_folders: Collection[Path], label_folders: Collection[Path] = ()
+) -> None:
+    """Refuse an ``output_dir`` that is a folder the inputs are read from, or a PENGWIN split's label folder: the bit
+    maps (``<stem>.tif``) would overwrite the X-rays or the ground truth."""
+    output = Path(output_dir).resolve()
+    for folders, what in ((input_folders, "the inputs"), (label_folders, "the ground-truth labels")):
+        taken = [folder for folder in folders if folder.resolve() == output]
+        if taken:
+            raise ValueError(f"{output_dir}: output_dir is the folder of {what} ({taken[0]}); the bit maps would "
+                             f"overwrite them; choose another --output_dir")
+
+
 def list_inputs(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
@@ -168,23 +182,25 @@ def list_inputs(
     Raises:
         FileNotFoundError: when ``dataset_dir`` does not exist or holds no TIFF file.
         NotADirectoryError: when ``dataset_dir`` is not a folder.
-        ValueError: when ``output_dir`` is ``dataset_dir``, or when no input is readable (the message lists why).
+        ValueError: when ``output_dir`` is a folder of the inputs or of a split's labels (see
+            :func:`check_output_folder`), or when no input is readable (the message lists why).
     """
     folder = Path(dataset_dir)
     if not folder.exists():
         raise FileNotFoundError(f"{folder}: input folder does not exist (set --dataset_dir)")
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: dataset_dir must be a folder of X-ray TIFFs")
-    if output_dir is not None and Path(output_dir).resolve() == folder.resolve():
-        raise ValueError(f"{folder}: output_dir is the input folder; the bit maps would overwrite the inputs")
     paths = list_tiffs(folder)
+    splits = [] if paths else split_folders(folder)
     if not paths:
-        paths = [path for split in split_folders(folder) for path in list_tiffs(split / IMAGE_SUBDIR)]
+        paths = [path for split in splits for path in list_tiffs(split / IMAGE_SUBDIR)]
     if not paths:
         raise FileNotFoundError(
             f"{folder}: no {'/'.join(TIFF_SUFFIXES)} files in the input folder, nor in "
             f"<split>/{IMAGE_SUBDIR.as_posix()} folders of a PENGWIN root"
         )
+    if output_dir is not None:
+        check_output_folder(output_dir, {path.parent for path in paths}, {split / LABEL_SUBDIR for split in splits})
 
     items: list[dict[str, str]] = []
     failures: list[InputFailure] = []
