@@ -420,6 +420,24 @@ def test_prediction_writer_records_a_failed_item_and_still_writes_the_next(tmp_p
     assert (tifffile.imread(tmp_path / "out" / "second.tif")[10:30, 10:30] == 1 << 5).all()
 
 
+def test_outputs_of_inputs_failed_in_this_run_are_removed_and_no_others(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = ["old.tif", "old.json", "old_overlay.png", "same.tif", "other.tif", "notes.txt"]
+    for name in earlier:  # an earlier run's outputs, and a user's file
+        (out / name).write_text("earlier")
+    probs = np.zeros((NUM_CHANNELS, SIZE, SIZE), np.float32)
+    probs[4, 10:30, 10:30] = 0.9
+    writer = PredictionWriter(out, outputs=["tif"])
+    writer.write(torch.as_tensor(probs), torch.as_tensor(raw_xray()[None]), "/in/same.tif")
+    # old.tif was rejected before the run; same.TIFF lost its output name to same.tif, which this run wrote
+    failures = [InputFailure("/in/old.tif", "constant image"), InputFailure("/in/same.TIFF", "same output name")]
+    removed = writer.remove_failed_outputs(failures)
+    assert sorted(path.name for path in removed) == ["old.json", "old.tif", "old_overlay.png"]
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt", "other.tif", "same.tif"]
+    assert (tifffile.imread(out / "same.tif")[10:30, 10:30] == 1 << 5).all()  # this run's, kept
+
+
 @pytest.mark.parametrize("outputs", [[], ["tif", "nii"]])
 def test_prediction_writer_rejects_empty_or_unknown_outputs(tmp_path, outputs):
     with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
@@ -731,6 +749,8 @@ def test_cli_grand_challenge_onnx_run_skips_bad_files_writes_good_one_and_fails(
     write_not_a_tiff(inputs / "case_text.tif")
     write_nan_image(inputs / "case_nan.tiff")
     out = tmp_path / "submission"
+    out.mkdir()
+    (out / "case_nan.tif").write_text("an earlier run's bit map")  # must not pass for this run's
     result = run_bundle(
         "--grand_challenge", "true", "--model_format", "onnx", "--cpu_bf16", "False",
         "--dataset_dir", str(inputs), "--output_dir", str(out), "--bundle_root", str(model_root),
@@ -741,6 +761,7 @@ def test_cli_grand_challenge_onnx_run_skips_bad_files_writes_good_one_and_fails(
     assert "Traceback" not in result.stderr
     assert "case_text.tif: not a readable TIFF" in result.stdout and "case_nan.tiff: image contains" in result.stdout
     assert [p.name for p in out.iterdir()] == ["case_good.tif"]  # submission only, under the input's name
+    assert f"removed {out / 'case_nan.tif'}: its input" in result.stdout
     _, reference = bitmap_of(load_network("pt", small_unet(seed=9), **model_paths(model_root)), raw)
     bitmap = tifffile.imread(out / "case_good.tif")
     assert bitmap.dtype == np.uint32 and bitmap.shape == (SIZE, SIZE)

@@ -64,6 +64,7 @@ __all__ = [
     "write_report_json",
     "write_png",
     "write_prediction",
+    "output_paths",
     "PredictionWriter",
 ]
 
@@ -359,12 +360,11 @@ def write_prediction(
         raise ValueError(f"{image_name}: expected a raw image [H, W] or [1, H, W], got shape {raw.shape}")
     masks, bitmap, probabilities, fallback_used = segment_probabilities(probs, raw.shape, threshold, min_component_size)
 
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = tiff_stem(image_name)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    targets = output_paths(output_dir, image_name)
     paths: dict[str, Path] = {}
     if "tif" in outputs:
-        paths["tif"] = write_bitmap_tiff(folder / f"{stem}.tif", bitmap)
+        paths["tif"] = write_bitmap_tiff(targets["tif"], bitmap)
     report = fragment_report(masks, probabilities) if {"json", "png"} & set(outputs) else []
     if "json" in outputs:
         extra = {
@@ -374,10 +374,16 @@ def write_prediction(
             **(report_settings or {}),
             "fallback_used": fallback_used,
         }
-        paths["json"] = write_report_json(folder / f"{stem}.json", report, extra)
+        paths["json"] = write_report_json(targets["json"], report, extra)
     if "png" in outputs:
-        paths["png"] = write_png(folder / f"{stem}_overlay.png", overlay_image(display_image(raw), masks, report))
+        paths["png"] = write_png(targets["png"], overlay_image(display_image(raw), masks, report))
     return paths
+
+
+def output_paths(output_dir: str | os.PathLike, image_name: str) -> dict[str, Path]:
+    """Where :func:`write_prediction` writes each output kind of the input ``image_name`` in ``output_dir``."""
+    folder, stem = Path(output_dir), tiff_stem(image_name)
+    return {"tif": folder / f"{stem}.tif", "json": folder / f"{stem}.json", "png": folder / f"{stem}_overlay.png"}
 
 
 class PredictionWriter:
@@ -433,3 +439,19 @@ class PredictionWriter:
             return
         self.written.append(filename)
         logger.info(f"{filename} -> {', '.join(path.name for path in paths.values())}")
+
+    def remove_failed_outputs(self, failures: Sequence[InputFailure]) -> list[Path]:
+        """Delete the output files of inputs that failed in this run (an earlier run's, or a part this run wrote
+        before the failure), so that none passes for this run's result; files of an input this run wrote under the
+        same name are kept. Returns the deleted files."""
+        written = {tiff_stem(name) for name in self.written}
+        removed = []
+        for failure in failures:
+            if tiff_stem(failure.path) in written:
+                continue
+            for path in output_paths(self.output_dir, failure.path).values():
+                if path.is_file():
+                    path.unlink()
+                    removed.append(path)
+                    logger.warning(f"removed {path}: its input {failure.path} failed in this run")
+        return removed
