@@ -45,8 +45,18 @@ def list_tiffs(folder: str | Path) -> list[Path]:
 
 def tiffs_by_stem(folder: str | Path) -> dict[str, Path]:
     """The TIFFs directly in ``folder`` keyed by :func:`tiff_stem`, so that ``a.tif`` pairs with ``a.TIFF``; ``{}``
-    when the folder does not exist."""
-    return {tiff_stem(path): path for path in list_tiffs(folder)} if Path(folder).is_dir() else {}
+    when the folder does not exist.
+
+    Raises:
+        ValueError: when two files share a stem (``a.tif`` and ``a.TIFF``): which one is meant is not known.
+    """
+    found: dict[str, Path] = {}
+    for path in list_tiffs(folder) if Path(folder).is_dir() else []:
+        stem = tiff_stem(path)
+        if stem in found:
+            raise ValueError(f"{folder}: {found[stem].name} and {path.name} have the same name stem; keep one of them")
+        found[stem] = path
+    return found
 
 
 def tiff_stem(name: str | Path) -> str:
@@ -63,6 +73,8 @@ def _read_single_page(path: str | Path) -> np.ndarray:
     """Read a one-page TIFF with tifffile, turning every failure into a ``ValueError`` naming the file."""
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.pages:  # a header without a readable first image: truncated or corrupt
+                raise ValueError(f"{path}: not a readable TIFF (no image in it)")
             if len(tif.pages) != 1:
                 raise ValueError(f"{path}: expected a single-page TIFF, found {len(tif.pages)} pages")
             return tif.pages[0].asarray()

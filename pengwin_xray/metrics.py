@@ -569,10 +569,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--workers", type=int, help="scoring processes (default: one per CPU, at most one per 32 images)"
     )
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"pengwin-eval: {args.out}: --out must be a folder, and this is a file")
     try:
+        remove_results(args.out)  # a failed scoring leaves no earlier results to pass for its own
         rows, summary = evaluate_folders(args.predictions_dir, args.labels_dir, args.workers)
+        csv_path, json_path = write_results(rows, summary, args.out)
     except (OSError, ValueError) as err:
         raise SystemExit(f"pengwin-eval: {err}") from None
-    csv_path, json_path = write_results(rows, summary, args.out)
     print(json.dumps(summary, indent=2))
     print(f"written: {json_path} and {csv_path}", file=sys.stderr)  # stdout stays one JSON document

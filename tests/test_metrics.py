@@ -534,3 +534,29 @@ def test_missing_pairs_are_a_clear_error_listing_the_names(folders: tuple[Path, 
     with pytest.raises(SystemExit, match="pengwin-eval: no prediction"):
         main([str(predictions), str(labels), "--out", str(tmp_path / "cli")])
     assert not (tmp_path / "cli").exists()
+
+
+def test_two_labels_of_one_stem_are_an_error_naming_both(folders: tuple[Path, Path]) -> None:
+    predictions, labels = folders
+    (labels / "a.TIFF").write_bytes((labels / "b.tif").read_bytes())
+    with pytest.raises(ValueError, match=r"labels: a.TIFF and a.tif have the same name stem; keep one"):
+        evaluate_folders(predictions, labels)
+
+
+def test_cli_out_that_is_a_file_is_one_line_before_scoring(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    predictions, labels = folders
+    (tmp_path / "outfile").write_text("mine")
+    with pytest.raises(SystemExit, match=r"^pengwin-eval: .*outfile: --out must be a folder, and this is a file$"):
+        main([str(predictions), str(labels), "--out", str(tmp_path / "outfile")])
+    assert (tmp_path / "outfile").read_text() == "mine"
+
+
+def test_cli_failed_scoring_leaves_no_earlier_results_behind(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    predictions, labels = folders
+    out = tmp_path / "cli"
+    main([str(predictions), str(labels), "--out", str(out)])
+    (out / "notes.txt").write_text("mine")
+    (predictions / "a.tif").unlink()
+    with pytest.raises(SystemExit, match="pengwin-eval: no prediction"):
+        main([str(predictions), str(labels), "--out", str(out)])
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
