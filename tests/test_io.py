@@ -65,7 +65,7 @@ def write_bytes(path, content: bytes):
 BAD_IMAGES = {
     "not a TIFF": (lambda p: write_bytes(p, b"hello, not an image"), "not a readable TIFF"),
     "truncated": (lambda p: write_bytes(p, _tiff_bytes(np.ones((32, 32), np.float32))[:300]), "not a readable TIFF"),
-    "header only": (lambda p: write_bytes(p, _tiff_bytes(np.ones((32, 32), np.float32))[:8]), "not a readable TIFF (no image"),
+    "header only": (lambda p: write_bytes(p, _tiff_bytes(np.ones((32, 32), np.float32))[:8]), "not a readable TIFF .no image in it"),
     "several pages": (lambda p: tifffile.imwrite(p, np.ones((2, 8, 8), np.float32)), "2 pages"),
     "RGB": (lambda p: tifffile.imwrite(p, np.ones((8, 8, 3), np.float32), photometric="rgb"), "RGB"),
     "integer image": (lambda p: tifffile.imwrite(p, np.ones((32, 32), np.uint16)), "float raw-intensity"),
