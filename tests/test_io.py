@@ -84,6 +84,14 @@ def _tiff_bytes(array):
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize("compression", ["lzw", "deflate", "zstd"])
+def test_compressed_x_rays_read_as_written(tmp_path, compression):
+    """Exported X-rays are often compressed; LZW and zstd need imagecodecs (a requirement)."""
+    image = np.random.default_rng(0).uniform(0.5, 56.0, (40, 48)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "x.tif", image, compression=compression)
+    np.testing.assert_array_equal(read_xray_image(tmp_path / "x.tif"), image)
+
+
 @pytest.mark.parametrize("case", sorted(BAD_IMAGES))
 def test_bad_images_fail_naming_the_file_and_the_problem(tmp_path, case):
     make, message = BAD_IMAGES[case]
