@@ -157,9 +157,10 @@ def check_output_folder(
     for folders, what in ((input_folders, "the inputs"), (label_folders, "the ground-truth labels")):
         taken = [folder for folder in folders if folder.resolve() == output]
         if taken:
-            raise ValueError(f"{output_dir}: output_dir is the folder of {what} ({taken[0]}); the bit maps would "
-                             f"overwrite them; choose another --output_dir")
-
+            raise ValueError(
+                f"{output_dir}: output_dir is the folder of {what} ({taken[0]}); the bit maps would overwrite them; "
+                "choose another --output_dir"
+            )
 
 def list_inputs(
     dataset_dir: str | os.PathLike,
