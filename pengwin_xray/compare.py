@@ -376,8 +376,9 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """Command line: ``pengwin-compare --dataset_dir DIR --max_epochs N [--output_dir OUT]``."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``pengwin-compare --dataset_dir DIR --max_epochs N [--output_dir OUT]``; the report goes to
+    ``compare.json`` in the output folder. Returns nothing: a console script exits with what ``main`` returns."""
     parser = argparse.ArgumentParser(prog="pengwin-compare", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--recipes", default=",".join(DEFAULT_RECIPES),
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         spec = json.loads(Path(args.run_spec).read_text())
         result = run_recipe(spec["config_files"], spec["evaluate_config"], spec["overrides"], spec["evaluate_overrides"])
         write_json_atomic(spec["result_path"], result)
-        return None
+        return
     vgg16 = dict(args.vgg16_override)
     if args.vgg16_weights is not None:
         vgg16["vgg16_weights"] = str(Path(args.vgg16_weights).resolve())
@@ -416,7 +417,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"pengwin-compare: {error}") from None
     print(format_table(report["rows"]))
     print(f"written: {Path(report['output_dir']) / 'compare.json'} and compare.md")
-    return report
 
 
 if __name__ == "__main__":

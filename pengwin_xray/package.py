@@ -144,8 +144,9 @@ def package_bundle(out_dir: str | os.PathLike, bundle_root: str | os.PathLike | 
     return archive
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Command line: ``pengwin-package --out DIR [--bundle_root DIR]``; prints the archive path."""
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: ``pengwin-package --out DIR [--bundle_root DIR]``; prints the archive path. Returns nothing: a
+    console script exits with what ``main`` returns."""
     parser = argparse.ArgumentParser(prog="pengwin-package", description="Pack the bundle into a model-zoo archive.")
     parser.add_argument("--out", required=True, help="folder to write pengwin_xray_v<version>.zip into")
     parser.add_argument("--bundle_root", default=None, help="bundle folder (default: the current folder)")
@@ -156,7 +157,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     except (OSError, ValueError) as err:
         raise SystemExit(f"pengwin-package: {err}") from None
     print(archive)
-    return archive
 
 
 if __name__ == "__main__":

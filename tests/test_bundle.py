@@ -231,7 +231,7 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
     return copy
 
 
-def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
+def test_package_writes_versioned_archive_with_bundle_layout(tmp_path, capsys):
     bundle = _bundle_copy(
         tmp_path,
         ("model.pt", "model.onnx", "checkpoint.pt", "checkpoint_epoch=3.pt", "postprocessing.json",
@@ -239,8 +239,9 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path):
     )  # fmt: skip
     out = tmp_path / "dist"
 
-    archive = main(["--out", str(out), "--bundle_root", str(bundle)])
+    assert main(["--out", str(out), "--bundle_root", str(bundle)]) is None  # the console script exits with 0
 
+    archive = Path(capsys.readouterr().out.strip())
     assert archive == out / f"{BUNDLE_NAME}_v{bundle_version(bundle)}.zip"
     assert sorted(p.name for p in out.iterdir()) == [archive.name]  # no temporary file left behind
     names = set(zipfile.ZipFile(archive).namelist())

@@ -215,7 +215,8 @@ def comparison(tmp_path_factory: pytest.TempPathFactory) -> dict:
     stdout = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        report = compare_main(argv)
+        assert compare_main(argv) is None  # the console script exits with 0
+    report = json.loads((output_dir / "compare.json").read_text())
     return {"report": report, "stdout": stdout.getvalue(), "output_dir": output_dir, "weights": state}
 
 
