@@ -139,11 +139,13 @@ def build_datalist(
 
 
 def load_datalist(path: str | Path) -> dict[str, list[dict]]:
-    """Read a datalist JSON (as written by ``pengwin-datalist``); every file it names must exist.
+    """Read a datalist JSON (as written by ``pengwin-datalist``); every file it names must exist. Relative paths
+    are taken from the datalist's folder, as MONAI's ``load_decathlon_datalist`` takes them.
 
     Raises:
         FileNotFoundError: the JSON is missing, or it names missing files (all listed at once).
-        ValueError: the JSON is not a datalist (training/validation/test lists of ``{"image", "label"}``).
+        ValueError: the JSON is not a datalist (training/validation/test lists of ``{"image", "label"}``; inference
+            items need no label).
     """
     path = Path(path)
     if not path.is_file():
@@ -156,12 +158,14 @@ def load_datalist(path: str | Path) -> dict[str, list[dict]]:
         raise ValueError(f"{path}: expected a JSON object with lists {_SPLITS}")
     missing = []
     for split in _SPLITS:
+        needed = ("image",) if split == "inference" else ("image", "label")
         for item in datalist.get(split, []):
-            if not isinstance(item, dict) or "image" not in item:
-                raise ValueError(f"{path}: every {split} item needs an 'image' path, got {item!r}")
-            missing += [
-                f"{split}: {item[key]}" for key in ("image", "label") if key in item and not Path(item[key]).is_file()
-            ]
+            if not isinstance(item, dict) or not all(isinstance(item.get(key), str) for key in needed):
+                raise ValueError(f"{path}: every {split} item needs {' and '.join(map(repr, needed))} paths, got {item!r}")
+            for key in ("image", "label"):
+                if key in item:
+                    item[key] = str(path.parent / item[key])  # an absolute path stays as it is
+            missing += [f"{split}: {item[key]}" for key in ("image", "label") if key in item and not Path(item[key]).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} names {len(missing)} missing file(s):\n  " + "\n  ".join(missing))
     return {split: datalist.get(split, []) for split in _SPLITS}

@@ -171,6 +171,26 @@ def test_datalist_json_naming_missing_files_lists_them_all(pengwin_root, tmp_pat
         load_datalist(tmp_path / "datalist.json")
 
 
+def test_datalist_json_paths_relative_to_its_folder_are_found(pengwin_root):
+    datalist = build_datalist(pengwin_root)
+    relative = {
+        split: [{key: str(Path(value).relative_to(pengwin_root)) for key, value in item.items()} for item in items]
+        for split, items in datalist.items()
+    }
+    (pengwin_root / "relative.json").write_text(json.dumps(relative))
+    assert load_datalist(pengwin_root / "relative.json") == datalist
+
+
+@pytest.mark.parametrize("split, needed", [("training", "'image' and 'label'"), ("test", "'image' and 'label'"),
+                                           ("inference", "'image'")])  # fmt: skip
+def test_datalist_items_without_the_paths_their_split_needs_are_a_clear_error(pengwin_root, tmp_path, split, needed):
+    datalist = build_datalist(pengwin_root)
+    datalist[split] = [{"image": datalist["training"][0]["image"]} if split != "inference" else {"label": "x.tif"}]
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(ValueError, match=f"datalist.json: every {split} item needs {needed} paths"):
+        load_datalist(tmp_path / "datalist.json")
+
+
 @pytest.mark.parametrize(
     "content, message",
     [(None, "datalist file not found"), ("{oops", "not valid JSON"), ("[1, 2]", "expected a JSON object")],
