@@ -161,11 +161,13 @@ def load_datalist(path: str | Path) -> dict[str, list[dict]]:
         needed = ("image",) if split == "inference" else ("image", "label")
         for item in datalist.get(split, []):
             if not isinstance(item, dict) or not all(isinstance(item.get(key), str) for key in needed):
-                raise ValueError(f"{path}: every {split} item needs {' and '.join(map(repr, needed))} paths, got {item!r}")
+                paths = " and ".join(map(repr, needed))
+                raise ValueError(f"{path}: every {split} item needs {paths} paths, got {item!r}")
             for key in ("image", "label"):
                 if key in item:
                     item[key] = str(path.parent / item[key])  # an absolute path stays as it is
-            missing += [f"{split}: {item[key]}" for key in ("image", "label") if key in item and not Path(item[key]).is_file()]
+                    if not Path(item[key]).is_file():
+                        missing.append(f"{split}: {item[key]}")
     if missing:
         raise FileNotFoundError(f"{path} names {len(missing)} missing file(s):\n  " + "\n  ".join(missing))
     return {split: datalist.get(split, []) for split in _SPLITS}

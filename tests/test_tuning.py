@@ -56,6 +56,16 @@ class _WeakNetwork(torch.nn.Module):
         return logits
 
 
+def test_a_choice_for_another_file_than_model_pt_is_refused_and_keeps_model_pts(tmp_path):
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "model.pt")
+    choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), tmp_path / "model.pt")
+    kept = (tmp_path / TUNED_POSTPROCESSING_FILE).read_text()
+    torch.save({"model": {"weights": torch.ones(1)}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint.pt: the post-processing is chosen for a folder's model.pt"):
+        choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), tmp_path / "checkpoint.pt")
+    assert (tmp_path / TUNED_POSTPROCESSING_FILE).read_text() == kept
+
+
 def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_beside_the_model(tmp_path):
     model_path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(1)}, model_path)

@@ -63,6 +63,8 @@ SPLIT_DEPTHS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
 #: seed thresholds tried for the main/other formulation (0: every other-fragment pixel is a seed); one at or below
 #: the setting's threshold would repeat the 0 setting, so it is skipped
 SEED_THRESHOLDS: tuple[float, ...] = (0.0, 0.8, 0.9)
+#: the best model of a training, whose post-processing choice its folder holds
+BEST_MODEL_FILE = "model.pt"
 #: what :func:`tuned_postprocessing` falls back to without a tuned file (or for a key an older file lacks)
 DEFAULTS: dict[str, float | int | list[int] | None] = {
     "threshold": DEFAULT_THRESHOLD,
@@ -133,7 +135,17 @@ def choose_postprocessing(
         what was written: the chosen ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold``,
         their validation scores, the scores of the defaults, the whole grid, the validation images' ``image_size``
         and the model file's SHA-256.
+
+    Raises:
+        ValueError: when ``model_path`` is not a folder's ``model.pt``, whose choice the folder's one
+            ``postprocessing.json`` holds (a choice for ``checkpoint.pt`` would replace it).
     """
+    if Path(model_path).name != BEST_MODEL_FILE:
+        raise ValueError(
+            f"{model_path}: the post-processing is chosen for a folder's {BEST_MODEL_FILE} (its "
+            f"{TUNED_POSTPROCESSING_FILE} holds one choice); copy this model into a folder of its own as "
+            f"{BEST_MODEL_FILE} and choose there"
+        )
     scores: dict[tuple[float, int, float, float], list[tuple[float, float]]] = {}
     image_sizes: set[tuple[int, ...]] = set()
     num_scored = 0
@@ -215,7 +227,7 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
     if not path.is_file():
         return dict(DEFAULTS)
     chosen = json.loads(path.read_text())
-    weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / "model.pt"
+    weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / BEST_MODEL_FILE
     if weights.is_file() and chosen.get("model_sha256") != file_sha256(weights):
         logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
         return dict(DEFAULTS)
