@@ -26,10 +26,16 @@ def _chained(error: BaseException) -> RuntimeError:
         return outer
 
 
-def test_root_cause_is_the_first_error_of_the_chain():
+def test_root_cause_is_the_outermost_user_error_of_the_chain():
     cause = ValueError("x.tif: constant image")
     assert root_cause(_chained(cause)) is cause
     assert root_cause(cause) is cause
+    try:  # a check explaining a library's error: the check's message is the one to show
+        raise cause from KeyError("load key")
+    except ValueError:
+        assert root_cause(_chained(cause)) is cause
+    bug = KeyError("no user error in the chain")
+    assert root_cause(_chained(bug)) is bug
 
 
 @pytest.mark.parametrize("debug", [False, True])

@@ -14,6 +14,7 @@ from monai.handlers import CheckpointLoader
 from ignite.engine import Engine
 
 from helpers import BUNDLE_ROOT, bundle_run, tiny_training_args, write_pair
+from scripts.errors import root_cause
 from scripts.loading import load_checkpoint
 
 
@@ -83,6 +84,20 @@ def test_inference_refuses_checkpoints_carrying_pickled_objects(unsafe_checkpoin
     network, path = unsafe_checkpoint
     with pytest.raises(ValueError, match="model.pt: refused: the file holds pickled Python objects"):
         load_checkpoint(network, path)
+
+
+@pytest.mark.parametrize("content", ["tiff", "truncated"])
+def test_a_file_that_is_no_readable_checkpoint_is_one_clear_error(tmp_path, content):
+    network = torch.nn.Conv2d(1, 30, 1)
+    path = tmp_path / "model.pt"
+    if content == "tiff":
+        tifffile.imwrite(path, np.ones((8, 8), np.float32))
+    else:
+        torch.save(network.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"model.pt: not a readable PyTorch checkpoint") as raised:
+        load_checkpoint(network, path)
+    assert root_cause(raised.value) is raised.value  # what the one-line report shows
 
 
 def test_evaluation_checkpoint_loader_loads_weights_only(unsafe_checkpoint):

@@ -15,8 +15,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The first exception of a ``raise ... from ...`` chain, e.g. the check behind MONAI's ``Failed to evaluate``."""
-    while error.__cause__ is not None:
+    """What to report of a ``raise ... from ...`` chain: its outermost user error (:data:`USER_ERRORS`), e.g. the
+    check behind MONAI's ``Failed to evaluate`` rather than the library error that check explains, or the chain's
+    first exception when it holds none."""
+    while not isinstance(error, USER_ERRORS) and error.__cause__ is not None:
         error = error.__cause__
     return error
 

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import pickle
+import zipfile
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -351,11 +352,14 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: when the file is missing.
-        ValueError: when the file is not a state dict, holds arbitrary pickled objects (refused: loading is
-            ``weights_only``), or its keys or shapes do not fit ``network``.
+        ValueError: when the file is not a readable ``torch.save`` archive or not a state dict, holds arbitrary
+            pickled objects (refused: loading is ``weights_only``), or its keys or shapes do not fit ``network``.
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train first, or set --{setting})")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (torch.save writes a zip archive; this file is "
+                         "none, or a truncated one)")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -363,6 +367,8 @@ def load_checkpoint(
             f"{path}: refused: the file holds pickled Python objects besides tensors, which could run code when "
             "loaded; save only the state dict (torch.save(model.state_dict(), path))"
         ) from err
+    except RuntimeError as err:  # torch's reader of a damaged archive
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(err).splitlines()[0]})") from err
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
         state = state["model"]
     if not isinstance(state, Mapping):
