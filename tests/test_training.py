@@ -339,7 +339,7 @@ def test_a_resumed_training_loads_every_part_of_the_state_it_saves():
     parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
     saved = parser.get("train#checkpoint#to_save")
     loaded = parser.get("train#checkpoint_handlers#0#load_dict")
-    assert saved == loaded and "lr_scheduler" in saved
+    assert saved == loaded and {"lr_scheduler", "best_model", "best_validation"} <= set(saved)
 
 
 @pytest.mark.slow
@@ -377,3 +377,9 @@ def test_killed_training_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path
     reference = torch.load(tmp_path / "whole" / "models" / "checkpoint.pt", weights_only=True)
     assert reference["model"].keys() == final["model"].keys()
     assert all(torch.equal(reference["model"][key], final["model"][key]) for key in final["model"])  # bit-identical
+    # the best validation before the kill is kept: the same best score and epoch, and the same best model.pt
+    assert final["best_validation"] == reference["best_validation"] and final["best_model"] == reference["best_model"]
+    best, reference_best = (
+        torch.load(root / "models" / "model.pt", weights_only=True) for root in (tmp_path, tmp_path / "whole")
+    )
+    assert all(torch.equal(best[key], reference_best[key]) for key in reference_best)

@@ -51,6 +51,7 @@ __all__ = [
     "ReplacingDiskSaver",
     "RunIdentity",
     "RandomStates",
+    "BestValidation",
     "EncoderFreezeHandler",
     "OfficialMetricsSaver",
 ]
@@ -224,6 +225,31 @@ class RandomStates:
         random.setstate((version, tuple(internal), gauss))
         for transform, saved in zip(self.transforms, state["transforms"]):
             transform.R.set_state(_numpy_state(saved))
+
+
+class BestValidation:
+    """The evaluator's best key metric so far and its epoch, as one object ignite's ``Checkpoint`` saves and loads.
+
+    In ``checkpoint.pt`` beside the best-model ``Checkpoint`` (which keeps the best score for ``model.pt``), it lets a
+    resumed run compare each validation with the best one before the interruption, as an uninterrupted run does:
+    without it, the first validation after a resume would count as a new best and replace a better ``model.pt``,
+    and the best epoch the run reports would be wrong.
+
+    Args:
+        evaluator: the validation engine (``validate#evaluator``), whose ``state.best_metric`` and
+            ``state.best_metric_epoch`` MONAI keeps.
+    """
+
+    def __init__(self, evaluator: Engine) -> None:
+        self.evaluator = evaluator
+
+    def state_dict(self) -> dict[str, float | int]:
+        state = self.evaluator.state
+        return {"best_metric": float(state.best_metric), "best_metric_epoch": int(state.best_metric_epoch)}
+
+    def load_state_dict(self, state: Mapping[str, float | int]) -> None:
+        self.evaluator.state.best_metric = float(state["best_metric"])
+        self.evaluator.state.best_metric_epoch = int(state["best_metric_epoch"])
 
 
 def _saved_numpy_state(state: tuple) -> list:
