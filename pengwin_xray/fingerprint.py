@@ -372,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     roots = [args.root] + ([args.compare] if args.compare else [])
     try:
+        for root in roots:  # every folder checked before the first is measured, which can take minutes
+            list_files(root)
         prints = [fingerprint(r, args.max_images, args.workers, args.seed, not args.no_progress) for r in roots]
     except (OSError, ValueError) as err:
         parser.exit(2, f"pengwin-fingerprint: {err}\n")

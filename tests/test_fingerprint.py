@@ -102,10 +102,14 @@ def test_unreadable_file_is_named_left_out_and_fails_the_command(pengwin_root, c
     assert str(broken) in capsys.readouterr().err
 
 
-def test_missing_folder_is_one_clear_line(tmp_path, capsys):
+@pytest.mark.parametrize("missing", ["root", "compare"])
+def test_missing_folder_is_one_clear_line_before_any_measuring(pengwin_root, tmp_path, capsys, monkeypatch, missing):
+    measured = []
+    monkeypatch.setattr("pengwin_xray.fingerprint.fingerprint", lambda root, *args: measured.append(root))
+    folders = [tmp_path / "nowhere", pengwin_root] if missing == "root" else [pengwin_root, tmp_path / "nowhere"]
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "nowhere"), "--no-progress"])
-    assert exit_info.value.code == 2
+        main([str(folders[0]), "--compare", str(folders[1]), "--no-progress"])
+    assert exit_info.value.code == 2 and measured == []
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nowhere" in err and "does not exist" in err
 
