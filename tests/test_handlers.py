@@ -171,6 +171,9 @@ def test_check_resume_reads_the_checkpoint_and_names_it(tmp_path):
         identity.check_resume(str(tmp_path / "old.pt"))
     with pytest.raises(ValueError, match="checkpoint.pt: the checkpoint to resume was written by run run-a"):
         _identity(tmp_path, learning_rate=1.0).check_resume(str(tmp_path / "checkpoint.pt"))
+    identity.check_resume(str(tmp_path / "checkpoint.pt"), saved=["run", "model"])
+    with pytest.raises(ValueError, match="checkpoint.pt: written by an older version without best_model; it cannot"):
+        identity.check_resume(str(tmp_path / "checkpoint.pt"), saved=["run", "model", "best_model"])
 
 
 def test_one_training_at_a_time_holds_the_models_folder(tmp_path):

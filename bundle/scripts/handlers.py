@@ -12,8 +12,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +151,22 @@ class RunIdentity:
                 "or give this training its own --ckpt_dir)"
             )
 
-    def check_resume(self, checkpoint_path: str, max_epochs: int | None = None) -> None:
-        """Before training: refuse ``checkpoint_path`` unless it was written with this data and these settings, and
-        (given ``max_epochs``) unless epochs are left to train, so that a resume with nothing to do logs no empty run.
+    def check_resume(
+        self, checkpoint_path: str, max_epochs: int | None = None, saved: Collection[str] = ()
+    ) -> None:
+        """Before training: refuse ``checkpoint_path`` unless it was written with this data and these settings and
+        holds every object of ``saved`` (what the resume loads), and (given ``max_epochs``) unless epochs are left to
+        train, so that a resume with nothing to do logs no empty run.
         """
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if "run" not in checkpoint:
             raise ValueError(f"{checkpoint_path}: no run identity (written by an older version); it cannot be resumed")
+        missing = [name for name in saved if name not in checkpoint]
+        if missing:
+            raise ValueError(
+                f"{checkpoint_path}: written by an older version without {', '.join(missing)}; it cannot be resumed "
+                "exactly: train anew (without --resume)"
+            )
         try:
             self.load_state_dict(checkpoint["run"])
         except ValueError as err:
