@@ -84,7 +84,7 @@ class EpochTimeLimit:
     def check(self, engine: Engine) -> None:
         elapsed = (time.monotonic() - self.started) / 60
         if elapsed >= self.minutes:
-            logger.info(f"stopping after epoch {engine.state.epoch}: {elapsed:.1f} of {self.minutes:g} minutes used")
+            logger.info(f"stopping after epoch {engine.state.epoch}: {elapsed:.3g} of {self.minutes:g} minutes used")
             engine.terminate()
 
 
