@@ -22,11 +22,12 @@ __all__ = ["atomic_open", "write_json_atomic", "remove_stale_temporaries", "file
 
 logger = logging.getLogger(__name__)
 
-#: the suffix of :func:`atomic_open`'s temporary files, ``.<name>.<random>.pengwin.tmp``, which no other program uses
+#: the suffix of :func:`atomic_open`'s temporary files, which no other program uses
 TEMPORARY_SUFFIX = ".pengwin.tmp"
+#: :func:`atomic_open`'s temporary files: ``.<name>.<random>.pengwin.tmp``
 TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+" + re.escape(TEMPORARY_SUFFIX) + "$")
-#: ignite's atomic ``DiskSaver`` writes a checkpoint to ``tmp<random>`` first (Python's ``tempfile`` name, so found
-#: only in a checkpoint folder is it taken for one of ours)
+#: ignite's atomic ``DiskSaver`` writes a checkpoint to ``tmp<random>`` first: Python's ``tempfile`` naming, which
+#: other programs share, so such a file is taken for a left-behind checkpoint only in a checkpoint folder
 CHECKPOINT_TEMPORARY_NAME = re.compile(r"^tmp[A-Za-z0-9_]{8}$")
 
 
