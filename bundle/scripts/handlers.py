@@ -151,9 +151,7 @@ class RunIdentity:
                 "or give this training its own --ckpt_dir)"
             )
 
-    def check_resume(
-        self, checkpoint_path: str, max_epochs: int | None = None, saved: Collection[str] = ()
-    ) -> None:
+    def check_resume(self, checkpoint_path: str, max_epochs: int | None = None, saved: Collection[str] = ()) -> None:
         """Before training: refuse ``checkpoint_path`` unless it was written with this data and these settings and
         holds every object of ``saved`` (what the resume loads), and (given ``max_epochs``) unless epochs are left to
         train, so that a resume with nothing to do logs no empty run.
