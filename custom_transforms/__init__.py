@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
             "DEFAULT_THRESHOLD",
             "IMAGE_SIZE",
             "MIN_IMAGE_SIZE",
+            "BEST_MODEL_FILE",
             "TUNED_POSTPROCESSING_FILE",
             "MAX_FRAGMENTS",
             "NUM_CATEGORIES",

@@ -29,8 +29,10 @@ DEFAULT_SPLIT_DEPTH: float = 0.0
 #: ... and grows each other fragment from all of its pixels unless a higher seed threshold is given or chosen (the
 #: configs' ``seed_threshold``: seeds are the pixels above it, grown over the other mask)
 DEFAULT_SEED_THRESHOLD: float = 0.0
-#: the file beside a model's ``model.pt`` holding the threshold and minimum component size chosen for it on
-#: validation images (``bundle/scripts/tuning.py``)
+#: a training's best model in its checkpoint folder, the file inference and evaluation load by default
+BEST_MODEL_FILE: str = "model.pt"
+#: the file beside a model's ``model.pt`` holding the post-processing chosen for it on validation images
+#: (``bundle/scripts/tuning.py``)
 TUNED_POSTPROCESSING_FILE: str = "postprocessing.json"
 #: the two-stage recipe's crop of one bone: the square around it grown by BONE_CROP_MARGIN times the image's shorter
 #: side, resized to BONE_CROP_SCALE times that side (``custom_transforms.BoneCropd`` in training,

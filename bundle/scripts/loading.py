@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from monai.utils import convert_to_numpy
 
-from custom_transforms.constants import NUM_CHANNELS
+from custom_transforms.constants import BEST_MODEL_FILE, NUM_CHANNELS
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS
 from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
 from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR, split_folders
@@ -89,7 +89,7 @@ def resume_checkpoint(ckpt_dir: str, required: bool = True) -> str | None:
 
 def warn_replacing_best_model(ckpt_dir: str | os.PathLike) -> Path | None:
     """Say, before a new training starts, that it will replace the ``model.pt`` an earlier run left; return it."""
-    path = Path(ckpt_dir) / "model.pt"
+    path = Path(ckpt_dir) / BEST_MODEL_FILE
     if not path.is_file():
         return None
     written = datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")

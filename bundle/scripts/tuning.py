@@ -35,6 +35,7 @@ from custom_transforms.constants import (
     DEFAULT_SPLIT_DEPTH,
     DEFAULT_THRESHOLD,
     NUM_CHANNELS,
+    BEST_MODEL_FILE,
     TUNED_POSTPROCESSING_FILE,
 )
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, SplitOtherFragments
@@ -63,8 +64,6 @@ SPLIT_DEPTHS: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
 #: seed thresholds tried for the main/other formulation (0: every other-fragment pixel is a seed); one at or below
 #: the setting's threshold would repeat the 0 setting, so it is skipped
 SEED_THRESHOLDS: tuple[float, ...] = (0.0, 0.8, 0.9)
-#: the best model of a training, whose post-processing choice its folder holds
-BEST_MODEL_FILE = "model.pt"
 #: what :func:`tuned_postprocessing` falls back to without a tuned file (or for a key an older file lacks)
 DEFAULTS: dict[str, float | int | list[int] | None] = {
     "threshold": DEFAULT_THRESHOLD,
