@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import NdarrayOrTensor
-from monai.utils import convert_to_numpy, convert_to_tensor
+from monai.transforms import Resize
+from monai.utils import InterpolateMode, convert_to_numpy, convert_to_tensor
 from scipy import ndimage
 
 from custom_transforms.bits import encode_fragment_bits
@@ -129,8 +129,9 @@ def resize_probabilities(probs: NdarrayOrTensor, size: tuple[int, int]) -> torch
         return tensor
     if abs(height * size[1] - width * size[0]) > max(size) / 2:
         raise ValueError(f"probabilities of size {(height, width)} do not have the aspect ratio of the image {size}")
-    resized = F.interpolate(tensor[None], size=size, mode="bilinear", align_corners=False)[0]
-    return resized.clamp_(0.0, 1.0)
+    # MONAI's Resize, as evaluation's custom_transforms.ResizeToReferenced; clamped against rounding just past 0 or 1
+    resized = Resize(spatial_size=size, mode=InterpolateMode.BILINEAR)(tensor)
+    return convert_to_tensor(resized, dtype=torch.float32, track_meta=False).clamp_(0.0, 1.0)
 
 
 def segment_probabilities(
