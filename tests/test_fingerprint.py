@@ -80,6 +80,8 @@ def test_max_images_samples_a_seeded_subset(pengwin_root):
     again = fingerprint(pengwin_root, max_images=5, seed=3, progress=False)
     assert first["images"]["count"] == first["labels"]["count"] == 5
     assert first == again
+    other = fingerprint(pengwin_root, max_images=5, seed=4, progress=False)
+    assert other["images"]["count"] == 5 and other != first  # another seed samples other images
     with pytest.raises(ValueError, match="max_images"):
         fingerprint(pengwin_root, max_images=0, progress=False)
 

@@ -146,8 +146,9 @@ def _identity(tmp_path, run_name="run-a", **settings) -> RunIdentity:
 
 def test_a_resume_with_the_same_data_and_settings_is_accepted_even_with_a_longer_budget(tmp_path):
     saved = _identity(tmp_path).state_dict()
-    _identity(tmp_path, run_name="run-b", max_epochs=100, max_minutes=30).load_state_dict(saved)
-    assert saved["run_name"] == "run-a"
+    _identity(tmp_path, run_name="run-b", max_epochs=100, max_minutes=30).load_state_dict(saved)  # no error
+    with pytest.raises(ValueError, match="other settings"):  # whereas a setting that shapes the model counts
+        _identity(tmp_path, run_name="run-b", max_epochs=100, learning_rate=1e-4).load_state_dict(saved)
 
 
 @pytest.mark.parametrize("change, message", [("settings", "with other settings"), ("data", "with other data")])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 from scipy.spatial.distance import cdist
+from sklearn.utils import resample
 
 from custom_transforms.constants import fragment_bit
 from custom_transforms.io import read_fragment_label
@@ -34,9 +35,7 @@ from pengwin_xray.metrics import (
     write_results,
 )
 
-REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pengwin_real"
 REAL_FILES = ("081_0000_maskrcnn_pred.tif", "081_0025_maskrcnn_pred.tif")
-needs_real = pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"real PENGWIN files not found at {REAL_DIR}")
 
 
 # ---------------------------------------------------------------- all-pairs reference, from the published rules
@@ -394,7 +393,6 @@ def test_fracture_iou_by_size_marks_empty_bins_as_none() -> None:
 
 
 def test_subsampling_draws_what_sklearn_resample_draws() -> None:
-    resample = pytest.importorskip("sklearn.utils", reason="scikit-learn not installed").resample
     mask = np.zeros((160, 160), dtype=bool)
     mask[10:150, 10:150:2] = True
     points = np.argwhere(_band_by_hand(mask))
@@ -441,9 +439,8 @@ def test_hd95_assd_of_identical_point_sets_is_zero() -> None:
     assert hd95_assd(points, points) == (0.0, 0.0)
 
 
-@needs_real
-def test_real_predictions_score_perfect_against_themselves_and_finite_against_each_other() -> None:
-    first, second = (read_fragment_label(REAL_DIR / name) for name in REAL_FILES)
+def test_real_predictions_score_perfect_against_themselves_and_finite_against_each_other(real_data: Path) -> None:
+    first, second = (read_fragment_label(real_data / name) for name in REAL_FILES)
     for bitmap in (first, second):
         scores = score_image(bitmap, bitmap)
         assert [scores[key] for key in METRICS] == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0]

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from ignite.engine import Engine
@@ -274,7 +275,6 @@ def test_torchscript_and_trace_match_eager() -> None:
 
 
 def test_onnx_export_matches_eager_for_other_sizes() -> None:
-    onnxruntime = pytest.importorskip("onnxruntime")
     model = VGG16UNet(out_channels=4).eval()
     buffer = io.BytesIO()
     dynamic = {0: "batch", 2: "height", 3: "width"}

@@ -44,11 +44,13 @@ def test_training_reports_every_bad_file_before_the_first_iteration(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_and_data_give_the_same_losses(tmp_path):
+def test_same_seed_and_data_give_the_same_losses_and_another_seed_other_ones(tmp_path):
     args = tiny_training_args(tmp_path, max_epochs=2, batch_size=1)
-    first, second = bundle_run(*args), bundle_run(*args)
-    assert first.returncode == 0 and second.returncode == 0, (first.stderr + second.stderr)[-3000:]
+    first, second, reseeded = bundle_run(*args), bundle_run(*args), bundle_run(*args, "--seed", "1")
+    for run in (first, second, reseeded):
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     assert len(losses(first)) == 4 and losses(first) == losses(second)
+    assert len(losses(reseeded)) == 4 and losses(reseeded) != losses(first)
 
 
 def test_datalist_file_naming_missing_files_fails_before_anything_runs(pengwin_root, tmp_path):

@@ -216,7 +216,8 @@ def test_fragment_probabilities_follow_the_formulation_the_channel_count_tells(c
     probs[1, 2:6, 2:6] = 0.9  # slots: SA fragment 2; main/other(/rim): SA other fragments
     fragments = fragment_probabilities(probs, 0.5, 1)
     assert fragments.shape == (30, 16, 16)
-    assert torch.equal(fragments, probs) is not split
-    assert fragments[fragment_channel(1, 2), 2:6, 2:6].eq(0.9).all()
+    expected = torch.zeros(30, 16, 16)
+    expected[fragment_channel(1, 2), 2:6, 2:6] = 0.9  # the slot itself, or the other mask's one component
+    assert torch.equal(fragments, expected)
     with pytest.raises(ValueError, match="expected 6, 9 or 30 output channels, got 4"):
         fragment_probabilities(torch.zeros(4, 8, 8), 0.5, 1)

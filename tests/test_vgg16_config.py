@@ -163,8 +163,6 @@ def test_vgg16_override_merges_after_an_inference_config_without_a_train_section
         )
     else:
         base_path = BUNDLE_ROOT / "configs" / base
-        if not base_path.is_file():
-            pytest.skip(f"{base_path} not present")
     parser = ConfigParser()
     with pytest.warns(UserWarning, match="copying instead"):  # MONAI's notice for '+' keys absent from the base
         parser.read_config([str(base_path), str(BUNDLE_ROOT / "configs" / "train_vgg16.json")])
@@ -248,7 +246,7 @@ def test_compare_prints_and_writes_one_row_per_recipe(comparison: dict) -> None:
         assert row["train_seconds"] > 0 and math.isclose(row["train_images_per_s"], images_per_s)
         localiser_seconds = rows["default"]["train_seconds"] if row["recipe"] == "two_stage" else 0.0
         assert math.isclose(row["train_minutes"], (row["train_seconds"] + localiser_seconds) / 60)
-        assert row["peak_rss_mib"] > 100  # a process that imported torch and trained a network
+        assert math.isfinite(row["peak_rss_mib"]) and row["peak_rss_mib"] > 0
         summary = json.loads(Path(row["summary"]).read_text())
         pairs = [("iou_RI", "val_iou_RI"), ("fracture_iou", "fracture_iou"), ("anatomical_iou", "anatomical_iou")]
         for key, summary_key in pairs:
