@@ -227,8 +227,23 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
     (copy / "scripts" / "__pycache__" / "package.cpython-311.pyc").write_bytes(b"\0")
     for name in model_files:
         (copy / "models" / name).parent.mkdir(parents=True, exist_ok=True)
-        (copy / "models" / name).write_bytes(b"weights")
+        _write_model_file(copy / "models" / name)
     return copy
+
+
+def _write_model_file(path: Path, seed: int = 0) -> None:
+    """A small network's weights (``.pt``), its TorchScript (``.ts``) or ONNX (``.onnx``) export, or placeholder
+    bytes for the other files of a models folder."""
+    torch.manual_seed(seed)
+    network = torch.nn.Conv2d(1, MAIN_OTHER_CHANNELS, 3)
+    if path.suffix == ".pt":
+        torch.save(network.state_dict(), path)
+    elif path.suffix == ".ts":
+        torch.jit.script(network).save(str(path))
+    elif path.suffix == ".onnx":
+        torch.onnx.export(network, torch.zeros(1, 1, 8, 8), str(path), dynamo=False)
+    else:
+        path.write_bytes(b"{}")
 
 
 def test_package_writes_versioned_archive_with_bundle_layout(tmp_path, capsys):
@@ -258,6 +273,23 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path, capsys):
     assert prefix + "models/vgg16unet/checkpoint.pt" not in names
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
     assert not [name for name in names if name.startswith((prefix + "eval/", prefix + "data/"))]
+
+
+def test_package_holds_model_folders_at_any_depth(tmp_path):
+    bundle = _bundle_copy(tmp_path, ("model.pt", "vgg16unet/model.pt", "vgg16unet/fragments/model.pt",
+                                     "vgg16unet/fragments/model.onnx", "vgg16unet/fragments/checkpoint.pt"))  # fmt: skip
+    names = {name for _, name in archive_members(bundle)}
+    prefix = f"{BUNDLE_NAME}/models/vgg16unet/fragments/"
+    assert {prefix + "model.pt", prefix + "model.onnx"} <= names and prefix + "checkpoint.pt" not in names
+
+
+@pytest.mark.parametrize("export", ["model.ts", "model.onnx", "vgg16unet/model.onnx"])
+def test_package_refuses_an_export_of_other_weights_than_the_model_pt_beside_it(tmp_path, export):
+    bundle = _bundle_copy(tmp_path, ("model.pt", "vgg16unet/model.pt", export))
+    _write_model_file(bundle / "models" / Path(export).parent / "model.pt", seed=1)  # trained again after the export
+    with pytest.raises(SystemExit, match=rf"^pengwin-package: .*{re.escape(export)}: not an export of .*model\.pt"):
+        main(["--out", str(tmp_path / "dist"), "--bundle_root", str(bundle)])
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 
 def test_package_warns_when_no_model_file(tmp_path, caplog):

@@ -175,6 +175,11 @@ def test_check_resume_reads_the_checkpoint_and_names_it(tmp_path):
     identity.check_resume(str(tmp_path / "checkpoint.pt"), saved=["run", "model"])
     with pytest.raises(ValueError, match="checkpoint.pt: written by an older version without best_model; it cannot"):
         identity.check_resume(str(tmp_path / "checkpoint.pt"), saved=["run", "model", "best_model"])
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match="damaged.pt: not a readable PyTorch file") as error:
+        identity.check_resume(str(damaged))
+    assert "\n" not in str(error.value)
 
 
 def test_one_training_at_a_time_holds_the_models_folder(tmp_path):

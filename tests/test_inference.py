@@ -348,6 +348,28 @@ def test_load_network_rejects_unknown_format():
 
 
 @pytest.mark.parametrize("model_format", ["ts", "onnx", "openvino"])
+def test_an_export_left_from_an_earlier_model_pt_is_refused(model_root, tmp_path, model_format):
+    """model.pt trained again after the export: the export would run with the new model's post-processing."""
+    root = Path(shutil.copytree(model_root, tmp_path / "bundle"))
+    load_network(model_format, small_unet(), **model_paths(root))  # the export of this model.pt loads
+    torch.save(small_unet(seed=1).state_dict(), root / "models" / "model.pt")
+    with pytest.raises(ValueError, match=r"model\.(ts|onnx): not an export of .*model\.pt \(\d+ of \d+ weights") as info:
+        load_network(model_format, small_unet(), **model_paths(root))
+    assert "\n" not in str(info.value)
+    (root / "models" / "model.pt").unlink()  # an export shared alone is not compared
+    load_network(model_format, small_unet(), **model_paths(root))
+
+
+def test_a_damaged_torchscript_file_is_one_line_naming_it(model_root, tmp_path):
+    paths = model_paths(model_root)
+    damaged = tmp_path / "model.ts"
+    damaged.write_bytes(Path(paths["torchscript_path"]).read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"model\.ts: not a loadable TorchScript model") as info:
+        load_network("ts", small_unet(), paths["ckpt_path"], damaged, paths["onnx_path"])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("model_format", ["ts", "onnx", "openvino"])
 def test_exported_format_gives_the_same_probabilities_and_bit_map_as_pt(model_root, model_format):
     raw = raw_xray(96, seed=3)  # another size than the export's: dynamic axes
     reference = load_network("pt", small_unet(seed=9), **model_paths(model_root))

@@ -182,6 +182,26 @@ def test_weights_file_that_is_not_a_state_dict_raises(content: object, tmp_path:
         VGG16UNet(pretrained_path=path)
 
 
+@pytest.mark.parametrize("damage", ["text", "truncated", "empty", "nan"])
+def test_a_damaged_weights_file_is_one_line_naming_it(damage: str, tmp_path: Path) -> None:
+    path = save(torchvision_vgg16_state_dict(), tmp_path / "vgg16.pth")
+    if damage == "text":
+        path.write_text("hello world\n")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        state = torchvision_vgg16_state_dict()
+        state["features.2.weight"][0, 0, 0, 0] = float("nan")
+        save(state, path)
+    with pytest.raises(ValueError) as error:
+        VGG16UNet(pretrained_path=path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert ("features.2.weight" in message) == (damage == "nan")
+
+
 def test_unreadable_or_absent_weights_file_raises(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file")

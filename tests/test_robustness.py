@@ -97,7 +97,7 @@ def test_a_file_that_is_no_readable_checkpoint_is_one_clear_error(tmp_path, cont
     else:
         torch.save(network.state_dict(), path)
         path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match=r"model.pt: not a readable PyTorch checkpoint") as raised:
+    with pytest.raises(ValueError, match=r"model.pt: not a readable PyTorch file") as raised:
         load_checkpoint(network, path)
     assert root_cause(raised.value) is raised.value  # what the one-line report shows
 

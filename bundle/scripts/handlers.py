@@ -41,6 +41,7 @@ from pengwin_xray.metrics import (
     summarise,
     write_results,
 )
+from pengwin_xray.model_files import read_torch_file
 
 from .flags import as_positive_number
 from .postprocessing import postprocess_fragments
@@ -156,8 +157,8 @@ class RunIdentity:
         holds every object of ``saved`` (what the resume loads), and (given ``max_epochs``) unless epochs are left to
         train, so that a resume with nothing to do logs no empty run.
         """
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if "run" not in checkpoint:
+        checkpoint = read_torch_file(checkpoint_path)
+        if not isinstance(checkpoint, Mapping) or "run" not in checkpoint:
             raise ValueError(f"{checkpoint_path}: no run identity (written by an older version); it cannot be resumed")
         missing = [name for name in saved if name not in checkpoint]
         if missing:

@@ -20,8 +20,6 @@ import datetime
 import fcntl
 import logging
 import os
-import pickle
-import zipfile
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ from custom_transforms.constants import BEST_MODEL_FILE, NUM_CHANNELS
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS
 from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
 from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR, split_folders
+from pengwin_xray.model_files import check_export, exported_weights, load_torchscript, read_state_dict, state_arrays
 
 __all__ = [
     "resolve_dataset",
@@ -357,22 +356,7 @@ def load_checkpoint(
     """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train first, or set --{setting})")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (torch.save writes a zip archive; this file is "
-                         "none, or a truncated one)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: refused: the file holds pickled Python objects besides tensors, which could run code when "
-            "loaded; save only the state dict (torch.save(model.state_dict(), path))"
-        ) from err
-    except RuntimeError as err:  # torch's reader of a damaged archive
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(err).splitlines()[0]})") from err
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = read_state_dict(path, device)
     mismatch = checkpoint_mismatch(state, network)
     if mismatch:
         raise ValueError(f"{path}: checkpoint does not fit network_def: {mismatch}")
@@ -424,6 +408,7 @@ def checkpoint_mismatch(state: Mapping[str, torch.Tensor], network: torch.nn.Mod
     ]
     return "; ".join(problems)
 
+
 def load_network(
     model_format: str,
     network_def: torch.nn.Module,
@@ -439,10 +424,11 @@ def load_network(
     "pt" loads ``ckpt_path`` into ``network_def`` on ``device`` (``setting``: see :func:`load_checkpoint`); "ts"
     loads ``torchscript_path`` with ``torch.jit.load``; "onnx" and "openvino" run ``onnx_path`` on the CPU with
     :class:`OnnxRuntimeNetwork` or :class:`OpenVinoNetwork` (in bfloat16 when ``cpu_bf16``; "pt" and "ts" follow
-    ``cpu_bf16`` through the inferer's autocast).
+    ``cpu_bf16`` through the inferer's autocast). An export must hold the weights of ``ckpt_path`` where that file
+    exists (:func:`check_export`).
 
     Raises:
-        ValueError: for an unknown ``model_format``.
+        ValueError: for an unknown ``model_format``, an unreadable model file, or an export of other weights.
         FileNotFoundError: when the file of the chosen format is missing.
     """
     if model_format not in MODEL_FORMATS:
@@ -456,10 +442,13 @@ def load_network(
             f"`python -m monai.bundle {'ckpt_export' if model_format == 'ts' else 'onnx_export'}`"
         )
     if model_format == "ts":
-        return torch.jit.load(str(path), map_location=device).eval()
-    if model_format == "openvino":
-        return OpenVinoNetwork(path, bf16=cpu_bf16).eval()
-    return OnnxRuntimeNetwork(path).eval()
+        network = load_torchscript(path, device)
+        check_export(path, state_arrays(network.state_dict()), ckpt_path)
+        return network.eval()
+    network = OpenVinoNetwork(path, bf16=cpu_bf16) if model_format == "openvino" else OnnxRuntimeNetwork(path)
+    check_export(path, exported_weights(path), ckpt_path)
+    return network.eval()
+
 
 def report_failures(failures: Sequence[InputFailure], processed: Sequence[str]) -> None:
     """Print how many inputs were processed and failed; raise, listing the failed files, if any failed.

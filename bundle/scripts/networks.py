@@ -13,7 +13,6 @@ carries the finest fragment borders. MONAI's own U-Net blocks (``UpCat``, ``TwoC
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -21,6 +20,7 @@ from monai.networks.nets.basic_unet import UpCat
 from torch import nn
 
 from custom_transforms.constants import NUM_CHANNELS
+from pengwin_xray.model_files import read_torch_file
 
 __all__ = [
     "VGG16Encoder",
@@ -190,16 +190,16 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path}: VGG16 weights file not found (--vgg16_weights); make it once, on a machine with internet, in an "
             f"environment of its own (torchvision does not install beside this bundle's torch): {MAKE_VGG16_WEIGHTS}"
         )
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        raise ValueError(f"{path}: cannot be read as a torch state dict ({error})") from error
+    content = read_torch_file(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(content, Mapping) and isinstance(content.get(wrapper), Mapping):
             content = content[wrapper]
             break
     if not isinstance(content, Mapping) or not all(isinstance(value, torch.Tensor) for value in content.values()):
         raise ValueError(f"{path}: expected a mapping of parameter names to tensors, got {type(content).__name__}")
+    broken = [name for name, value in content.items() if value.is_floating_point() and not value.isfinite().all()]
+    if broken:
+        raise ValueError(f"{path}: weights with NaN or infinite values ({', '.join(broken[:3])}): not usable weights")
     return dict(content)
 
 
