@@ -97,21 +97,37 @@ def test_swap_sides_exchanges_the_left_and_right_hip_channel_groups(channels):
 
 
 def test_flip_tta_averages_the_mirrored_run_with_its_sides_swapped_back():
-    image = torch.zeros(1, 1, 4, 6)
-    image[..., :3] = 1.0  # bright on the left half
+    image = torch.zeros(1, 1, 16, 32)
+    image[..., :16] = 1.0  # bright on the left half
 
     def network(x):  # "SA" where bright, "LI" on the image's right half
         out = torch.zeros(x.shape[0], 6, *x.shape[2:])
         out[:, 0] = x[:, 0]
-        out[:, 2, :, 3:] = 1.0
+        out[:, 2, :, 16:] = 1.0
         return out
 
     plain = PengwinInferer()(image, network)
     tta = PengwinInferer(flip_tta=True)(image, network)
     torch.testing.assert_close(tta[:, :2], plain[:, :2])  # mirror-consistent output: unchanged
     # the mirrored run's "LI" on its right half is, mirrored back and swapped, RI on the image's left half
-    assert tta[0, 2, :, 3:].eq(0.5).all() and tta[0, 2, :, :3].eq(0).all()
-    assert tta[0, 4, :, :3].eq(0.5).all() and tta[0, 4, :, 3:].eq(0).all()
+    assert tta[0, 2, :, 16:].eq(0.5).all() and tta[0, 2, :, :16].eq(0).all()
+    assert tta[0, 4, :, :16].eq(0.5).all() and tta[0, 4, :, 16:].eq(0).all()
+
+
+@pytest.mark.parametrize("flip_tta", [False, True])
+@pytest.mark.parametrize("height, width", [(16, 32), (13, 30), (100, 72)])
+def test_sides_not_divisible_by_16_reach_the_network_padded_and_come_back_aligned(height, width, flip_tta):
+    seen = []
+
+    def network(x):  # each output channel repeats the input: any shift between input and logits shows
+        seen.append(tuple(x.shape[2:]))
+        return x.repeat(1, 6, 1, 1)
+
+    image = torch.rand(2, 1, height, width, generator=torch.Generator().manual_seed(0))
+    logits = PengwinInferer(flip_tta=flip_tta)(image, network)
+    assert all(rows % 16 == 0 and cols % 16 == 0 for rows, cols in seen)
+    assert seen[0] == (-(-height // 16) * 16, -(-width // 16) * 16)  # the next multiples, no more
+    torch.testing.assert_close(logits, image.repeat(1, 6, 1, 1))
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,10 @@ from pengwin_xray.masks import scaled_side, square_crop_box
 
 from .flags import as_flag
 
-__all__ = ["native_cpu_bf16", "swap_sides", "PengwinInferer", "TwoStageInferer"]
+__all__ = ["SIDE_DIVISOR", "native_cpu_bf16", "swap_sides", "PengwinInferer", "TwoStageInferer"]
+
+#: both networks halve the image four times: they take sides divisible by this
+SIDE_DIVISOR = 16
 
 
 def native_cpu_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -59,6 +62,10 @@ class PengwinInferer(Inferer):
     its left-right mirror image, whose left- and right-hip channels (the second and third of the three equal
     per-bone channel groups, whatever the formulation) are swapped first: a mirrored left hip is a right hip.
 
+    Sides not divisible by :data:`SIDE_DIVISOR` are padded to the next multiple, edge pixels repeated, equally on
+    both ends, and the logits cropped back: exports fix the padding BasicUNet computes from the input size when
+    they are written (ONNX Runtime and OpenVINO failed on other sizes), and the VGG16 U-Net refuses such sides.
+
     Args:
         spatial_size: network input size ``(H, W)``, or ``None`` to use the input as it is.
         cpu_bf16: autocast to bfloat16 when running on the CPU.
@@ -78,11 +85,16 @@ class PengwinInferer(Inferer):
         resize = self.spatial_size is not None and self.spatial_size != size
         if resize:
             inputs = F.interpolate(inputs, size=self.spatial_size, mode="bilinear", align_corners=False)
+        height, width = inputs.shape[2:]
+        rows, cols = -height % SIDE_DIVISOR, -width % SIDE_DIVISOR
+        if rows or cols:
+            inputs = F.pad(inputs, (cols // 2, cols - cols // 2, rows // 2, rows - rows // 2), mode="replicate")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cpu_bf16 and inputs.device.type == "cpu"):
             logits = network(inputs, *args, **kwargs).float()
             if self.flip_tta:
                 mirrored = network(inputs.flip(-1), *args, **kwargs).float().flip(-1)
                 logits = (logits + swap_sides(mirrored)) / 2
+        logits = logits[..., rows // 2 : rows // 2 + height, cols // 2 : cols // 2 + width]
         if resize:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
