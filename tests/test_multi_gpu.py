@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pengwin_xray.datalist import build_datalist
+
 from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, free_port
 
 
@@ -35,6 +37,9 @@ def test_two_process_training_and_evaluation_finish_on_both_ranks_with_one_set_o
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in state)  # saved unwrapped from DistributedDataParallel
     assert len(list((tmp_path / "eval" / "configs").iterdir())) == 1  # only rank 0 keeps the run's configs
+    validation = build_datalist(tmp_path / "data" / "synthetic")["validation"]
+    choice = json.loads((tmp_path / "models" / "postprocessing.json").read_text())
+    assert len(validation) == 2 and choice["num_validation"] == 2  # chosen on the whole split, not one rank's half
 
     evaluate = torchrun(["configs/train.json", "configs/evaluate.json", "configs/multi_gpu_evaluate.json"], *common)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
