@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import shutil
@@ -20,10 +21,13 @@ from contextlib import contextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
 from monai.utils import path_to_sqlite_uri, path_to_uri
+
+from custom_transforms.constants import TUNED_POSTPROCESSING_FILE
 
 from .atomic import file_sha256
 
@@ -53,6 +57,11 @@ TRAINING_RUN_TAG = "pengwin.training_run_id"
 #: MLflow's tag that shows a run nested under another
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
+#: the post-processing chosen on validation (``postprocessing.json`` beside the model), logged with the model as
+#: ``chosen_<key>`` parameters and metrics
+CHOSEN_SETTINGS: tuple[str, ...] = ("threshold", "min_component_size", "split_depth", "seed_threshold", "image_size")
+CHOSEN_SCORES: tuple[str, ...] = ("validation_fracture_iou", "validation_anatomical_iou")
+
 #: the store ``train.json`` writes, relative to the bundle folder the command is started in
 DEFAULT_STORE = Path("eval", "mlruns.db")
 
@@ -65,19 +74,34 @@ def artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+def _check_artifact_folder(location: str | None) -> None:
+    """Refuse a local artifact location (``file:`` URI) that exists but is no folder: MLflow would fail on it only
+    when the run logs its first artifact, after the training."""
+    if location is None or urlparse(location).scheme != "file":
+        return
+    folder = Path(unquote(urlparse(location).path))
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: the MLflow artifact folder is a file; move it away or use another --output_dir")
+
+
 def prepare_experiment(tracking_uri: str, experiment_name: str) -> str:
     """Create ``experiment_name`` as a model-training experiment (or mark an existing one so) and return its id.
 
     Without the kind tag, MLflow 3's UI shows the experiment as a GenAI one, with training runs under "Evaluations".
+
+    Raises:
+        ValueError: the experiment's local artifact folder is a file.
     """
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
+        _check_artifact_folder(artifact_location(tracking_uri))
         return client.create_experiment(
             experiment_name, artifact_location(tracking_uri), tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
         )
+    _check_artifact_folder(experiment.artifact_location)
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     beside_store = artifact_location(tracking_uri)
@@ -140,7 +164,8 @@ def log_trained_model(
 
     The model has a signature (float32 ``[batch, channels, height, width]`` in, logits out, any batch and size),
     ``input_example``, the ``*.json`` of ``config_dir`` (the bundle's configs and metadata) beside it and
-    ``code_dir`` (the bundle's ``scripts``, for networks defined there); it is a CPU copy of ``network``, and
+    ``code_dir`` (the bundle's ``scripts``, for networks defined there) and the ``postprocessing.json`` chosen for
+    ``model_path`` (also logged as ``chosen_*`` parameters and validation scores); it is a CPU copy of ``network``, and
     ``mlflow.pytorch.load_model("models:/<name>/latest")`` gives it back. The version is tagged with ``tags``
     (e.g. the validation IoU), the run with the model file's SHA-256, which :func:`link_evaluation` looks for.
     Returns ``None`` (with a warning) when the run is not found.
@@ -162,14 +187,21 @@ def log_trained_model(
         Schema([TensorSpec(np.dtype(np.float32), (-1, input_example.shape[1], -1, -1))]),
         Schema([TensorSpec(np.dtype(np.float32), (-1, output.shape[1], -1, -1))]),
     )
+    extra_files = sorted(str(path) for path in Path(config_dir).glob("*.json")) if config_dir else []
+    tuned = Path(model_path).parent / TUNED_POSTPROCESSING_FILE
     with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run.info.run_id):
+        if tuned.is_file():  # what inference and evaluation of this model use, not the training's settings
+            chosen = json.loads(tuned.read_text())
+            mlflow.log_params({f"chosen_{key}": chosen.get(key) for key in CHOSEN_SETTINGS})
+            mlflow.log_metrics({f"chosen_{key}": chosen[key] for key in CHOSEN_SCORES if chosen.get(key) is not None})
+            extra_files.append(str(tuned))
         info = mlflow.pytorch.log_model(
             copy.deepcopy(network).cpu(),
             name="model",
             signature=signature,
             input_example=input_example.astype(np.float32),
             registered_model_name=registered_name,
-            extra_files=sorted(str(path) for path in Path(config_dir).glob("*.json")) if config_dir else None,
+            extra_files=extra_files or None,
             code_paths=[str(code_dir)] if code_dir else None,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"monai=={package_version('monai')}"],
             serialization_format="pickle",  # the network's own class: any batch and image size, as in the bundle

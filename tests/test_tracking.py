@@ -80,6 +80,18 @@ def test_a_moved_store_is_named_with_where_its_artifacts_still_go(tmp_path, capl
     assert str(tmp_path / "first" / "mlruns") in warning and "use a new --experiment_name" in warning
 
 
+def test_an_artifact_folder_that_is_a_file_is_refused_before_any_training(tmp_path):
+    """MLflow would fail on it only when the run logs its first artifact, after the training."""
+    uri = path_to_sqlite_uri(str(tmp_path / "mlruns.db"))
+    (tmp_path / "mlruns").write_text("not a folder")
+    for _ in range(2):  # a new experiment, then one the store already has
+        with pytest.raises(ValueError, match=rf"^{tmp_path / 'mlruns'}: the MLflow artifact folder is a file"):
+            prepare_experiment(uri, "pengwin-xray")
+        (tmp_path / "mlruns").unlink()
+        prepare_experiment(uri, "pengwin-xray")
+        (tmp_path / "mlruns").write_text("not a folder")
+
+
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 

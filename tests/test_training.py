@@ -282,6 +282,13 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert os.environ.get("MLFLOW_TRACKING_URI") != mlflow_server  # later processes do not inherit the server
     assert isinstance(registered, BasicUNet) and registered.state_dict().keys() == state.keys()
     assert all(torch.equal(registered.state_dict()[key], state[key]) for key in state)
+    # with the post-processing chosen for it, as parameters of the run and a file of the registered model
+    chosen = json.loads((tmp_path / "models" / "postprocessing.json").read_text())
+    assert params["chosen_threshold"] == str(chosen["threshold"])
+    assert params["chosen_split_depth"] == str(chosen["split_depth"])
+    with using_tracking_uri(mlflow_server):
+        local = mlflow.artifacts.download_artifacts("models:/pengwin-xray-basicunet/latest", dst_path=str(tmp_path / "dl"))
+    assert json.loads((Path(local) / "extra_files" / "postprocessing.json").read_text()) == chosen
     # a resume with no epoch left is refused in one line, and logs no empty run
     noop = bundle_run(*train.args[4:], "--resume", "true", env={"MLFLOW_TRACKING_URI": mlflow_server})
     assert noop.returncode == 1 and noop.stderr.strip().splitlines()[-1].startswith("error: ")
