@@ -62,6 +62,8 @@ PARENT_RUN_TAG = "mlflow.parentRunId"
 CHOSEN_SETTINGS: tuple[str, ...] = ("threshold", "min_component_size", "split_depth", "seed_threshold", "image_size")
 CHOSEN_SCORES: tuple[str, ...] = ("validation_fracture_iou", "validation_anatomical_iou")
 
+#: the first bytes of every SQLite database file
+SQLITE_HEADER = b"SQLite format 3\x00"
 #: the store ``train.json`` writes, relative to the bundle folder the command is started in
 DEFAULT_STORE = Path("eval", "mlruns.db")
 
@@ -245,6 +247,9 @@ def ui_command(store: str | os.PathLike, host: str = "127.0.0.1", port: int = 50
     store = Path(store)
     if not store.is_file():
         raise FileNotFoundError(f"{store}: no MLflow store yet (train first, or pass --store)")
+    with store.open("rb") as handle:
+        if handle.read(len(SQLITE_HEADER)) not in (SQLITE_HEADER, b""):  # SQLite takes an empty file for a new store
+            raise ValueError(f"{store}: not an SQLite database, so no MLflow store (pass the bundle's eval/mlruns.db)")
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     uri = path_to_sqlite_uri(str(store.resolve()))
     return [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", str(workers)]
@@ -282,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         command = ui_command(args.store, args.host, args.port, args.workers)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"pengwin-mlflow-ui: {err}") from None
     base_url = f"http://{args.host}:{args.port}"
     runs_url = training_runs_url(args.store, base_url, args.experiment)

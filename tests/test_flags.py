@@ -7,7 +7,14 @@ import json
 import pytest
 
 from helpers import BUNDLE_ROOT
-from scripts.flags import as_count, as_fraction, as_image_size, as_positive_number, reject_unknown_overrides
+from scripts.flags import (
+    as_count,
+    as_fraction,
+    as_image_size,
+    as_positive_number,
+    check_folders,
+    reject_unknown_overrides,
+)
 
 TRAIN = str(BUNDLE_ROOT / "configs" / "train.json")
 EVALUATE = str(BUNDLE_ROOT / "configs" / "evaluate.json")
@@ -92,3 +99,18 @@ def test_an_unknown_key_is_refused_with_the_closest_known_one(config_file, key, 
 
 def test_only_monai_bundle_command_lines_are_checked():
     reject_unknown_overrides(["pytest", "-q", "--max_epoch", "1"])  # no --config_file: not a bundle run
+
+
+def test_a_folder_setting_naming_a_file_is_refused_and_a_folder_or_a_new_path_pass(tmp_path):
+    (tmp_path / "results").write_text("a file")
+    check_folders(output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "not_yet"))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'results'}: --ckpt_dir is a file, not a folder"):
+        check_folders(output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "results"))
+
+
+@pytest.mark.parametrize("config", ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",
+                                    "multi_gpu_evaluate.json"])  # fmt: skip
+def test_every_run_checks_its_output_folder_before_anything_else(config):
+    steps = json.loads((BUNDLE_ROOT / "configs" / config).read_text())["initialize"]
+    checks = [index for index, step in enumerate(steps) if "check_folders(output_dir=@output_dir" in step]
+    assert checks and checks[0] <= 2  # right after the error report and the override check

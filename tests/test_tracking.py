@@ -54,6 +54,9 @@ def test_ui_command_binds_loopback_by_default_and_needs_a_store(tmp_path):
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--backend-store-uri") + 1] == path_to_sqlite_uri(str(tmp_path / "mlruns.db"))
     assert ui_command(tmp_path / "mlruns.db", host="0.0.0.0")[command.index("--host") + 1] == "0.0.0.0"
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(SystemExit, match=r"^pengwin-mlflow-ui: .*notes\.db: not an SQLite database"):  # one line
+        main(["--store", str(tmp_path / "notes.db")])
 
 
 def test_the_command_defaults_to_the_store_of_the_bundle_it_is_started_in(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,7 +14,15 @@ from monai.utils import ensure_tuple
 
 from custom_transforms.constants import as_number
 
-__all__ = ["as_flag", "as_positive_number", "as_fraction", "as_count", "as_image_size", "reject_unknown_overrides"]
+__all__ = [
+    "as_flag",
+    "as_positive_number",
+    "as_fraction",
+    "as_count",
+    "as_image_size",
+    "check_folders",
+    "reject_unknown_overrides",
+]
 
 
 def as_flag(value: bool | int | str) -> bool:
@@ -99,6 +108,18 @@ _RUN_ARGUMENTS = frozenset(
     {"config_file", "meta_file", "logging_file", "args_file", "tracking", "run_id", "init_id", "final_id",
      "workflow_name", "workflow_type"}
 )  # fmt: skip
+
+
+def check_folders(**folders: str) -> None:
+    """Refuse a folder setting (e.g. ``output_dir=...``) naming something that exists but is no folder: its files
+    could not be written, and the run would fail only when it first writes one.
+
+    Raises:
+        ValueError: naming the path and the setting.
+    """
+    for name, folder in folders.items():
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ValueError(f"{folder}: --{name} is a file, not a folder; choose a folder")
 
 
 def _config_files(value: str) -> list[str]:
