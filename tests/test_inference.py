@@ -630,7 +630,7 @@ class _InputSizes(torch.nn.Module):
     "image_size, shape, network_sizes",
     [
         ([32, 32], (SIZE, SIZE), {(32, 32)}),  # an input larger than the validation images: seen at their scale
-        ([48, 48], (SIZE, 48), {(48, 36)}),  # the longer side to theirs, the aspect ratio kept
+        ([64, 64], (128, 96), {(64, 48)}),  # the longer side to theirs, the aspect ratio kept
         ([96, 96], (SIZE, SIZE), {(96, 96)}),  # smaller: enlarged
         ([SIZE, SIZE], (SIZE, SIZE), {(SIZE, SIZE)}),  # the same size: as it is
         (None, (SIZE, SIZE), {(SIZE, SIZE)}),  # no size recorded: as it is
@@ -644,7 +644,7 @@ def test_inference_runs_the_network_at_the_image_size_the_model_was_chosen_on(
                                 seed_threshold=0, image_size=image_size)  # fmt: skip
     segmenter = load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
     segmenter.network = spy = _InputSizes(segmenter.network)
-    result = segmenter.segment(raw_xray(SIZE, seed=6)[: shape[0], : shape[1]])
+    result = segmenter.segment(raw_xray(max(shape), seed=6)[: shape[0], : shape[1]])
     assert set(spy.sizes) == network_sizes and result.bitmap.shape == shape and result.bitmap.any()
 
 
