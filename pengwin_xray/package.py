@@ -2,8 +2,7 @@
 
 The archive holds a single folder ``pengwin_xray/`` (the MONAI Bundle Specification's archive format) with
 ``configs/``, ``models/`` (the ``.pt``, ``.ts`` and ``.onnx`` files present and ``postprocessing.json``, also those
-of the other networks' folders at any depth such as ``models/vgg16unet/`` and ``models/vgg16unet/fragments/``; an
-export must hold the weights of the ``model.pt`` beside it),
+of the other networks' folders at any depth such as ``models/vgg16unet/`` and ``models/vgg16unet/fragments/``),
 ``scripts/``, ``docs/``, ``LICENSE`` and copies of the ``custom_transforms`` and ``pengwin_xray`` packages next to
 ``scripts/``. ``python -m monai.bundle run`` started in the unpacked folder puts that folder first on ``sys.path``,
 so the configs' ``$import scripts`` and ``$import custom_transforms`` (and the scripts' own imports) find the
@@ -28,7 +27,6 @@ import custom_transforms
 import pengwin_xray
 
 from .atomic import atomic_open
-from .model_files import check_export, exported_weights
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -79,18 +77,12 @@ def _tree_files(folder: Path) -> Iterator[Path]:
 
 def _model_files(folder: Path) -> list[Path]:
     """The model files directly in ``folder`` (weights and exports, no resume checkpoint) and, with them, the
-    post-processing chosen for them.
-
-    Raises:
-        ValueError: an export does not hold the weights of the folder's ``model.pt`` (:func:`check_export`).
-    """
+    post-processing chosen for them."""
     files = [
         path
         for path in sorted(folder.glob("*"))
         if path.is_file() and path.suffix in MODEL_SUFFIXES and not path.match(_RESUME_CHECKPOINTS)
     ]
-    for export in (path for path in files if path.suffix != ".pt"):
-        check_export(export, exported_weights(export), folder / custom_transforms.BEST_MODEL_FILE)
     tuned = folder / custom_transforms.TUNED_POSTPROCESSING_FILE
     if files and tuned.is_file():
         files.append(tuned)
@@ -102,7 +94,6 @@ def archive_members(bundle_root: str | os.PathLike) -> list[tuple[Path, str]]:
 
     Raises:
         FileNotFoundError: a required part (``configs/``, ``scripts/``, ``docs/``, ``LICENSE``) is missing.
-        ValueError: an export is not one of the ``model.pt`` beside it.
     """
     root = Path(bundle_root).resolve()
     members: list[tuple[Path, str]] = []

@@ -283,15 +283,6 @@ def test_package_holds_model_folders_at_any_depth(tmp_path):
     assert {prefix + "model.pt", prefix + "model.onnx"} <= names and prefix + "checkpoint.pt" not in names
 
 
-@pytest.mark.parametrize("export", ["model.ts", "model.onnx", "vgg16unet/model.onnx"])
-def test_package_refuses_an_export_of_other_weights_than_the_model_pt_beside_it(tmp_path, export):
-    bundle = _bundle_copy(tmp_path, ("model.pt", "vgg16unet/model.pt", export))
-    _write_model_file(bundle / "models" / Path(export).parent / "model.pt", seed=1)  # trained again after the export
-    with pytest.raises(SystemExit, match=rf"^pengwin-package: .*{re.escape(export)}: not an export of .*model\.pt"):
-        main(["--out", str(tmp_path / "dist"), "--bundle_root", str(bundle)])
-    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
-
-
 def test_package_warns_when_no_model_file(tmp_path, caplog):
     bundle = _bundle_copy(tmp_path)
     with caplog.at_level(logging.WARNING, logger="pengwin_xray.package"):

@@ -16,6 +16,7 @@ The end-of-run report of inputs that failed lives here too, beside the input che
 
 from __future__ import annotations
 
+import copy
 import datetime
 import fcntl
 import logging
@@ -33,7 +34,7 @@ from custom_transforms.constants import BEST_MODEL_FILE, NUM_CHANNELS
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS
 from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tiff_stem
 from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR, split_folders
-from pengwin_xray.model_files import check_export, exported_weights, load_torchscript, read_state_dict, state_arrays
+from pengwin_xray.model_files import load_torchscript, read_state_dict
 
 __all__ = [
     "resolve_dataset",
@@ -52,6 +53,9 @@ __all__ = [
     "load_checkpoint",
     "checkpoint_mismatch",
     "load_network",
+    "EXPORT_PROBE_SIDE",
+    "EXPORT_LOGIT_TOLERANCE",
+    "check_export",
     "report_failures",
 ]
 
@@ -442,12 +446,53 @@ def load_network(
             f"`python -m monai.bundle {'ckpt_export' if model_format == 'ts' else 'onnx_export'}`"
         )
     if model_format == "ts":
-        network = load_torchscript(path, device)
-        check_export(path, state_arrays(network.state_dict()), ckpt_path)
-        return network.eval()
-    network = OpenVinoNetwork(path, bf16=cpu_bf16) if model_format == "openvino" else OnnxRuntimeNetwork(path)
-    check_export(path, exported_weights(path), ckpt_path)
-    return network.eval()
+        network = load_torchscript(path, device).eval()
+    elif model_format == "openvino":
+        network = OpenVinoNetwork(path, bf16=cpu_bf16).eval()
+    else:
+        network = OnnxRuntimeNetwork(path).eval()
+    if Path(ckpt_path).is_file():
+        model = load_checkpoint(copy.deepcopy(network_def).to(device), ckpt_path, device, setting)
+        in_float32 = OpenVinoNetwork(path) if model_format == "openvino" and cpu_bf16 else network
+        check_export(path, in_float32, model, device)
+    return network
+
+
+#: side of the probe image on which an export and its model are compared (both networks take multiples of 16)
+EXPORT_PROBE_SIDE = 64
+#: how far an export's logits may lie from its model's (the float32 formats agree to about 1e-5; an export of
+#: another training is whole logits away)
+EXPORT_LOGIT_TOLERANCE = 1e-3
+
+
+def check_export(
+    path: str | os.PathLike,
+    export: torch.nn.Module,
+    model: torch.nn.Module,
+    device: str | torch.device = "cpu",
+) -> None:
+    """Refuse an export that does not compute what ``model`` (the network holding the ``model.pt`` beside it)
+    computes: the post-processing chosen on validation belongs to ``model.pt``, and an export left from an earlier
+    training would run with it unnoticed. Compared on one seeded random image of :data:`EXPORT_PROBE_SIDE` pixels
+    (the export's own arithmetic, bf16 included, is not the question, so in float32); outputs, not weights, since
+    exporters may fold batch norms into the convolutions before them.
+
+    Raises:
+        ValueError: naming the export and how far its logits lie from the model's.
+    """
+    channels = next(parameter for parameter in model.parameters() if parameter.ndim == 4).shape[1]
+    side = EXPORT_PROBE_SIDE
+    probe = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        expected, exported = model.eval()(probe).float().cpu(), export(probe).float().cpu()
+    if exported.shape != expected.shape or not torch.allclose(
+        exported, expected, rtol=EXPORT_LOGIT_TOLERANCE, atol=EXPORT_LOGIT_TOLERANCE
+    ):
+        gap = (exported - expected).abs().max().item() if exported.shape == expected.shape else float("inf")
+        raise ValueError(
+            f"{path}: not an export of the model.pt beside it (its logits differ by up to {gap:.3g} on a test image: "
+            "an export left from an earlier training?); export it again from this model"
+        )
 
 
 def report_failures(failures: Sequence[InputFailure], processed: Sequence[str]) -> None:
