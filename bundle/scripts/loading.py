@@ -428,11 +428,11 @@ def load_network(
     "pt" loads ``ckpt_path`` into ``network_def`` on ``device`` (``setting``: see :func:`load_checkpoint`); "ts"
     loads ``torchscript_path`` with ``torch.jit.load``; "onnx" and "openvino" run ``onnx_path`` on the CPU with
     :class:`OnnxRuntimeNetwork` or :class:`OpenVinoNetwork` (in bfloat16 when ``cpu_bf16``; "pt" and "ts" follow
-    ``cpu_bf16`` through the inferer's autocast). An export must hold the weights of ``ckpt_path`` where that file
-    exists (:func:`check_export`).
+    ``cpu_bf16`` through the inferer's autocast). An export must compute what the weights of ``ckpt_path`` compute,
+    where that file exists (:func:`check_export`).
 
     Raises:
-        ValueError: for an unknown ``model_format``, an unreadable model file, or an export of other weights.
+        ValueError: for an unknown ``model_format``, an unreadable model file, or an export of another model.
         FileNotFoundError: when the file of the chosen format is missing.
     """
     if model_format not in MODEL_FORMATS:
@@ -473,14 +473,14 @@ def check_export(
 ) -> None:
     """Refuse an export that does not compute what ``model`` (the network holding the ``model.pt`` beside it)
     computes: the post-processing chosen on validation belongs to ``model.pt``, and an export left from an earlier
-    training would run with it unnoticed. Compared on one seeded random image of :data:`EXPORT_PROBE_SIDE` pixels
-    (the export's own arithmetic, bf16 included, is not the question, so in float32); outputs, not weights, since
-    exporters may fold batch norms into the convolutions before them.
+    training would run with it unnoticed. Compared on one seeded random image of :data:`EXPORT_PROBE_SIDE` pixels,
+    with ``export`` computing in float32; outputs, not weights, since exporters may fold batch norms into the
+    convolutions before them.
 
     Raises:
         ValueError: naming the export and how far its logits lie from the model's.
     """
-    channels = next(parameter for parameter in model.parameters() if parameter.ndim == 4).shape[1]
+    channels = next(parameter for parameter in model.parameters() if parameter.ndim == 4).shape[1]  # the first conv's
     side = EXPORT_PROBE_SIDE
     probe = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
