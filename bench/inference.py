@@ -248,9 +248,11 @@ def main() -> None:
             predicted_area.append(float(per_bone[:, 1:].any(1).mean()))
             scores.append(score_ious(segmentation.bitmap, read_fragment_label(label)))
         labels_ms, labels_area = label_decoding(segmenters[fastest], labels)
-        print(f"  this model on these images: fracture IoU {statistics.mean(s['fracture_iou'] for s in scores):.3f}, "
-              f"anatomical IoU {statistics.mean(s['anatomical_iou'] for s in scores):.3f}; its other-fragment masks "
-              f"cover {100 * statistics.mean(predicted_area):.1f}% of a view per bone, the labels' {100 * labels_area:.1f}%")
+        fracture = statistics.mean(score["fracture_iou"] for score in scores)
+        anatomical = statistics.mean(score["anatomical_iou"] for score in scores)
+        print(f"  this model on these images: fracture IoU {fracture:.3f}, anatomical IoU {anatomical:.3f}; its other-"
+              f"fragment masks cover {100 * statistics.mean(predicted_area):.1f}% of a view per bone, the labels' "
+              f"{100 * labels_area:.1f}%")
         print(f"  fragment decoding of the labels themselves (a model that segments like them): {labels_ms:.1f} ms")
 
         print(f"\n3. end to end: FolderInference, the inference command's engine, {2 * len(files)} images; the bound")

@@ -63,4 +63,5 @@ def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu"
     try:
         return torch.jit.load(str(path), map_location=device)
     except Exception as err:  # torch's readers raise RuntimeError, ValueError... for what is no TorchScript file
-        raise ValueError(f"{path}: not a loadable TorchScript model ({type(err).__name__}: {_first_line(err)})") from err
+        reason = f"{type(err).__name__}: {_first_line(err)}"
+        raise ValueError(f"{path}: not a loadable TorchScript model ({reason})") from err

@@ -227,23 +227,8 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
     (copy / "scripts" / "__pycache__" / "package.cpython-311.pyc").write_bytes(b"\0")
     for name in model_files:
         (copy / "models" / name).parent.mkdir(parents=True, exist_ok=True)
-        _write_model_file(copy / "models" / name)
+        (copy / "models" / name).write_bytes(b"weights")
     return copy
-
-
-def _write_model_file(path: Path, seed: int = 0) -> None:
-    """A small network's weights (``.pt``), its TorchScript (``.ts``) or ONNX (``.onnx``) export, or placeholder
-    bytes for the other files of a models folder."""
-    torch.manual_seed(seed)
-    network = torch.nn.Conv2d(1, MAIN_OTHER_CHANNELS, 3)
-    if path.suffix == ".pt":
-        torch.save(network.state_dict(), path)
-    elif path.suffix == ".ts":
-        torch.jit.script(network).save(str(path))
-    elif path.suffix == ".onnx":
-        torch.onnx.export(network, torch.zeros(1, 1, 8, 8), str(path), dynamo=False)
-    else:
-        path.write_bytes(b"{}")
 
 
 def test_package_writes_versioned_archive_with_bundle_layout(tmp_path, capsys):
@@ -276,8 +261,8 @@ def test_package_writes_versioned_archive_with_bundle_layout(tmp_path, capsys):
 
 
 def test_package_holds_model_folders_at_any_depth(tmp_path):
-    bundle = _bundle_copy(tmp_path, ("model.pt", "vgg16unet/model.pt", "vgg16unet/fragments/model.pt",
-                                     "vgg16unet/fragments/model.onnx", "vgg16unet/fragments/checkpoint.pt"))  # fmt: skip
+    nested = ("vgg16unet/fragments/model.pt", "vgg16unet/fragments/model.onnx", "vgg16unet/fragments/checkpoint.pt")
+    bundle = _bundle_copy(tmp_path, ("model.pt", "vgg16unet/model.pt", *nested))
     names = {name for _, name in archive_members(bundle)}
     prefix = f"{BUNDLE_NAME}/models/vgg16unet/fragments/"
     assert {prefix + "model.pt", prefix + "model.onnx"} <= names and prefix + "checkpoint.pt" not in names
