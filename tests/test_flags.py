@@ -12,6 +12,7 @@ from scripts.flags import (
     as_fraction,
     as_image_size,
     as_positive_number,
+    check_distinct_folders,
     check_folders,
     reject_unknown_overrides,
 )
@@ -114,3 +115,16 @@ def test_every_run_checks_its_output_folder_before_anything_else(config):
     steps = json.loads((BUNDLE_ROOT / "configs" / config).read_text())["initialize"]
     checks = [index for index, step in enumerate(steps) if "check_folders(output_dir=@output_dir" in step]
     assert checks and checks[0] <= 2  # right after the error report and the override check
+
+
+def test_two_folder_settings_naming_one_folder_are_refused(tmp_path):
+    (tmp_path / "models").mkdir()
+    check_distinct_folders(localiser_dir=str(tmp_path / "models"), ckpt_dir=str(tmp_path / "models" / "fragments"))
+    with pytest.raises(ValueError, match=r"--localiser_dir and --ckpt_dir are the same folder"):
+        check_distinct_folders(localiser_dir=str(tmp_path / "models"), ckpt_dir=str(tmp_path / "models" / ".." / "models"))
+
+
+@pytest.mark.parametrize("overlay", ["train_two_stage.json", "inference_two_stage.json"])
+def test_the_two_stage_overlays_keep_the_localiser_apart_from_the_fragment_network(overlay):
+    steps = json.loads((BUNDLE_ROOT / "configs" / overlay).read_text())["+initialize"]
+    assert "$scripts.flags.check_distinct_folders(localiser_dir=@localiser_dir, ckpt_dir=@ckpt_dir)" in steps

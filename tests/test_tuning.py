@@ -17,12 +17,13 @@ from custom_transforms.constants import (
     fragment_channel,
 )
 from custom_transforms import SplitOtherFragments
-from scripts.inferers import PengwinInferer
+from scripts.inferers import PengwinInferer, TwoStageInferer
 from scripts.tuning import (
     MIN_COMPONENT_SIZES,
     SEED_THRESHOLDS,
     SPLIT_DEPTHS,
     THRESHOLDS,
+    check_pipeline,
     choose_postprocessing,
     fragment_probabilities,
     tuned_postprocessing,
@@ -85,6 +86,7 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
         "split_depth": 0.0,
         "seed_threshold": 0.0,
         "image_size": [64, 64],  # the validation images': the scale inference brings other inputs to
+        "two_stage": False,  # chosen behind a plain network call
     }
 
 
@@ -195,6 +197,7 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
         "split_depth": DEFAULT_SPLIT_DEPTH,
         "seed_threshold": DEFAULT_SEED_THRESHOLD,
         "image_size": None,
+        "two_stage": False,
     }
     assert tuned_postprocessing(model_path) == defaults
     torch.save({"weights": torch.zeros(1)}, model_path)
@@ -221,3 +224,18 @@ def test_fragment_probabilities_follow_the_formulation_the_channel_count_tells(c
     assert torch.equal(fragments, expected)
     with pytest.raises(ValueError, match="expected 6, 9 or 30 output channels, got 4"):
         fragment_probabilities(torch.zeros(4, 8, 8), 0.5, 1)
+
+
+def test_the_two_stage_fragment_network_is_refused_without_its_localiser(tmp_path):
+    """Its choice records the two stages; alone, the crop network would segment whole views it never learned."""
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    localiser = _WeakNetwork()
+    two_stage = TwoStageInferer(localiser, PengwinInferer(), PengwinInferer())
+    choose_postprocessing(_WeakNetwork(), [_validation_batch()], two_stage, model_path)
+    choice = tuned_postprocessing(model_path)
+    assert choice["two_stage"] is True
+    check_pipeline(choice, two_stage, model_path)
+    with pytest.raises(ValueError, match=r"model\.pt: the fragment network of the two-stage recipe.*inference_two_stage"):
+        check_pipeline(choice, PengwinInferer(), model_path)
+    check_pipeline(tuned_postprocessing(tmp_path / "none" / "model.pt"), PengwinInferer(), model_path)  # no choice

@@ -21,6 +21,7 @@ __all__ = [
     "as_count",
     "as_image_size",
     "check_folders",
+    "check_distinct_folders",
     "reject_unknown_overrides",
 ]
 
@@ -120,6 +121,21 @@ def check_folders(**folders: str) -> None:
     for name, folder in folders.items():
         if os.path.exists(folder) and not os.path.isdir(folder):
             raise ValueError(f"{folder}: --{name} is a file, not a folder; choose a folder")
+
+
+def check_distinct_folders(**folders: str) -> None:
+    """Refuse two folder settings (e.g. ``ckpt_dir=..., localiser_dir=...``) that name the same folder, whose files
+    would replace each other's.
+
+    Raises:
+        ValueError: naming the folder and both settings.
+    """
+    seen: dict[str, str] = {}
+    for name, folder in folders.items():
+        key = os.path.realpath(folder)
+        if key in seen:
+            raise ValueError(f"{folder}: --{seen[key]} and --{name} are the same folder; give each its own")
+        seen[key] = name
 
 
 def _config_files(value: str) -> list[str]:

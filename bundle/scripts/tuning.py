@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CH
 from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_ious
 
+from .inferers import TwoStageInferer
 from .postprocessing import postprocess_fragments
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "fragment_probabilities",
     "choose_postprocessing",
     "tuned_postprocessing",
+    "check_pipeline",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ DEFAULTS: dict[str, float | int | list[int] | None] = {
     "split_depth": DEFAULT_SPLIT_DEPTH,
     "seed_threshold": DEFAULT_SEED_THRESHOLD,
     "image_size": None,
+    "two_stage": False,
 }
 
 
@@ -198,6 +201,7 @@ def choose_postprocessing(
         "default_validation_fracture_iou": means[default][0] if default in means else None,
         "num_validation": len(scores[best]),
         "image_size": list(next(iter(image_sizes))) if len(image_sizes) == 1 else None,
+        "two_stage": isinstance(inferer, TwoStageInferer),
         "model_sha256": file_sha256(model_path),
         "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "seed_threshold": s,
                   "fracture_iou": means[(t, m, d, s)][0], "anatomical_iou": means[(t, m, d, s)][1]}
@@ -231,3 +235,18 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
         return dict(DEFAULTS)
     return {key: chosen.get(key, default) for key, default in DEFAULTS.items()}
+
+
+def check_pipeline(choice: Mapping[str, Any], inferer: Any, model_path: str | os.PathLike) -> None:
+    """Refuse to run the fragment network of the two-stage recipe (its choice records ``two_stage``) without its
+    localiser: alone, it would segment whole views it never learned, with a post-processing chosen for crops.
+
+    Raises:
+        ValueError: naming the model and the overlay that runs it.
+    """
+    if choice.get("two_stage") and not isinstance(inferer, TwoStageInferer):
+        raise ValueError(
+            f"{model_path}: the fragment network of the two-stage recipe, whose post-processing was chosen behind its "
+            "localiser: run it with configs/inference_two_stage.json after inference.json (to evaluate it, "
+            "configs/train_two_stage.json after train.json)"
+        )
