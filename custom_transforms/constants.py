@@ -52,11 +52,12 @@ def as_number(value: object) -> float:
         return float("nan")
 
 
-def check_threshold(value: float | str) -> float:
-    """``value`` as a probability threshold; it must be a number strictly between 0 and 1."""
+def check_threshold(value: float | str, name: str = "threshold") -> float:
+    """``value`` as a probability threshold; it must be a number strictly between 0 and 1. ``name``: the setting
+    the error names."""
     threshold = as_number(value)
     if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be a probability strictly between 0 and 1, got {value!r}")
+        raise ValueError(f"{name} must be a probability strictly between 0 and 1, got {value!r}")
     return threshold
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "write_json_atomic", "remove_stale_temporaries", "file_sha256"]
+__all__ = ["check_writable", "atomic_open", "write_json_atomic", "remove_stale_temporaries", "file_sha256"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,22 @@ TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+" + re.escape(TEMPORARY_SUFFIX
 CHECKPOINT_TEMPORARY_NAME = re.compile(r"^tmp[A-Za-z0-9_]{8}$")
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a file that can be written (its folders created if needed); checked before a long job writes it.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        NotADirectoryError: a folder above it is a file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a file to write")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"{blocking}: is a file, so {path} cannot be written")
+    return path
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Yield a handle on a temporary file next to ``path`` (created with its folders); on success it replaces
@@ -39,8 +55,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     Args:
         path: the file to write.
         mode: ``"wb"`` or ``"w"`` (text, UTF-8, no newline translation).
+
+    Raises:
+        OSError: as :func:`check_writable`, before anything is written.
     """
-    path = Path(path)
+    path = check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     os.close(descriptor)  # reopened by name: tifffile and PIL want a handle whose ``name`` is a path

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from custom_transforms.io import read_fragment_label, read_xray_image, tiff_stem, tiffs_by_stem
 
-from .atomic import write_json_atomic
+from .atomic import check_writable, write_json_atomic
 
 __all__ = [
     "IMAGE_SUBDIR",
@@ -69,10 +69,13 @@ def find_pairs(root: str | Path, allow_unpaired: bool = False) -> tuple[list[dic
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no PENGWIN image folder.
+        NotADirectoryError: ``root`` is a file.
         ValueError: no image at all, or (unless ``allow_unpaired``) some labels lack an image or, in a
             labelled root, some images lack a label; every unpaired name is listed.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root}: is a file, not a dataset folder")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: dataset folder does not exist")
     folders = split_folders(root)
@@ -105,8 +108,11 @@ def split_by_patient(
 ) -> dict[str, list[dict]]:
     """Split items by patient, in patient order: first ``train_fraction`` of patients train, the next
     ``test_fraction`` test, the rest validation. With three or more patients every split gets at least one."""
-    if not (0 < train_fraction and 0 <= test_fraction and train_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 < train, 0 <= test, train + test < 1; got {train_fraction}, {test_fraction}")
+    if not (0 < train_fraction and 0 < test_fraction and train_fraction + test_fraction < 1):
+        raise ValueError(
+            f"need 0 < train, 0 < test (every split gets a patient), train + test < 1; got {train_fraction}, "
+            f"{test_fraction}"
+        )
     patients = sorted({patient_id(item["image"]) for item in items})
     count = len(patients)
     n_train = max(1, round(train_fraction * count))
@@ -225,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--allow-unpaired", action="store_true", help="warn about unpaired files instead of failing")
     args = parser.parse_args(argv)
     try:
+        check_writable(args.out)
         datalist = build_datalist(args.root, args.train_fraction, args.test_fraction, args.allow_unpaired)
         write_json_atomic(args.out, datalist)
     except (OSError, ValueError) as err:

@@ -36,7 +36,7 @@ from custom_transforms.constants import CATEGORY_NAMES, FIRST_TOOL_PROJECTION, M
 from custom_transforms.intensity import NegLogWindow
 from custom_transforms.io import list_tiffs, read_fragment_label, read_xray_image
 
-from .atomic import write_json_atomic
+from .atomic import check_writable, write_json_atomic
 from .datalist import IMAGE_SUBDIR, LABEL_SUBDIR, PENGWIN_NAME
 
 __all__ = ["AREA_THRESHOLDS", "list_files", "measure_image", "measure_label", "fingerprint", "format_table", "main"]
@@ -374,12 +374,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         for root in roots:  # every folder checked before the first is measured, which can take minutes
             list_files(root)
+        if args.json:
+            check_writable(args.json)
         prints = [fingerprint(r, args.max_images, args.workers, args.seed, not args.no_progress) for r in roots]
     except (OSError, ValueError) as err:
         parser.exit(2, f"pengwin-fingerprint: {err}\n")
     print(format_table(prints))
     if args.json:
-        write_json_atomic(args.json, prints[0] if len(prints) == 1 else {"fingerprints": prints})
+        try:
+            write_json_atomic(args.json, prints[0] if len(prints) == 1 else {"fingerprints": prints})
+        except OSError as err:
+            parser.exit(2, f"pengwin-fingerprint: {err}\n")
         print(f"fingerprint JSON written to {args.json}")
     problems = [p for f in prints for p in f["problems"]]
     if problems:

@@ -209,3 +209,19 @@ def test_unreadable_datalist_json_is_a_clear_error(tmp_path, content, message):
 def test_cli_reports_a_bad_root_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match=f"^pengwin-datalist: {re.escape(str(tmp_path / 'missing'))}"):
         main([str(tmp_path / "missing"), "--out", str(tmp_path / "datalist.json")])
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=f"^pengwin-datalist: {re.escape(str(tmp_path / 'afile'))}: is a file, not a"):
+        main([str(tmp_path / "afile"), "--out", str(tmp_path / "datalist.json")])
+
+
+@pytest.mark.parametrize("out, message", [(".", "is a folder, not a file to write"), ("afile/d.json", "is a file, so")])
+def test_cli_reports_an_out_path_that_cannot_be_written_in_one_line(pengwin_root, tmp_path, out, message):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match=f"^pengwin-datalist: .*{message}"):
+        main([str(pengwin_root), "--out", str(tmp_path / out)])
+
+
+def test_a_test_fraction_of_zero_is_refused_since_every_split_gets_a_patient():
+    items = [{"image": f"/r/{p:03d}_0000.tif"} for p in range(10)]
+    with pytest.raises(ValueError, match=r"0 < test \(every split gets a patient\)"):
+        split_by_patient(items, test_fraction=0)

@@ -116,6 +116,21 @@ def test_missing_folder_is_one_clear_line_before_any_measuring(pengwin_root, tmp
     assert err.count("\n") == 0 and "nowhere" in err and "does not exist" in err
 
 
+@pytest.mark.parametrize("target", ["folder", "below_a_file"])
+def test_a_json_path_that_cannot_be_written_is_one_line_before_any_measuring(
+    pengwin_root, tmp_path, capsys, monkeypatch, target
+):
+    measured = []
+    monkeypatch.setattr("pengwin_xray.fingerprint.fingerprint", lambda root, *args: measured.append(root))
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path if target == "folder" else tmp_path / "afile" / "fp.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(pengwin_root), "--json", str(out), "--no-progress"])
+    assert exit_info.value.code == 2 and measured == []
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and ("is a folder" in err if target == "folder" else "afile: is a file" in err)
+
+
 def test_compare_prints_both_roots_side_by_side_and_writes_json(pengwin_root, real_data, tmp_path, capsys):
     out = tmp_path / "fp.json"
     main([str(pengwin_root), "--compare", str(real_data), "--json", str(out), "--no-progress"])

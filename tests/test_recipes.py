@@ -232,6 +232,11 @@ def test_two_stage_runs_all_crops_of_a_batch_in_one_call_and_skips_views_without
     assert len(fragments.inputs) == 1 and (logits == -8.0).all()
 
 
+def test_a_localiser_threshold_outside_zero_to_one_is_refused_by_its_name():
+    with pytest.raises(ValueError, match=r"^localiser_threshold must be a probability strictly between 0 and 1, got 1\.5"):
+        TwoStageInferer(torch.nn.Identity(), PengwinInferer(), PengwinInferer(), threshold=1.5)
+
+
 def test_two_stage_refuses_stages_of_different_formulations():
     localiser = FixedLogits(localiser_logits(32, {0: (slice(0, 10), slice(0, 10))}))
     slots = FixedLogits(torch.zeros(NUM_CHANNELS, 32, 32))

@@ -306,6 +306,9 @@ def test_render_from_ct_rejects_mismatched_or_invalid_labels(tmp_path):
     _write_ct(tmp_path / "oblique.mha", np.zeros((8, 8, 8), np.int16), direction=oblique)
     with pytest.raises(ValueError, match="oblique.mha.*oblique"):
         render_from_ct(tmp_path / "oblique.mha", tmp_path / "ct.mha", tmp_path / "x.tif", tmp_path / "y.tif")
+    for size in (0, -5, 8):
+        with pytest.raises(ValueError, match=f"size must be a whole number of at least 32 pixels, got {size}"):
+            render_from_ct(tmp_path / "ct.mha", tmp_path / "ct.mha", tmp_path / "x.tif", tmp_path / "y.tif", size=size)
     assert not (tmp_path / "x.tif").exists()
 
 
@@ -317,3 +320,5 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
                                                                                        "001_0250.tif"]
     with pytest.raises(SystemExit, match="pengwin-synth: projections must be 1..500, got 0"):
         main(["--out", str(tmp_path), "--projections", "0"])
+    with pytest.raises(SystemExit, match="pengwin-synth: size must be a whole number of at least 32 pixels, got 24"):
+        main(["--out", str(tmp_path), "--size", "24"])  # views the networks could not take

@@ -135,7 +135,7 @@ class TwoStageInferer(Inferer):
         self.localiser_inferer = localiser_inferer
         self.fragment_inferer = fragment_inferer
         self.margin, self.scale = float(margin), float(scale)
-        self.threshold = check_threshold(threshold)
+        self.threshold = check_threshold(threshold, "localiser_threshold")
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         logits = self.localiser_inferer(inputs, self.localiser).clone()

@@ -39,7 +39,7 @@ import torch
 from scipy import ndimage
 from tqdm import tqdm
 
-from custom_transforms.constants import FIRST_TOOL_PROJECTION, NUM_CHANNELS, PROJECTIONS_PER_CT
+from custom_transforms.constants import FIRST_TOOL_PROJECTION, MIN_IMAGE_SIZE, NUM_CHANNELS, PROJECTIONS_PER_CT
 from custom_transforms.io import list_tiffs, tiff_stem
 from ..atomic import atomic_open, write_json_atomic
 from ..datalist import IMAGE_SUBDIR, LABEL_SUBDIR, PENGWIN_NAME
@@ -262,12 +262,17 @@ def _read_marker(split_dir: Path) -> dict | None:
         return None
 
 
+def _check_size(size: int) -> None:
+    """Views the bundle can read: at least ``MIN_IMAGE_SIZE`` pixels a side (the networks' smallest input)."""
+    if not isinstance(size, int) or size < MIN_IMAGE_SIZE:
+        raise ValueError(f"size must be a whole number of at least {MIN_IMAGE_SIZE} pixels, got {size!r}")
+
+
 def _check_arguments(patients: int, projections: int, size: int, split: str, voxel_mm: float) -> None:
     if not 1 <= patients <= 999:
         raise ValueError(f"patients must be 1..999 (three-digit ids), got {patients}")
     projection_indices(projections)
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    _check_size(size)
     if not split or Path(split).name != split:
         raise ValueError(f"split must be a plain folder name such as 'train', got {split!r}")
     if not 0.5 <= voxel_mm <= 8.0:
@@ -439,6 +444,7 @@ def render_from_ct(
     """
     if not 0 <= tools <= MAX_TOOLS:
         raise ValueError(f"tools must be 0..{MAX_TOOLS}, got {tools}")
+    _check_size(size)
     ct_path, label_path = Path(ct_path), Path(fragment_label_path)
     hu, grid, ct_space = _read_volume(ct_path)
     labels, label_grid, label_space = _read_volume(label_path)
