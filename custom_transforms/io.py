@@ -39,8 +39,13 @@ TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
 
 def list_tiffs(folder: str | Path) -> list[Path]:
-    """The files directly in ``folder`` with a TIFF suffix (:data:`TIFF_SUFFIXES`, any case), sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
+    """The files directly in ``folder`` with a TIFF suffix (:data:`TIFF_SUFFIXES`, any case), sorted by name; hidden
+    files (``.name``, such as the ``._name.tif`` metadata files macOS leaves on shared drives) are not images."""
+    return sorted(
+        path
+        for path in Path(folder).iterdir()
+        if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES and not path.name.startswith(".")
+    )
 
 
 def tiffs_by_stem(folder: str | Path) -> dict[str, Path]:

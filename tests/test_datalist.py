@@ -57,6 +57,14 @@ def test_tiff_and_upper_case_suffixes_pair_by_stem(pengwin_root):
     assert pairs["001_0000.tif"] == "001_0000.TIFF" and pairs["002_0000.Tif"] == "002_0000.tif"
 
 
+def test_hidden_files_such_as_macos_metadata_are_not_images(pengwin_root):
+    images = pengwin_root / "train" / "input" / "images" / "x-ray"
+    (images / "._001_0000.tif").write_bytes(b"Mac OS X resource fork")  # what macOS leaves on shared drives
+    datalist = build_datalist(pengwin_root)
+    assert not any(Path(item["image"]).name.startswith(".") for split in datalist.values() for item in split)
+    assert sum(map(len, datalist.values())) == 20
+
+
 @pytest.mark.parametrize("count", [3, 4, 7, 20, 100])
 def test_every_split_is_non_empty_from_three_patients(count):
     items = [{"image": f"/r/{p:03d}_0000.tif"} for p in range(count)]
