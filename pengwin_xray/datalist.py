@@ -110,7 +110,7 @@ def split_by_patient(
     ``test_fraction`` test, the rest validation. With three or more patients every split gets at least one."""
     if not (0 < train_fraction and 0 < test_fraction and train_fraction + test_fraction < 1):
         raise ValueError(
-            f"need 0 < train, 0 < test (every split gets a patient), train + test < 1; got {train_fraction}, "
+            f"need 0 < train, 0 < test (a test split to score on), train + test < 1; got {train_fraction}, "
             f"{test_fraction}"
         )
     patients = sorted({patient_id(item["image"]) for item in items})

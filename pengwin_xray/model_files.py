@@ -24,9 +24,9 @@ def read_torch_file(path: str | os.PathLike, device: str | torch.device = "cpu")
         ValueError: in one line, when the file is not a whole ``torch.save`` archive (another format, truncated,
             damaged) or holds pickled Python objects besides tensors (refused: they could run code when loaded).
     """
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable PyTorch file (torch.save writes a zip archive; this file is none, or "
-                         "a truncated one)")
+    if not zipfile.is_zipfile(path) and not _is_legacy_torch_file(path):
+        raise ValueError(f"{path}: not a readable PyTorch file (torch.save writes a zip archive, before PyTorch 1.6 a "
+                         "pickle stream; this file is neither, or a truncated one)")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -36,6 +36,17 @@ def read_torch_file(path: str | os.PathLike, device: str | torch.device = "cpu")
         ) from err
     except Exception as err:  # torch's readers raise RuntimeError, KeyError, EOFError... for damaged archives
         raise ValueError(f"{path}: not a readable PyTorch file ({type(err).__name__}: {_first_line(err)})") from err
+
+
+#: how a file of ``torch.save``'s format before PyTorch 1.6 starts: its pickled magic number (torchvision's older
+#: weight downloads have it)
+_LEGACY_TORCH_PREFIX = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _is_legacy_torch_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like a ``torch.save`` file of the format before PyTorch 1.6."""
+    with open(path, "rb") as handle:
+        return handle.read(len(_LEGACY_TORCH_PREFIX)) == _LEGACY_TORCH_PREFIX
 
 
 def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> Mapping[str, torch.Tensor]:

@@ -32,7 +32,8 @@ def load_segmenter(bundle_root: str | os.PathLike = ".", config_files: Sequence[
     Raises:
         FileNotFoundError: a config or model file is missing.
         KeyError: an override names no config id.
-        ValueError: the model does not fit the config (the message says which overlay to merge), or a bad setting.
+        ValueError: the model does not fit the config (the message says which overlay to merge), a bad setting, or
+            the two-stage recipe's fragment network without its localiser.
     """
     root = Path(bundle_root).resolve()
     files = [root / "configs" / "inference.json", *(root / name for name in config_files)]
@@ -50,9 +51,13 @@ def load_segmenter(bundle_root: str | os.PathLike = ".", config_files: Sequence[
     for key, value in overrides.items():
         parser[key] = value
     from scripts.errors import USER_ERRORS, root_cause  # importable once the bundle folder is on sys.path
+    from scripts.tuning import check_pipeline
 
     try:
-        return parser.get_parsed_content("segmenter")
+        segmenter = parser.get_parsed_content("segmenter")
+        choice, model_path = parser.get_parsed_content("postprocessing_choice"), parser.get_parsed_content("ckpt_path")
+        check_pipeline(choice, segmenter.inferer, model_path)  # what inference.json's initialize checks
+        return segmenter
     except RuntimeError as err:  # MONAI wraps a failed check (a missing model, a wrong config) in its own error
         cause = root_cause(err)
         if isinstance(cause, USER_ERRORS):

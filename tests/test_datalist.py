@@ -229,7 +229,7 @@ def test_cli_reports_an_out_path_that_cannot_be_written_in_one_line(pengwin_root
         main([str(pengwin_root), "--out", str(tmp_path / out)])
 
 
-def test_a_test_fraction_of_zero_is_refused_since_every_split_gets_a_patient():
+def test_a_test_fraction_of_zero_is_refused_since_evaluation_needs_a_test_split():
     items = [{"image": f"/r/{p:03d}_0000.tif"} for p in range(10)]
-    with pytest.raises(ValueError, match=r"0 < test \(every split gets a patient\)"):
+    with pytest.raises(ValueError, match=r"0 < test \(a test split to score on\)"):
         split_by_patient(items, test_fraction=0)

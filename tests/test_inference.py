@@ -353,7 +353,8 @@ def test_an_export_left_from_an_earlier_model_pt_is_refused(model_root, tmp_path
     root = Path(shutil.copytree(model_root, tmp_path / "bundle"))
     load_network(model_format, small_unet(), **model_paths(root))  # the export of this model.pt loads
     torch.save(small_unet(seed=1).state_dict(), root / "models" / "model.pt")
-    with pytest.raises(ValueError, match=r"model\.(ts|onnx): not an export of the model\.pt beside it \(its logits") as info:
+    stale = r"model\.(ts|onnx): not an export of the model\.pt beside it \(its logits"
+    with pytest.raises(ValueError, match=stale) as info:
         load_network(model_format, small_unet(), **model_paths(root))
     assert "\n" not in str(info.value)
     (root / "models" / "model.pt").unlink()  # an export shared alone is not compared
@@ -376,6 +377,24 @@ def test_an_export_whose_batch_norms_were_folded_into_its_convolutions_is_accept
     torch.jit.script(folded).save(str(tmp_path / "model.ts"))
     definition = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.BatchNorm2d(6))
     load_network("ts", definition, tmp_path / "model.pt", tmp_path / "model.ts", tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize("model_format", ["onnx", "openvino"])
+def test_an_export_of_fixed_input_size_is_compared_at_that_size(tmp_path, model_format):
+    network = small_unet()
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(network, torch.zeros(1, 1, 32, 48), str(tmp_path / "model.onnx"), dynamo=False)
+    paths = tmp_path / "model.pt", tmp_path / "model.ts", tmp_path / "model.onnx"
+    loaded = load_network(model_format, small_unet(), *paths)  # compared with model.pt at 32 x 48
+    assert loaded(torch.zeros(1, 1, 32, 48)).shape == (1, MAIN_OTHER_CHANNELS, 32, 48)
+
+
+def test_the_fragment_network_of_the_two_stage_recipe_is_refused_alone_from_python(tmp_path, model_root):
+    models = models_with_choice(tmp_path, model_root, threshold=0.5, min_component_size=0, two_stage=True)
+    with pytest.raises(ValueError, match=r"model\.pt: the fragment network of the two-stage recipe"):
+        load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
 
 
 def test_a_damaged_torchscript_file_is_one_line_naming_it(model_root, tmp_path):

@@ -182,6 +182,14 @@ def test_weights_file_that_is_not_a_state_dict_raises(content: object, tmp_path:
         VGG16UNet(pretrained_path=path)
 
 
+def test_weights_saved_in_the_format_before_pytorch_1_6_are_read(tmp_path: Path) -> None:
+    """torchvision's older downloads are such files."""
+    state = torchvision_vgg16_state_dict(seed=2)
+    torch.save(state, tmp_path / "vgg16.pth", _use_new_zipfile_serialization=False)
+    model = VGG16UNet(pretrained_path=str(tmp_path / "vgg16.pth"))
+    assert torch.equal(model.encoder.features[0].weight, state["features.0.weight"])
+
+
 @pytest.mark.parametrize("damage", ["text", "truncated", "empty", "nan"])
 def test_a_damaged_weights_file_is_one_line_naming_it(damage: str, tmp_path: Path) -> None:
     path = save(torchvision_vgg16_state_dict(), tmp_path / "vgg16.pth")

@@ -452,7 +452,7 @@ def load_network(
     else:
         network = OnnxRuntimeNetwork(path).eval()
     if Path(ckpt_path).is_file():
-        model = load_checkpoint(copy.deepcopy(network_def).to(device), ckpt_path, device, setting)
+        model = load_checkpoint(copy.deepcopy(network_def).cpu(), ckpt_path, "cpu", setting)
         in_float32 = OpenVinoNetwork(path) if model_format == "openvino" and cpu_bf16 else network
         check_export(path, in_float32, model, device)
     return network
@@ -471,20 +471,22 @@ def check_export(
     model: torch.nn.Module,
     device: str | torch.device = "cpu",
 ) -> None:
-    """Refuse an export that does not compute what ``model`` (the network holding the ``model.pt`` beside it)
+    """Refuse an export that does not compute what ``model`` (on the CPU, holding the ``model.pt`` beside it)
     computes: the post-processing chosen on validation belongs to ``model.pt``, and an export left from an earlier
-    training would run with it unnoticed. Compared on one seeded random image of :data:`EXPORT_PROBE_SIDE` pixels,
-    with ``export`` computing in float32; outputs, not weights, since exporters may fold batch norms into the
-    convolutions before them.
+    training would run with it unnoticed. Compared on one seeded random image of :data:`EXPORT_PROBE_SIDE` pixels
+    (or the export's fixed input shape), with ``export`` (run on ``device``) computing in float32, TF32 off;
+    outputs, not weights, since exporters may fold batch norms into the convolutions before them.
 
     Raises:
         ValueError: naming the export and how far its logits lie from the model's.
     """
     channels = next(parameter for parameter in model.parameters() if parameter.ndim == 4).shape[1]  # the first conv's
-    side = EXPORT_PROBE_SIDE
-    probe = torch.rand(1, channels, side, side, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
-        expected, exported = model.eval()(probe).float().cpu(), export(probe).float().cpu()
+    fixed = getattr(export, "input_shape", None) or (None,) * 4  # an ONNX model's; None for a dynamic axis
+    shape = [1, channels, EXPORT_PROBE_SIDE, EXPORT_PROBE_SIDE]
+    shape = [size if isinstance(size, int) else default for size, default in zip(fixed, shape)]
+    probe = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        expected, exported = model.eval()(probe).float(), export(probe.to(device)).float().cpu()
     if exported.shape != expected.shape or not torch.allclose(
         exported, expected, rtol=EXPORT_LOGIT_TOLERANCE, atol=EXPORT_LOGIT_TOLERANCE
     ):
