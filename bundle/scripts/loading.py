@@ -16,7 +16,6 @@ The end-of-run report of inputs that failed lives here too, beside the input che
 
 from __future__ import annotations
 
-import copy
 import datetime
 import fcntl
 import logging
@@ -452,7 +451,7 @@ def load_network(
     else:
         network = OnnxRuntimeNetwork(path).eval()
     if Path(ckpt_path).is_file():
-        model = load_checkpoint(copy.deepcopy(network_def).cpu(), ckpt_path, "cpu", setting)
+        model = load_checkpoint(network_def.cpu(), ckpt_path, "cpu", setting)  # network_def serves no other use here
         in_float32 = OpenVinoNetwork(path) if model_format == "openvino" and cpu_bf16 else network
         check_export(path, in_float32, model, device)
     return network
