@@ -18,7 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["check_writable", "atomic_open", "write_json_atomic", "remove_stale_temporaries", "file_sha256"]
+__all__ = [
+    "file_in_the_way",
+    "check_writable",
+    "atomic_open",
+    "write_json_atomic",
+    "remove_stale_temporaries",
+    "file_sha256",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,13 @@ TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+" + re.escape(TEMPORARY_SUFFIX
 CHECKPOINT_TEMPORARY_NAME = re.compile(r"^tmp[A-Za-z0-9_]{8}$")
 
 
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The first of ``folder`` and the folders above it that exists but is no folder, so that ``folder`` can be
+    neither used nor created; ``None`` when there is none."""
+    folder = Path(folder)
+    return next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """``path`` as a file that can be written (its folders created if needed); checked before a long job writes it.
 
@@ -41,7 +55,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a folder, not a file to write")
-    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    blocking = file_in_the_way(path.parent)
     if blocking is not None:
         raise NotADirectoryError(f"{blocking}: is a file, so {path} cannot be written")
     return path

@@ -107,6 +107,9 @@ def test_a_folder_setting_naming_a_file_is_refused_and_a_folder_or_a_new_path_pa
     check_folders(output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "not_yet"))
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'results'}: --ckpt_dir is a file, not a folder"):
         check_folders(output_dir=str(tmp_path), ckpt_dir=str(tmp_path / "results"))
+    below_a_file = rf"^{tmp_path / 'results'}: is a file, so --output_dir .* cannot be a folder"
+    with pytest.raises(ValueError, match=below_a_file):
+        check_folders(output_dir=str(tmp_path / "results" / "run1"))
 
 
 @pytest.mark.parametrize("config", ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",

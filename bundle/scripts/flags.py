@@ -8,11 +8,13 @@ import difflib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from monai.bundle import ConfigParser
 from monai.utils import ensure_tuple
 
 from custom_transforms.constants import as_number
+from pengwin_xray.atomic import file_in_the_way
 
 __all__ = [
     "as_flag",
@@ -112,15 +114,19 @@ _RUN_ARGUMENTS = frozenset(
 
 
 def check_folders(**folders: str) -> None:
-    """Refuse a folder setting (e.g. ``output_dir=...``) naming something that exists but is no folder: its files
-    could not be written, and the run would fail only when it first writes one.
+    """Refuse a folder setting (e.g. ``output_dir=...``) naming a file, or a folder below a file
+    (:func:`pengwin_xray.atomic.file_in_the_way`): its files could not be written, and the run would fail only when
+    it first writes one.
 
     Raises:
-        ValueError: naming the path and the setting.
+        ValueError: naming the file in the way and the setting.
     """
     for name, folder in folders.items():
-        if os.path.exists(folder) and not os.path.isdir(folder):
+        blocking = file_in_the_way(folder)
+        if blocking == Path(folder):
             raise ValueError(f"{folder}: --{name} is a file, not a folder; choose a folder")
+        if blocking is not None:
+            raise ValueError(f"{blocking}: is a file, so --{name} {folder} cannot be a folder; choose a folder")
 
 
 def check_distinct_folders(**folders: str) -> None:
