@@ -57,7 +57,10 @@ NETWORKS: dict[str, tuple[list[str], dict, list[int]]] = {
 def median_seconds(calls: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, float]:
     """Median wall time of each call over ``repeats`` runs after ``warmup`` untimed runs.
 
-    The calls take turns within each repeat, so that a change in machine load hits all of them alike.
+    The calls take turns within each repeat, so that a change in machine load hits all of them alike. Each timed
+    run follows an untimed run of the same call: an engine's thread pool keeps spinning for a while after its call
+    (ONNX Runtime's, OpenVINO's, PyTorch's OpenMP), and an engine timed right after another ran up to 25% slower
+    (OpenVINO after ONNX Runtime: 108 against 85 ms per 448 px pass), which a user running one engine never sees.
     """
     for call in calls.values():
         for _ in range(warmup):
@@ -65,6 +68,7 @@ def median_seconds(calls: dict[str, Callable[[], object]], warmup: int, repeats:
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
+            call()  # the previous engine's spinning threads settle during this run
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)

@@ -11,7 +11,8 @@ at (the inference command would bring the views to that size).
    TorchScript, ONNX Runtime, OpenVINO, and where the CPU computes bf16 natively eager bfloat16 autocast and
    OpenVINO in bf16 (``--cpu_bf16 true``); images/s, ratio to eager float32, the largest difference of its
    probabilities from eager float32's, and the share of bit-map pixels that differ from eager float32's after the
-   full post-processing (worst image). Median of ``--repeats`` per image, engines taking turns.
+   full post-processing (worst image). Median of ``--repeats`` per image, engines taking turns (each timed call
+   right after an untimed one of the same engine).
 2. Stages per image with the fastest engine whose probabilities stay within 1e-4 of eager float32's (the tolerance
    the README documents and the tests check for the float32 formats; a bit-map pixel moves only where that little
    decides the threshold or a split at a neck): load and preprocess, network, fragment decoding, post-processing and
