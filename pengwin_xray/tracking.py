@@ -57,9 +57,8 @@ TRAINING_RUN_TAG = "pengwin.training_run_id"
 #: MLflow's tag that shows a run nested under another
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
-#: the post-processing chosen on validation (``postprocessing.json`` beside the model), logged with the model as
-#: ``chosen_<key>`` parameters and metrics
-CHOSEN_SETTINGS: tuple[str, ...] = ("threshold", "min_component_size", "split_depth", "seed_threshold", "image_size")
+#: the validation scores of the post-processing chosen for the model (``postprocessing.json`` beside it), logged
+#: with the model as ``chosen_<key>`` metrics
 CHOSEN_SCORES: tuple[str, ...] = ("validation_fracture_iou", "validation_anatomical_iou")
 
 #: the first bytes of every SQLite database file
@@ -160,6 +159,7 @@ def log_trained_model(
     config_dir: str | os.PathLike | None = None,
     code_dir: str | os.PathLike | None = None,
     tags: Mapping[str, Any] | None = None,
+    chosen_settings: Sequence[str] = (),
 ) -> Any:
     """Log ``network`` (holding the weights of ``model_path``) as an MLflow PyTorch model of the training run
     ``run_name``, register it as a new version of ``registered_name`` and return that version.
@@ -167,7 +167,8 @@ def log_trained_model(
     The model has a signature (float32 ``[batch, channels, height, width]`` in, logits out, any batch and size),
     ``input_example``, the ``*.json`` of ``config_dir`` (the bundle's configs and metadata) beside it and
     ``code_dir`` (the bundle's ``scripts``, for networks defined there) and the ``postprocessing.json`` chosen for
-    ``model_path`` (also logged as ``chosen_*`` parameters and validation scores); it is a CPU copy of ``network``, and
+    ``model_path`` (its ``chosen_settings``, e.g. the keys of ``scripts.tuning.DEFAULTS``, logged as ``chosen_*``
+    parameters, and its validation scores as ``chosen_*`` metrics); it is a CPU copy of ``network``, and
     ``mlflow.pytorch.load_model("models:/<name>/latest")`` gives it back. The version is tagged with ``tags``
     (e.g. the validation IoU), the run with the model file's SHA-256, which :func:`link_evaluation` looks for.
     Returns ``None`` (with a warning) when the run is not found.
@@ -194,7 +195,7 @@ def log_trained_model(
     with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run.info.run_id):
         if tuned.is_file():  # what inference and evaluation of this model use, not the training's settings
             chosen = json.loads(tuned.read_text())
-            mlflow.log_params({f"chosen_{key}": chosen.get(key) for key in CHOSEN_SETTINGS})
+            mlflow.log_params({f"chosen_{key}": chosen.get(key) for key in chosen_settings})
             mlflow.log_metrics({f"chosen_{key}": chosen[key] for key in CHOSEN_SCORES if chosen.get(key) is not None})
             extra_files.append(str(tuned))
         info = mlflow.pytorch.log_model(

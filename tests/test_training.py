@@ -286,6 +286,7 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     chosen = json.loads((tmp_path / "models" / "postprocessing.json").read_text())
     assert params["chosen_threshold"] == str(chosen["threshold"])
     assert params["chosen_split_depth"] == str(chosen["split_depth"])
+    assert params["chosen_two_stage"] == str(chosen["two_stage"]) == "False"
     with using_tracking_uri(mlflow_server):
         local = mlflow.artifacts.download_artifacts("models:/pengwin-xray-basicunet/latest", dst_path=str(tmp_path / "dl"))
     assert json.loads((Path(local) / "extra_files" / "postprocessing.json").read_text()) == chosen
