@@ -147,18 +147,26 @@ def check_xray_image(
     return array
 
 
+def _raw_bits(bitmap: np.ndarray) -> np.ndarray:
+    """The integer ``bitmap`` with its raw bits: a signed one as its unsigned twin, where a negative value is a set
+    top bit (an int16 map's bit 15 is fragment LI-5), not a sign that widening would copy into the higher bits."""
+    values = np.ascontiguousarray(bitmap)
+    if np.issubdtype(values.dtype, np.signedinteger):
+        return values.view(np.dtype(f"u{values.dtype.itemsize}"))
+    return values
+
+
 def invalid_label_bits(bitmap: np.ndarray) -> list[int]:
     """Bits set anywhere in the integer ``bitmap`` outside the PENGWIN range 1..30 (bit 0, bit 31 and above)."""
-    values = np.ascontiguousarray(bitmap)
-    if np.issubdtype(values.dtype, np.signedinteger):  # a negative value is a set top bit: read the raw bits
-        values = values.view(np.dtype(f"u{values.dtype.itemsize}"))
+    values = _raw_bits(bitmap)
     present = int(np.bitwise_or.reduce(values, axis=None)) if values.size else 0
     invalid = present & ~VALID_BITS_MASK
     return [bit for bit in range(invalid.bit_length()) if invalid >> bit & 1]
 
 
 def as_bitmap(bitmap: Any, source: str = "bit map") -> np.ndarray:
-    """An integer bit map ``[H, W]`` or ``[1, H, W]`` (numpy, or a torch tensor) as a checked numpy ``[H, W]``.
+    """An integer bit map ``[H, W]`` or ``[1, H, W]`` (numpy, or a torch tensor) as a checked numpy ``[H, W]``; a
+    signed one as its unsigned twin, so that widening it keeps its bits (an int16 map can set bit 15).
 
     Raises:
         ValueError: for a float dtype, a wrong shape, or bits outside 1..30 (``source`` names the input).
@@ -175,7 +183,7 @@ def as_bitmap(bitmap: Any, source: str = "bit map") -> np.ndarray:
     bad_bits = invalid_label_bits(array)
     if bad_bits:
         raise ValueError(f"{source}: bit map sets bits {bad_bits}; PENGWIN bit maps use only bits 1..30")
-    return array
+    return _raw_bits(array)
 
 
 def read_fragment_label(path: str | Path, expected_shape: Sequence[int] | None = None) -> np.ndarray:

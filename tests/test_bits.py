@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 from monai.data import MetaTensor
 
@@ -55,6 +56,18 @@ def test_random_round_trip_is_exact_for_integer_dtypes(dtype, seed):
     channels = decode_fragment_bits(bitmap)
     np.testing.assert_array_equal(encode_fragment_bits(channels), bitmap.astype(np.uint32))
     np.testing.assert_array_equal(decode_fragment_bits(encode_fragment_bits(channels)), channels)
+
+
+@pytest.mark.parametrize("dtype, top_bit", [(np.int8, 7), (np.int16, 15)])
+def test_narrow_signed_bitmaps_keep_their_top_bit_without_sign_extension(tmp_path, dtype, top_bit):
+    bitmap = np.zeros((4, 5), dtype)
+    bitmap[1, 2] = np.array(1 << top_bit, np.int64).astype(dtype)  # negative: only the top bit set
+    bitmap[3, 4] = 1 << 1
+    expected = np.zeros((30, 4, 5), np.uint8)
+    expected[top_bit - 1, 1, 2] = expected[0, 3, 4] = 1
+    np.testing.assert_array_equal(decode_fragment_bits(bitmap).numpy(), expected)
+    tifffile.imwrite(tmp_path / "label.tif", bitmap)
+    assert read_fragment_label(tmp_path / "label.tif")[1, 2] == 1 << top_bit
 
 
 @pytest.mark.parametrize(
