@@ -11,18 +11,22 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.config.type_definitions import DtypeLike
 from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy, convert_to_tensor
 
 from .reader import tensor_filename
 
 __all__ = ["NegLogWindow", "CLAHE", "NegLogWindowd", "CLAHEd"]
+
+#: the axes of one image: each image of a stack gets its own window
+IMAGE_AXES = (-2, -1)
 
 
 class NegLogWindow(Transform):
     """Turn raw transmitted intensity into a [0, 1] radiograph, as the organisers' ``neglog_window`` does.
 
     ``x = image + image.min() + epsilon`` (the official helper ADDS the minimum), ``x = -log(x)``, then a
-    per-image min-max rescale to [0, 1]; a constant image gives zeros. With ``quantiles=(low, high)`` the
+    per-image min-max rescale to [0, 1]; a constant image gives zeros. Each image ``[H, W]`` of a stack
+    (``[C, H, W]``, e.g. several files read into one array) gets its own window, as each would alone. With ``quantiles=(low, high)`` the
     -log values are first clipped to those quantiles (in that order; the official quantile wrapper swaps them,
     which inverts the image, and that is not reproduced). Air becomes dark and bone bright.
 
@@ -43,16 +47,23 @@ class NegLogWindow(Transform):
         image = convert_to_tensor(img, dtype=torch.float32, track_meta=get_track_meta())
         if not torch.isfinite(image).all():
             raise ValueError(f"{tensor_filename(img) or 'image'}: image contains NaN/inf values")
-        shifted = image + image.min() + self.epsilon
+        if image.ndim < 2:
+            source = tensor_filename(img) or "image"
+            raise ValueError(f"{source}: expected an image [..., H, W], got shape {tuple(image.shape)}")
+        shifted = image + image.amin(dim=IMAGE_AXES, keepdim=True) + self.epsilon
         if shifted.min() <= 0:
             source = tensor_filename(img) or "image"
             raise ValueError(f"{source}: raw intensities must be positive, minimum is {image.min():g}")
         attenuation = -torch.log(shifted)
         if self.quantiles is not None:
-            low, high = torch.quantile(attenuation.flatten().as_tensor(), torch.tensor(self.quantiles))
-            attenuation = attenuation.clamp(low, high)
-        low, high = attenuation.min(), attenuation.max()
-        window = (attenuation - low) / (high - low) if high > low else torch.zeros_like(attenuation)
+            # numpy: torch.quantile refuses more than 2**24 values (a 4,400 px detector image)
+            values = convert_to_numpy(attenuation).reshape(-1, attenuation.shape[-2] * attenuation.shape[-1])
+            low, high = convert_to_tensor(np.quantile(values, self.quantiles, axis=1), dtype=torch.float32)
+            per_image = (*attenuation.shape[:-2], 1, 1)
+            attenuation = torch.clamp(attenuation, low.view(per_image), high.view(per_image))
+        low = attenuation.amin(dim=IMAGE_AXES, keepdim=True)
+        span = attenuation.amax(dim=IMAGE_AXES, keepdim=True) - low
+        window = torch.where(span > 0, (attenuation - low) / torch.where(span > 0, span, 1.0), 0.0)
         out, *_ = convert_to_dst_type(window, dst=img, dtype=torch.float32)
         return out
 

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.data import set_track_meta
 from monai.transforms import LoadImage
 
 from custom_transforms import CLAHE, CLAHEd, NegLogWindow, NegLogWindowd, PengwinTiffReader
+
+
+@contextmanager
+def set_track_meta_off():
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(True)
 
 
 def official_neglog(image: np.ndarray, epsilon: float = 0.01) -> np.ndarray:
@@ -54,6 +66,25 @@ def test_quantile_window_keeps_orientation_and_clips_outliers():
     # the official quantile wrapper swaps low/high and inverts the image; ours keeps dense = bright
     assert np.corrcoef(plain.ravel(), robust.ravel())[0, 1] > 0.9
     assert robust.mean() > plain.mean() + 0.1 and robust.min() == 0 and robust.max() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("quantiles", [None, (0.01, 0.99)])
+def test_each_image_of_a_stack_gets_its_own_window(quantiles):
+    rng = np.random.default_rng(3)
+    bright, faint = rng.uniform(1.0, 50.0, (2, 32, 24)).astype(np.float32) * np.float32([[[1.0]], [[0.01]]])
+    stacked = NegLogWindow(quantiles=quantiles)(np.stack([bright, faint]))
+    for channel, image in enumerate((bright, faint)):
+        np.testing.assert_allclose(stacked[channel], NegLogWindow(quantiles=quantiles)(image[None])[0], atol=1e-6)
+        assert stacked[channel].min() == 0 and stacked[channel].max() == pytest.approx(1.0)
+
+
+def test_quantile_window_takes_plain_tensors_and_detector_sized_images():
+    # torch.quantile refuses more than 2**24 values; a plain tensor has no MetaTensor methods
+    image = torch.from_numpy(np.random.default_rng(4).uniform(1.0, 50.0, (1, 4097, 4096)).astype(np.float32))
+    with set_track_meta_off():
+        out = NegLogWindow(quantiles=(0.01, 0.99))(image)
+    assert type(out) is torch.Tensor and out.min() == 0 and out.max() == pytest.approx(1.0)
+    assert 0.005 < float((out == 0).float().mean()) < 0.015  # the lowest 1% clipped to the window's floor
 
 
 def test_quantile_window_rejects_swapped_quantiles():
