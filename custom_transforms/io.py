@@ -120,7 +120,8 @@ def check_xray_image(
 
     Rejected: non-2D, not of ``expected_shape`` (when given), non-float, smaller than :data:`MIN_IMAGE_SIZE` on a
     side (also once its longer side is brought to the model's ``image_size``, when given, as inference does),
-    non-finite, non-positive (the neg-log window takes the logarithm of the transmitted intensity) and constant images.
+    non-finite, too large for the float32 neg-log window, non-positive (the window takes the logarithm of the
+    transmitted intensity) and constant images.
     """
     array = np.asarray(image)
     _check_shape(source, array, expected_shape)
@@ -136,9 +137,12 @@ def check_xray_image(
                              f"least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} (--image_size 0 runs it at its own size)")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{source}: expected a float raw-intensity image (float32), got dtype {array.dtype}")
-    array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise ValueError(f"{source}: image contains {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
+    if float(array.max()) + float(array.min()) >= float(np.finfo(np.float32).max):  # the window adds the minimum to each pixel
+        raise ValueError(f"{source}: intensities up to {array.max():g} overflow float32 in the neg-log window; is this "
+                         "a raw transmitted-intensity image?")
+    array = array.astype(np.float32, copy=False)
     if array.min() <= 0:
         raise ValueError(f"{source}: raw intensities must be positive (transmitted X-ray intensity), minimum is "
                          f"{array.min():g}; is this a windowed or log image instead of a raw one?")

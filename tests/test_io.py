@@ -70,6 +70,8 @@ BAD_IMAGES = {
     "RGB": (lambda p: tifffile.imwrite(p, np.ones((8, 8, 3), np.float32), photometric="rgb"), "RGB"),
     "integer image": (lambda p: tifffile.imwrite(p, np.ones((32, 32), np.uint16)), "float raw-intensity"),
     "NaN": (lambda p: tifffile.imwrite(p, np.pad(np.array([[1.0, np.nan]], np.float32), ((0, 31), (0, 30)), constant_values=2.0)), "NaN/inf"),
+    "beyond float32": (lambda p: tifffile.imwrite(p, np.linspace(1, 1e300, 1024).reshape(32, 32)), "up to 1e\\+300 overflow float32"),
+    "overflowing window": (lambda p: tifffile.imwrite(p, np.linspace(1.5e38, 2e38, 1024, dtype=np.float32).reshape(32, 32)), "overflow float32 in the neg-log window"),
     "constant": (lambda p: tifffile.imwrite(p, np.full((32, 32), 4.0, np.float32)), "constant image"),
     "too small": (lambda p: tifffile.imwrite(p, np.linspace(1, 2, 64, dtype=np.float32).reshape(8, 8)), "8x8 pixels; the networks need at least 32x32"),
     "not positive": (lambda p: tifffile.imwrite(p, np.linspace(-1, 2, 1024, dtype=np.float32).reshape(32, 32)), "raw intensities must be positive"),
