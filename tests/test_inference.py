@@ -224,12 +224,15 @@ def test_list_inputs_takes_tif_and_tiff_of_any_case_sorted_and_ignores_other_fil
     assert scan.failures == []
 
 
-def test_list_inputs_rejects_second_file_with_the_same_output_name(tmp_path):
-    tifffile.imwrite(tmp_path / "x.tif", raw_xray())
-    tifffile.imwrite(tmp_path / "x.tiff", raw_xray())
+def test_list_inputs_rejects_every_file_of_an_output_name_that_several_take(tmp_path):
+    for name in ("x.tif", "x.TIFF", "y.tif"):
+        tifffile.imwrite(tmp_path / name, raw_xray())
     scan = list_inputs(tmp_path)
-    assert [Path(item["image"]).name for item in scan.items] == ["x.tif"]
-    assert scan.failures == [InputFailure(str(tmp_path / "x.tiff"), "same output name x.tif as x.tif")]
+    assert [Path(item["image"]).name for item in scan.items] == ["y.tif"]
+    assert scan.failures == [
+        InputFailure(str(tmp_path / name), "x.TIFF and x.tif would both be written as x.tif; which one is meant is not known")
+        for name in ("x.TIFF", "x.tif")
+    ]
 
 
 def test_list_inputs_takes_the_input_folder_of_each_split_of_a_pengwin_root(pengwin_root):
@@ -279,14 +282,14 @@ def test_list_inputs_refuses_output_folder_equal_to_input_folder(tmp_path):
         list_inputs(tmp_path, output_dir=tmp_path / "sub" / "..")
 
 
-@pytest.mark.parametrize("given", ["root", "split"])
+@pytest.mark.parametrize("given", ["root", "split", "x-ray folder"])
 @pytest.mark.parametrize("output", [IMAGE_SUBDIR, LABEL_SUBDIR], ids=["x-rays", "labels"])
 def test_list_inputs_refuses_the_x_ray_or_label_folder_of_a_pengwin_split_as_output(tmp_path, given, output):
     split = tmp_path / "test"
     (split / IMAGE_SUBDIR).mkdir(parents=True)
     (split / LABEL_SUBDIR).mkdir(parents=True)
     tifffile.imwrite(split / IMAGE_SUBDIR / "001_0000.tif", raw_xray())
-    dataset_dir = tmp_path if given == "root" else split
+    dataset_dir = {"root": tmp_path, "split": split, "x-ray folder": split / IMAGE_SUBDIR}[given]
     what = "inputs" if output == IMAGE_SUBDIR else "ground-truth labels"
     with pytest.raises(ValueError, match=f"output_dir is the folder of the {what}"):
         list_inputs(dataset_dir, output_dir=split / output)

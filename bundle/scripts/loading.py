@@ -175,12 +175,13 @@ def list_inputs(
 
     Every ``*.tif``/``*.tiff`` file is read with :func:`custom_transforms.read_xray_image`; an unreadable, non-float,
     NaN/inf or constant image, or one too narrow at the model's ``image_size``, is logged with its reason and listed in
-    ``failures``, and so is a file whose output name (``<stem>.tif``) another input already takes (``a.tif`` and
-    ``a.tiff``).
+    ``failures``, and so is every file of an output name (``<stem>.tif``) that several inputs take (``a.tif`` and
+    ``a.TIFF``: which one is meant is not known).
 
     Args:
         dataset_dir: folder of raw PENGWIN X-ray TIFFs, or a PENGWIN root.
-        output_dir: the output folder, if known, to refuse writing bit maps over the inputs.
+        output_dir: the output folder, if known, to refuse writing bit maps over the inputs or a split's labels
+            (also those beside a split's ``input/images/x-ray`` folder given as ``dataset_dir``).
         image_size: the size inference brings the images to (``None``: their own).
 
     Raises:
@@ -204,22 +205,31 @@ def list_inputs(
             f"<split>/{IMAGE_SUBDIR.as_posix()} folders of a PENGWIN root"
         )
     if output_dir is not None:
-        check_output_folder(output_dir, {path.parent for path in paths}, {split / LABEL_SUBDIR for split in splits})
+        input_folders = {path.parent for path in paths}
+        # a split's x-ray folder given as dataset_dir: its labels lie at <split>/output/images/x-ray
+        label_folders = {split / LABEL_SUBDIR for split in splits} | {
+            folder.resolve().parents[2] / LABEL_SUBDIR
+            for folder in input_folders
+            if folder.resolve().parts[-len(IMAGE_SUBDIR.parts) :] == IMAGE_SUBDIR.parts
+        }
+        check_output_folder(output_dir, input_folders, label_folders)
 
     items: list[dict[str, str]] = []
     failures: list[InputFailure] = []
-    stems: dict[str, str] = {}
+    by_stem: dict[str, list[str]] = {}
+    for path in map(str, paths):
+        by_stem.setdefault(tiff_stem(path), []).append(path)
     for path in map(str, paths):
         stem = tiff_stem(path)
         try:
-            if stem in stems:
-                raise ValueError(f"same output name {stem}.tif as {Path(stems[stem]).name}")
+            if len(by_stem[stem]) > 1:
+                names = " and ".join(Path(same).name for same in by_stem[stem])
+                raise ValueError(f"{names} would both be written as {stem}.tif; which one is meant is not known")
             read_xray_image(path, image_size=image_size)
         except (ValueError, OSError) as err:
             failures.append(InputFailure(path, error_reason(err, path)))
             logger.warning(f"skipping {path}: {failures[-1].reason}")
             continue
-        stems[stem] = path
         items.append({"image": path, "filename": path})
     if not items:
         listing = "; ".join(f"{Path(f.path).name}: {f.reason}" for f in failures)
