@@ -776,8 +776,8 @@ def test_cli_runs_the_network_at_the_recorded_image_size_unless_told_0(tmp_path,
 @pytest.mark.slow
 def test_evaluation_scores_what_inference_writes_for_a_model_of_another_image_size(tmp_path, pengwin_root, model_root):
     """A model validated on 48 px images, evaluated on 32 px data: both bring the images to 48 px, decode there and
-    score the probabilities brought back to 32 px, so evaluation's official means are those of inference's bit maps."""
-    models = models_with_choice(tmp_path, model_root, threshold=0.5, min_component_size=0, split_depth=0.0,
+    score the probabilities brought back to 32 px (the minimum size at the 48 px scale), so evaluation's official means are those of inference's bit maps."""
+    models = models_with_choice(tmp_path, model_root, threshold=0.5, min_component_size=25, split_depth=0.0,
                                 seed_threshold=0.0, image_size=[48, 48])  # fmt: skip
     common = ["--dataset_dir", str(pengwin_root), "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "eval"),
               "--network_def#features", json.dumps(FEATURES), "--num_workers", "0"]  # fmt: skip

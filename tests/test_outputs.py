@@ -464,6 +464,19 @@ def test_write_prediction_resizes_smaller_probabilities_to_the_input_size(tmp_pa
     assert ((bitmap != 0) == upscaled).mean() > 0.995
 
 
+@pytest.mark.parametrize("side", [3, 4])
+def test_write_prediction_drops_components_under_the_minimum_size_at_the_network_scale(tmp_path, side):
+    """10 pixels of a 112 px network input are 160 of a 448 px image: a 3 x 3 square (9 pixels, 144 at 448) goes,
+    a 4 x 4 square (16 pixels, 256 at 448) stays; both exceed 10 pixels once resized."""
+    probs = empty_probs(112)
+    probs[fragment_channel(1, 1), 20:60, 20:60] = 0.9
+    probs[fragment_channel(1, 2), 80 : 80 + side, 80 : 80 + side] = 0.9
+    paths = write_prediction(probs, raw_image(448), "case.tif", tmp_path, min_component_size=10, outputs=("tif",))
+    fragments = decode_fragment_bits(tifffile.imread(paths["tif"]))
+    assert abs(int(fragments[fragment_channel(1, 1)].sum()) - 160 * 160) < 4 * 160  # the square, edges interpolated
+    assert fragments[fragment_channel(1, 2)].any() == (side == 4)
+
+
 def test_write_prediction_rejects_probabilities_of_another_aspect_ratio(tmp_path):
     with pytest.raises(ValueError, match="aspect ratio"):
         write_prediction(np.zeros((NUM_CHANNELS, 32, 16), np.float32), raw_image(), "case.tif", tmp_path)

@@ -44,7 +44,7 @@ from pengwin_xray.metrics import (
 from pengwin_xray.model_files import read_torch_file
 
 from .flags import as_positive_number
-from .postprocessing import postprocess_fragments
+from .postprocessing import segment_probabilities
 
 __all__ = [
     "EpochTimeLimit",
@@ -305,8 +305,9 @@ class EncoderFreezeHandler:
 class OfficialMetricsSaver:
     """Score every evaluated image with the six official metrics and write ``metrics.csv`` and ``summary.json``.
 
-    Predictions go through the same post-processing as inference (threshold, small-component removal, the
-    never-empty fallback), so the scores are those of the files the bundle would submit. At the end of the
+    Predictions go through the same post-processing as inference (:func:`scripts.postprocessing.segment_probabilities`:
+    resized to the label's size, threshold, small-component removal at the network's scale, the never-empty
+    fallback), so the scores are those of the files the bundle would submit. At the end of the
     epoch the means are added to ``engine.state.metrics`` (so MLflow and the stats handler log them) and the
     files are written, with the engine's other metrics (e.g. ``val_mean_iou``) in the summary, and with the
     fracture IoU by fragment size (:func:`~pengwin_xray.metrics.fracture_iou_by_size`, over all fragments of the
@@ -314,7 +315,7 @@ class OfficialMetricsSaver:
 
     Args:
         output_dir: folder for ``metrics.csv`` and ``summary.json``.
-        prob_key: decollated output key of the sigmoid probabilities ``[30, H, W]``.
+        prob_key: decollated output key of the sigmoid probabilities ``[30, h, w]`` at the network's size.
         label_key: key of the ``[30, H, W]`` ground-truth channels.
         threshold: probability threshold.
         min_component_size: components smaller than this many pixels are dropped.
@@ -351,8 +352,10 @@ class OfficialMetricsSaver:
         output: Sequence[dict] = engine.state.output
         for item in output:
             probs = item[self.prob_key].detach().float().cpu()
-            masks = postprocess_fragments(probs, self.threshold, self.min_component_size).masks
-            label = encode_fragment_bits(item[self.label_key].detach().cpu())
+            label_channels = item[self.label_key].detach().cpu()
+            size = tuple(label_channels.shape[-2:])
+            masks = segment_probabilities(probs, size, self.threshold, self.min_component_size).masks
+            label = encode_fragment_bits(label_channels)
             name = Path(tensor_filename(item[self.label_key]) or "").name or f"image_{len(self.rows):05d}"
             prediction = encode_fragment_bits(masks)
             self.rows.append({"name": name, **score_image(prediction, label, name=name)})

@@ -142,7 +142,14 @@ def segment_probabilities(
 ) -> Segmentation:
     """``[30, h, w]`` fragment probabilities to the :class:`Segmentation` of an image of ``size``: resized
     (:func:`resize_probabilities`), checked, binarised and cleaned with the never-empty fallback
-    (:func:`postprocess_fragments`) and encoded as a bit map."""
+    (:func:`postprocess_fragments`) and encoded as a bit map.
+
+    ``min_component_size`` counts pixels at the probabilities' size ``h x w``, the network's, where it was chosen on
+    validation; resized, a component keeps its share of the image, so the size applied is scaled by the areas' ratio
+    (10 pixels of a 128 px network input are 123 of a 448 px image).
+    """
     probabilities = convert_to_numpy(resize_probabilities(probs, size), dtype=np.float32)
+    height, width = probs.shape[-2:]
+    min_component_size = round(check_min_component_size(min_component_size) * size[0] * size[1] / (height * width))
     masks, fallback_used = postprocess_fragments(probabilities, threshold, min_component_size, ensure_nonempty=True)
     return Segmentation(masks, encode_fragment_bits(masks), probabilities, fallback_used)
