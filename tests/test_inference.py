@@ -8,6 +8,7 @@ exit status and the printed summary); everything else calls the pieces in-proces
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -32,6 +33,7 @@ from scripts.inferers import PengwinInferer, native_cpu_bf16
 from scripts.networks import VGG16UNet
 from scripts.loading import (
     InputFailure,
+    InputScan,
     OnnxRuntimeNetwork,
     OpenVinoNetwork,
     list_inputs,
@@ -501,6 +503,32 @@ def test_outputs_of_inputs_failed_in_this_run_are_removed_and_no_others(tmp_path
     assert (tifffile.imread(out / "same.tif")[10:30, 10:30] == 1 << 5).all()  # this run's, kept
 
 
+def test_an_inputs_earlier_outputs_give_way_to_this_runs_even_of_kinds_not_written(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("case.tif", "case.json", "case_overlay.png", "other.json"):
+        (out / name).write_text("earlier")
+    probs = np.zeros((NUM_CHANNELS, SIZE, SIZE), np.float32)
+    probs[4, 10:30, 10:30] = 0.9
+    PredictionWriter(out, outputs=["tif"]).write(torch.as_tensor(probs), torch.as_tensor(raw_xray()[None]), "/in/case.tif")
+    assert sorted(path.name for path in out.iterdir()) == ["case.tif", "other.json"]
+    assert (tifffile.imread(out / "case.tif")[10:30, 10:30] == 1 << 5).all()
+
+
+def test_outputs_of_inputs_not_in_this_run_are_named_in_a_warning_and_kept(tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ["a.tif", "a.json", "b.tif", "b.json", "b_overlay.png", "failed.tif", "notes.txt", "_overlay.png"]
+    for name in names:
+        (out / name).write_text("earlier")
+    scan = InputScan([{"image": "/in/a.TIFF", "filename": "/in/a.TIFF"}], [InputFailure("/in/failed.tif", "constant")])
+    with caplog.at_level(logging.WARNING, logger="scripts.writers"):
+        found = PredictionWriter(out).warn_earlier_outputs(scan)
+    assert [path.name for path in found] == ["b.json", "b.tif", "b_overlay.png"]
+    assert "3 file(s) named as outputs of inputs not in this run" in caplog.text and "b_overlay.png" in caplog.text
+    assert sorted(path.name for path in out.iterdir()) == sorted(names)
+
+
 @pytest.mark.parametrize("outputs", [[], ["tif", "nii"]])
 def test_prediction_writer_rejects_empty_or_unknown_outputs(tmp_path, outputs):
     with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
@@ -753,6 +781,8 @@ def test_cli_writes_bitmap_report_and_overlay_for_a_real_xray(tmp_path, real_dat
     decoding = tuned_postprocessing(str(checkpoint))  # the settings the run decoded with, recorded in the report
     recorded = (report["split_depth"], report["seed_threshold"], report["fragment_rims"], report["image_size"])
     assert recorded == (decoding["split_depth"], decoding["seed_threshold"], False, decoding["image_size"])
+    model = (report["model_sha256"], report["model_format"], report["flip_tta"], report["cpu_bf16"])
+    assert model == (file_sha256(checkpoint), "pt", True, False)
     bits_present = {bit for bit in range(1, NUM_CHANNELS + 1) if (bitmap & np.uint32(1 << bit)).any()}
     assert {entry["bit"] for entry in report["fragments"]} == bits_present
     with Image.open(out / "101_0000_overlay.png") as overlay:

@@ -49,7 +49,7 @@ from pengwin_xray.masks import bounding_boxes
 
 from custom_transforms.formulation import EIGHT_CONNECTED
 
-from .loading import InputFailure, error_reason
+from .loading import InputFailure, InputScan, error_reason
 from .postprocessing import as_probabilities, segment_probabilities
 
 __all__ = [
@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 #: the files :func:`write_prediction` can write: submission bit map, fragment report, overlay picture
 OUTPUT_KINDS: tuple[str, ...] = ("tif", "json", "png")
+#: what follows an input's stem in the name of each output kind
+OUTPUT_SUFFIXES: dict[str, str] = {"tif": ".tif", "json": ".json", "png": "_overlay.png"}
 _OVERLAY_ALPHA = 0.45
 
 
@@ -359,13 +361,21 @@ def write_prediction(
     if raw.ndim != 2:
         raise ValueError(f"{image_name}: expected a raw image [H, W] or [1, H, W], got shape {raw.shape}")
     masks, bitmap, probabilities, fallback_used = segment_probabilities(probs, raw.shape, threshold, min_component_size)
+    report = fragment_report(masks, probabilities) if {"json", "png"} & set(outputs) else []
+    picture = overlay_image(display_image(raw), masks, report) if "png" in outputs else None
 
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     targets = output_paths(output_dir, image_name)
+    # the input's files of an earlier run go first, all kinds: a run killed between two writes, or one writing fewer
+    # kinds, leaves no earlier report or overlay beside this run's bit map
+    for kind, path in targets.items():
+        if path.is_file():
+            path.unlink()
+            if kind not in outputs:
+                logger.info(f"removed {path}: an earlier run's output of {Path(image_name).name}, not written this time")
     paths: dict[str, Path] = {}
     if "tif" in outputs:
         paths["tif"] = write_bitmap_tiff(targets["tif"], bitmap)
-    report = fragment_report(masks, probabilities) if {"json", "png"} & set(outputs) else []
     if "json" in outputs:
         extra = {
             "image": Path(image_name).name,
@@ -375,15 +385,15 @@ def write_prediction(
             "fallback_used": fallback_used,
         }
         paths["json"] = write_report_json(targets["json"], report, extra)
-    if "png" in outputs:
-        paths["png"] = write_png(targets["png"], overlay_image(display_image(raw), masks, report))
+    if picture is not None:
+        paths["png"] = write_png(targets["png"], picture)
     return paths
 
 
 def output_paths(output_dir: str | os.PathLike, image_name: str) -> dict[str, Path]:
     """Where :func:`write_prediction` writes each output kind of the input ``image_name`` in ``output_dir``."""
     folder, stem = Path(output_dir), tiff_stem(image_name)
-    return {"tif": folder / f"{stem}.tif", "json": folder / f"{stem}.json", "png": folder / f"{stem}_overlay.png"}
+    return {kind: folder / f"{stem}{suffix}" for kind, suffix in OUTPUT_SUFFIXES.items()}
 
 
 class PredictionWriter:
@@ -439,6 +449,29 @@ class PredictionWriter:
             return
         self.written.append(filename)
         logger.info(f"{filename} -> {', '.join(path.name for path in paths.values())}")
+
+    def warn_earlier_outputs(self, scan: InputScan) -> list[Path]:
+        """Warn about the files in the folder named as the outputs (``<stem>.tif``, ``<stem>.json``,
+        ``<stem>_overlay.png``) of an input that is not in this run's ``scan``: an earlier run's, which would pass for
+        this run's results. They are left where they are. Returns them."""
+        folder = Path(self.output_dir)
+        ours = {tiff_stem(item["image"]) for item in scan.items} | {tiff_stem(failure.path) for failure in scan.failures}
+        found = sorted(
+            path
+            for path in (folder.iterdir() if folder.is_dir() else ())
+            if path.is_file()
+            and any(
+                path.name.endswith(suffix) and len(path.name) > len(suffix) and path.name[: -len(suffix)] not in ours
+                for suffix in OUTPUT_SUFFIXES.values()
+            )
+        )
+        if found:
+            names = ", ".join(path.name for path in found[:6]) + (", ..." if len(found) > 6 else "")
+            logger.warning(
+                f"{folder}: {len(found)} file(s) named as outputs of inputs not in this run, an earlier run's (left as "
+                f"they are; move them away so that the folder holds this run's results only): {names}"
+            )
+        return found
 
     def remove_failed_outputs(self, failures: Sequence[InputFailure]) -> list[Path]:
         """Delete the output files of inputs that failed in this run (an earlier run's, or a part this run wrote
