@@ -40,6 +40,7 @@ from scripts.loading import (
     load_checkpoint,
     load_network,
     report_failures,
+    require_inputs,
 )
 from scripts.postprocessing import postprocess_fragments
 from scripts.tuning import tuned_postprocessing
@@ -270,11 +271,13 @@ def test_list_inputs_fails_clearly_on_missing_empty_or_non_folder(tmp_path, name
     assert str(folder) in str(info.value)
 
 
-def test_list_inputs_fails_when_no_file_is_usable_and_names_every_file(tmp_path):
+def test_a_run_without_a_usable_input_fails_naming_every_file(tmp_path):
     write_not_a_tiff(tmp_path / "one.tif")
     write_nan_image(tmp_path / "two.tif")
+    scan = list_inputs(tmp_path)
+    assert scan.items == [] and [Path(failure.path).name for failure in scan.failures] == ["one.tif", "two.tif"]
     with pytest.raises(ValueError, match="none of the 2 input files is usable") as info:
-        list_inputs(tmp_path)
+        require_inputs(scan, tmp_path)
     assert "one.tif: not a readable TIFF" in str(info.value) and "two.tif: image contains" in str(info.value)
 
 
@@ -831,6 +834,20 @@ def test_cli_names_a_bad_image_size_in_one_line(tmp_path, model_root):
                         "--bundle_root", str(model_root), "--image_size", "big")  # fmt: skip
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "image_size must be [height, width] in pixels, or 0 for none, got 'big'" in result.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_run_without_a_usable_input_removes_their_earlier_outputs_and_fails_in_one_line(tmp_path, model_root):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    write_nan_image(inputs / "case.tif")
+    for name in ("case.tif", "case.json", "case_overlay.png", "notes.txt"):
+        (out / name).write_text("an earlier run's")  # outputs of the input, and a user's file
+    result = run_bundle("--dataset_dir", str(inputs), "--output_dir", str(out), "--bundle_root", str(model_root))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "none of the 1 input files is usable (case.tif: image contains" in result.stderr.strip().splitlines()[-1]
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.slow

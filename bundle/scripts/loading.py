@@ -188,7 +188,7 @@ def list_inputs(
         FileNotFoundError: when ``dataset_dir`` does not exist or holds no TIFF file.
         NotADirectoryError: when ``dataset_dir`` is not a folder.
         ValueError: when ``output_dir`` is a folder of the inputs or of a split's labels (see
-            :func:`check_output_folder`), or when no input is readable (the message lists why).
+            :func:`check_output_folder`).
     """
     folder = Path(dataset_dir)
     if not folder.exists():
@@ -231,11 +231,20 @@ def list_inputs(
             logger.warning(f"skipping {path}: {failures[-1].reason}")
             continue
         items.append({"image": path, "filename": path})
-    if not items:
-        listing = "; ".join(f"{Path(f.path).name}: {f.reason}" for f in failures)
-        raise ValueError(f"{folder}: none of the {len(failures)} input files is usable ({listing})")
     logger.info(f"{folder}: {len(items)} input(s) to process, {len(failures)} rejected")
     return InputScan(items, failures)
+
+
+def require_inputs(scan: InputScan, dataset_dir: str | os.PathLike) -> None:
+    """Refuse a run whose :func:`list_inputs` ``scan`` of ``dataset_dir`` found no usable input, listing why each
+    file was rejected.
+
+    Raises:
+        ValueError: when ``scan`` has no item.
+    """
+    if not scan.items:
+        listing = "; ".join(f"{Path(failure.path).name}: {failure.reason}" for failure in scan.failures)
+        raise ValueError(f"{dataset_dir}: none of the {len(scan.failures)} input files is usable ({listing})")
 
 class OnnxModelNetwork(torch.nn.Module):
     """An exported ONNX model run by an inference engine, behind the ``torch.nn.Module`` call of the PyTorch network.
