@@ -4,7 +4,8 @@ Both networks are exported the way the model card documents (``monai.bundle`` ``
 with dynamic axes, from the bundle's own configs, random weights) into a temporary folder, then timed in the same
 run at batch 1 in float32 on the CPU: the BasicUNet of ``train.json`` at 1x1x448x448 and the VGG16 U-Net of
 ``train_vgg16.json`` at 1x3x224x224 (the size its recipe feeds it). Each figure is the median over ``--repeats``
-timed calls after ``--warmup`` untimed ones, the engines taking turns; every engine gets the same number of
+timed calls after ``--warmup`` untimed ones, the engines taking turns (each timed call right after an untimed one
+of the same engine); every engine gets the same number of
 threads. The largest difference to the eager output is printed beside each exported engine.
 
 Run: ``.venv/bin/python bench/export.py [--repeats 10] [--threads N]``.
@@ -108,9 +109,7 @@ def benchmark(name: str, folder: Path, threads: int, warmup: int, repeats: int) 
     image = torch.rand(input_shape, generator=torch.Generator().manual_seed(1))
     scripted = torch.jit.load(str(torchscript_file)).eval()
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    # ONNX Runtime's threads otherwise spin for a while after each call, taking the cores from the next engine
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads  # spinning after each call as the bundle's session does (median_seconds)
     session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     feed = {"image": image.numpy()}
     openvino_network = OpenVinoNetwork(onnx_file, threads=threads)
