@@ -5,7 +5,8 @@ with dynamic axes, from the bundle's own configs, random weights) into a tempora
 run at batch 1 in float32 on the CPU: the BasicUNet of ``train.json`` at 1x1x448x448 and the VGG16 U-Net of
 ``train_vgg16.json`` at 1x3x224x224 (the size its recipe feeds it). Each figure is the median over ``--repeats``
 timed calls after ``--warmup`` untimed ones, the engines taking turns (each timed call right after an untimed one
-of the same engine); every engine gets the same number of threads. The largest difference to the eager output is printed beside each exported engine.
+of the same engine); every engine gets the same number of threads. The largest difference to the eager output is
+printed beside each exported engine.
 
 Run: ``.venv/bin/python bench/export.py [--repeats 10] [--threads N]``.
 """
