@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -496,10 +497,12 @@ def test_write_prediction_rejects_unknown_output_kind(tmp_path):
         write_prediction(empty_probs(), raw_image(), "case.tif", tmp_path, outputs=("tif", "nii"))
 
 
-def test_write_prediction_flags_fallback_and_never_writes_an_empty_map(tmp_path):
+def test_write_prediction_flags_fallback_in_report_and_log_and_never_writes_an_empty_map(tmp_path, caplog):
     probs = np.full((NUM_CHANNELS, SIZE, SIZE), 0.1, np.float32)
     probs[17][disc(SIZE, 20, 40, 5)] = 0.3
-    paths = write_prediction(probs, raw_image()[None], "low.tif", tmp_path, outputs=("tif", "json"))
+    with caplog.at_level(logging.WARNING, logger="scripts.writers"):
+        paths = write_prediction(probs, raw_image()[None], "low.tif", tmp_path, outputs=("tif", "json"))
+    assert "low.tif: no fragment above threshold 0.5; the never-empty fallback" in caplog.text
     bitmap = tifffile.imread(paths["tif"])
     np.testing.assert_array_equal(bitmap != 0, disc(SIZE, 20, 40, 5))
     assert set(np.unique(bitmap).tolist()) == {0, 1 << 18}

@@ -361,6 +361,9 @@ def write_prediction(
     if raw.ndim != 2:
         raise ValueError(f"{image_name}: expected a raw image [H, W] or [1, H, W], got shape {raw.shape}")
     masks, bitmap, probabilities, fallback_used = segment_probabilities(probs, raw.shape, threshold, min_component_size)
+    if fallback_used:  # the report flags it too, but a submission run writes no report
+        logger.warning(f"{Path(image_name).name}: no fragment above threshold {threshold}; the never-empty fallback "
+                       "kept the most probable channel where it reaches half its maximum")
     report = fragment_report(masks, probabilities) if {"json", "png"} & set(outputs) else []
     picture = overlay_image(display_image(raw), masks, report) if "png" in outputs else None
 
