@@ -215,14 +215,16 @@ def test_segmenter_names_an_array_too_narrow_at_the_model_image_size_in_one_line
         segmenter.segment(raw_xray(448, seed=2)[:, :40].copy())
 
 
-def test_list_inputs_takes_tif_and_tiff_of_any_case_sorted_and_ignores_other_files_and_subfolders(tmp_path):
+def test_list_inputs_takes_tif_and_tiff_of_any_case_sorted_and_names_the_other_files_it_ignores(tmp_path, caplog):
     for name in ("c.TIFF", "a.tif", "b.Tif"):
         tifffile.imwrite(tmp_path / name, raw_xray())
     (tmp_path / "notes.txt").write_text("ignored")
     tifffile.imwrite(tmp_path / "image.png.bak", raw_xray())
     (tmp_path / "nested").mkdir()
     tifffile.imwrite(tmp_path / "nested" / "deep.tif", raw_xray())
-    scan = list_inputs(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="scripts.loading"):
+        scan = list_inputs(tmp_path)
+    assert "2 file(s) without a .tif/.tiff suffix not read: image.png.bak, notes.txt" in caplog.text
     assert [Path(item["image"]).name for item in scan.items] == ["a.tif", "b.Tif", "c.TIFF"]
     assert scan.failures == []
 

@@ -196,6 +196,12 @@ def list_inputs(
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: dataset_dir must be a folder of X-ray TIFFs")
     paths = list_tiffs(folder)
+    others = sorted(
+        path.name for path in folder.iterdir() if path.is_file() and not path.name.startswith(".") and path not in paths
+    )
+    if paths and others:  # e.g. a compressed b.tif.gz, or c.tf: said, so that a missing output is explained
+        logger.warning(f"{folder}: {len(others)} file(s) without a {'/'.join(TIFF_SUFFIXES)} suffix not read: "
+                       f"{', '.join(others[:6])}{', ...' if len(others) > 6 else ''}")
     splits = [] if paths else split_folders(folder)
     if not paths:
         paths = [path for split in splits for path in list_tiffs(split / IMAGE_SUBDIR)]
