@@ -300,6 +300,8 @@ def test_list_inputs_refuses_the_x_ray_or_label_folder_of_a_pengwin_split_as_out
     what = "inputs" if output == IMAGE_SUBDIR else "ground-truth labels"
     with pytest.raises(ValueError, match=f"output_dir is the folder of the {what}"):
         list_inputs(dataset_dir, output_dir=split / output)
+    with pytest.raises(ValueError, match="output_dir is the folder of the inputs"):
+        list_inputs(dataset_dir, output_dir=dataset_dir)
     assert len(list_inputs(dataset_dir, output_dir=tmp_path / "out").items) == 1
 
 

@@ -211,7 +211,8 @@ def list_inputs(
             f"<split>/{IMAGE_SUBDIR.as_posix()} folders of a PENGWIN root"
         )
     if output_dir is not None:
-        input_folders = {path.parent for path in paths}
+        # a PENGWIN root itself too: bit maps written there would make it a folder of TIFFs for the next run
+        input_folders = {path.parent for path in paths} | {folder}
         # a split's x-ray folder given as dataset_dir: its labels lie at <split>/output/images/x-ray
         label_folders = {split / LABEL_SUBDIR for split in splits} | {
             folder.resolve().parents[2] / LABEL_SUBDIR
