@@ -25,7 +25,7 @@ from custom_transforms import (
 )
 from custom_transforms.io import read_fragment_label
 from scripts.errors import root_cause
-from scripts.handlers import EpochTimeLimit
+from scripts.handlers import EpochTimeLimit, require_validated_epoch
 from scripts.inferers import PengwinInferer, TwoStageInferer
 from scripts.losses import FragmentDiceBCELoss
 from scripts.metrics import FractureIoU
@@ -163,14 +163,25 @@ def test_max_minutes_adds_a_time_limit_after_validation(pengwin_root, minutes):
         assert handlers.index(limits[0]) > handlers.index(next(h for h in handlers if isinstance(h, ValidationHandler)))
 
 
-@pytest.mark.parametrize("minutes, epochs_run", [(1e-9, 1), (60.0, 3)])
-def test_epoch_time_limit_stops_only_at_the_end_of_an_epoch(minutes, epochs_run):
+@pytest.mark.parametrize("minutes, interval, epochs_run", [(1e-9, 1, 1), (60.0, 1, 4), (1e-9, 2, 2), (1e-9, 3, 3)])
+def test_epoch_time_limit_stops_only_at_the_end_of_a_validated_epoch(minutes, interval, epochs_run):
     engine = Engine(lambda engine, batch: batch)
     iterations = []
     engine.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: iterations.append(engine.state.iteration))
-    EpochTimeLimit(minutes).attach(engine)
-    engine.run(range(4), max_epochs=3)
+    EpochTimeLimit(minutes, interval).attach(engine)
+    engine.run(range(4), max_epochs=4)
     assert engine.state.epoch == epochs_run and len(iterations) == 4 * epochs_run
+
+
+@pytest.mark.parametrize("best_epoch", [-1, 2])
+def test_a_training_that_validated_no_epoch_is_refused_before_its_choice_and_registration(best_epoch):
+    evaluator = Engine(lambda engine, batch: batch)
+    evaluator.state.best_metric_epoch = best_epoch
+    if best_epoch > 0:
+        require_validated_epoch(evaluator, 2)
+    else:
+        with pytest.raises(ValueError, match="val_interval 2: no epoch of this training was validated"):
+            require_validated_epoch(evaluator, 2)
 
 
 @pytest.mark.parametrize("minutes", [0, -1.0, float("nan"), "abc"])

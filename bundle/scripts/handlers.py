@@ -43,11 +43,12 @@ from pengwin_xray.metrics import (
 )
 from pengwin_xray.model_files import read_torch_file
 
-from .flags import as_positive_number
+from .flags import as_count, as_positive_number
 from .postprocessing import segment_probabilities
 
 __all__ = [
     "EpochTimeLimit",
+    "require_validated_epoch",
     "ReplacingDiskSaver",
     "RunIdentity",
     "RandomStates",
@@ -60,19 +61,22 @@ logger = logging.getLogger(__name__)
 
 
 class EpochTimeLimit:
-    """Stop training at the end of the first epoch that finishes ``minutes`` after the run started.
+    """Stop training at the end of the first validated epoch that finishes ``minutes`` after the run started.
 
     ignite's ``TimeLimit`` stops at the first iteration past the limit, in the middle of an epoch, so that
     epoch is never validated and a short budget may end without any best model (``models/model.pt``). This
-    handler waits for the epoch's end: attached after the ``ValidationHandler`` (as in ``train.json``), the
-    epoch is validated and checkpointed first, and the final checkpoint is written as for a completed run.
+    handler waits for the end of an epoch the ``ValidationHandler`` validates (every ``interval`` epochs): attached
+    after it (as in ``train.json``), that epoch is validated and checkpointed first, and the final checkpoint is
+    written as for a completed run.
 
     Args:
         minutes: wall-time budget of one ``trainer.run()``, from its start.
+        interval: the validation interval in epochs (``val_interval``).
     """
 
-    def __init__(self, minutes: float | str) -> None:
+    def __init__(self, minutes: float | str, interval: int = 1) -> None:
         self.minutes = as_positive_number(minutes, "max_minutes")
+        self.interval = as_count(interval, "val_interval")
         self.started = time.monotonic()
 
     def attach(self, engine: Engine) -> None:
@@ -84,9 +88,23 @@ class EpochTimeLimit:
 
     def check(self, engine: Engine) -> None:
         elapsed = (time.monotonic() - self.started) / 60
-        if elapsed >= self.minutes:
+        if elapsed >= self.minutes and engine.state.epoch % self.interval == 0:
             logger.info(f"stopping after epoch {engine.state.epoch}: {elapsed:.3g} of {self.minutes:g} minutes used")
             engine.terminate()
+
+
+def require_validated_epoch(evaluator: Engine, val_interval: int) -> None:
+    """Refuse to go on (choose the post-processing, register the model) after a training that validated no epoch:
+    it wrote no ``model.pt``, and one found in the folder is an earlier run's.
+
+    Raises:
+        ValueError: when ``evaluator`` (MONAI's, ``validate#evaluator``) has no best epoch.
+    """
+    if evaluator.state.best_metric_epoch < 1:
+        raise ValueError(
+            f"val_interval {val_interval}: no epoch of this training was validated, so it wrote no model.pt; train "
+            "at least val_interval epochs"
+        )
 
 
 class ReplacingDiskSaver(DiskSaver):
