@@ -61,6 +61,7 @@ def test_each_recipe_sets_its_loss_model_selection_and_channels(pengwin_root, ov
     parser = recipe_parser(pengwin_root, *overlays)
     assert type(parser.get_parsed_content("loss")) is loss_type
     assert list(parser.get_parsed_content("validate#key_metric")) == [key_metric]
+    assert key_metric in parser["registered_model_tags"]  # the registered model's tag names the metric it holds
     network = parser.get_parsed_content("network_def")
     assert network(torch.zeros(1, network_input_channels(overlays), 32, 32)).shape[1] == channels
     assert len(parser.get_parsed_content("class_weights")) == channels
