@@ -20,6 +20,7 @@ from helpers import BUNDLE_ROOT, write_pair
 from custom_transforms import MAIN_OTHER_CHANNELS, CLAHEd, NegLogWindowd
 from pengwin_xray.compare import compare, count_parameters, format_table
 from pengwin_xray.compare import main as compare_main
+from scripts.errors import root_cause
 from scripts.handlers import EncoderFreezeHandler
 from scripts.networks import VGG16Encoder, VGG16UNet
 
@@ -127,6 +128,15 @@ def test_freeze_encoder_epochs_appends_a_handler_that_unfreezes_after_those_epoc
     handler.attach(engine)
     engine.run([0], max_epochs=len(trainable_per_epoch))
     assert seen == trainable_per_epoch
+
+
+@pytest.mark.parametrize("freeze_epochs", [2.7, -1, "two"])
+def test_freeze_encoder_epochs_that_are_no_whole_number_are_refused_naming_the_setting(freeze_epochs) -> None:
+    parser = merged_parser("train.json", "train_vgg16.json", freeze_encoder_epochs=freeze_epochs)
+    index = len(merged_parser("train.json").get("train#handlers"))
+    with pytest.raises(Exception) as info:
+        parser.get_parsed_content(f"train#handlers#{index}")
+    assert "freeze_encoder_epochs must be a whole number, 0 or more" in str(root_cause(info.value))
 
 
 @pytest.mark.parametrize(
