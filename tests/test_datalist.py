@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from helpers import write_pair
+from scripts.loading import resolve_dataset
 from pengwin_xray.datalist import (
     build_datalist,
     check_datalist_files,
@@ -233,3 +234,10 @@ def test_a_test_fraction_of_zero_is_refused_since_evaluation_needs_a_test_split(
     items = [{"image": f"/r/{p:03d}_0000.tif"} for p in range(10)]
     with pytest.raises(ValueError, match=r"0 < test \(a test split to score on\)"):
         split_by_patient(items, test_fraction=0)
+
+
+def test_training_data_come_from_a_datalist_file_or_a_dataset_dir_never_both(tmp_path):
+    datalist_file = str(tmp_path / "lists" / "datalist.json")
+    assert resolve_dataset("", str(tmp_path / "synthetic"), {}, datalist_file) == str(tmp_path / "lists")
+    with pytest.raises(ValueError, match=r"dataset_dir and datalist_file \(.*datalist.json\) are both set"):
+        resolve_dataset(str(tmp_path), str(tmp_path / "synthetic"), {}, datalist_file)

@@ -61,12 +61,22 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def resolve_dataset(dataset_dir: str, synthetic_dir: str, synthetic: dict[str, int]) -> str:
-    """The PENGWIN root to train on: ``dataset_dir`` when given, else the built-in synthetic dataset.
+def resolve_dataset(dataset_dir: str, synthetic_dir: str, synthetic: dict[str, int], datalist_file: str = "") -> str:
+    """The folder of the data to train on: the ``datalist_file``'s, ``dataset_dir`` when given, else the built-in
+    synthetic dataset's.
 
     The synthetic dataset (``synthetic`` holds patients, projections, size and seed) is generated once into
     ``synthetic_dir`` and reused while its arguments stay the same.
+
+    Raises:
+        ValueError: when both ``datalist_file`` and ``dataset_dir`` are given (the datalist names the files: the
+            folder would be ignored).
     """
+    if datalist_file:
+        if dataset_dir:
+            raise ValueError(f"{dataset_dir}: dataset_dir and datalist_file ({datalist_file}) are both set; the "
+                             "datalist names the files, so give one of them")
+        return os.path.dirname(os.path.abspath(datalist_file))
     if dataset_dir:
         if not Path(dataset_dir).is_dir():
             raise FileNotFoundError(f"{dataset_dir}: dataset folder does not exist")
