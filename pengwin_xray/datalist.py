@@ -151,7 +151,8 @@ def load_datalist(path: str | Path) -> dict[str, list[dict]]:
     Raises:
         FileNotFoundError: the JSON is missing, or it names missing files (all listed at once).
         ValueError: the JSON is not a datalist (training/validation/test lists of ``{"image", "label"}``; inference
-            items need no label).
+            items need no label), or a patient (an image, for names not of the PENGWIN pattern) is in two of the
+            training, validation and test splits.
     """
     path = Path(path)
     if not path.is_file():
@@ -176,6 +177,14 @@ def load_datalist(path: str | Path) -> dict[str, list[dict]]:
                         missing.append(f"{split}: {item[key]}")
     if missing:
         raise FileNotFoundError(f"{path} names {len(missing)} missing file(s):\n  " + "\n  ".join(missing))
+    split_of: dict[str, str] = {}  # a patient (PENGWIN names) or an image (other names) in one labelled split only
+    for split in _SPLITS[:3]:
+        for item in datalist.get(split, []):
+            match = PENGWIN_NAME.fullmatch(tiff_stem(item["image"]))
+            key = f"patient {match.group(1)}" if match else f"image {item['image']}"
+            if split_of.setdefault(key, split) != split:
+                raise ValueError(f"{path}: {key} is in the {split_of[key]} and the {split} split; a model would be "
+                                 "chosen or scored on what it trained on (split by patient: pengwin-datalist)")
     return {split: datalist.get(split, []) for split in _SPLITS}
 
 

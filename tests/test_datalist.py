@@ -184,6 +184,26 @@ def test_datalist_json_naming_missing_files_lists_them_all(pengwin_root, tmp_pat
         load_datalist(tmp_path / "datalist.json")
 
 
+@pytest.mark.parametrize("renamed", [False, True], ids=["pengwin names", "other names"])
+def test_datalist_json_with_a_patient_in_two_splits_is_refused(pengwin_root, tmp_path, renamed):
+    datalist = build_datalist(pengwin_root)
+    leaked = dict(datalist["training"][0])
+    if not renamed:  # another view of a training patient
+        leaked = next(item for item in datalist["training"][1:] if patient_id(item["image"]) == patient_id(leaked["image"]))
+    else:  # the very image, under a name without a patient id
+        for item in datalist["training"]:
+            for key in ("image", "label"):
+                target = Path(item[key]).with_name("scan_" + Path(item[key]).name.replace("_", "-"))
+                Path(item[key]).rename(target)
+                item[key] = str(target)
+        leaked = datalist["training"][0]
+    datalist["validation"].append(leaked)
+    (tmp_path / "datalist.json").write_text(json.dumps(datalist))
+    what = "image .*scan_" if renamed else f"patient {patient_id(leaked['image'])}"
+    with pytest.raises(ValueError, match=f"{what}.* is in the training and the validation split"):
+        load_datalist(tmp_path / "datalist.json")
+
+
 def test_datalist_json_paths_relative_to_its_folder_are_found(pengwin_root):
     datalist = build_datalist(pengwin_root)
     relative = {
