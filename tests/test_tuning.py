@@ -67,6 +67,19 @@ def test_a_choice_for_another_file_than_model_pt_is_refused_and_keeps_model_pts(
     assert (tmp_path / TUNED_POSTPROCESSING_FILE).read_text() == kept
 
 
+def test_a_model_file_replaced_while_its_choice_is_made_gets_no_choice(tmp_path):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+
+    def batches():  # a training replaces model.pt while the validation images are scored
+        yield _validation_batch()
+        torch.save({"weights": torch.ones(1)}, model_path)
+
+    with pytest.raises(ValueError, match="model.pt: the file changed while its post-processing was chosen"):
+        choose_postprocessing(_WeakNetwork(), batches(), PengwinInferer(), model_path)
+    assert not (tmp_path / TUNED_POSTPROCESSING_FILE).exists()
+
+
 def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_beside_the_model(tmp_path):
     model_path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(1)}, model_path)

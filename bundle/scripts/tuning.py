@@ -140,7 +140,8 @@ def choose_postprocessing(
 
     Raises:
         ValueError: when ``model_path`` is not a folder's ``model.pt``, whose choice the folder's one
-            ``postprocessing.json`` holds (a choice for ``checkpoint.pt`` would replace it).
+            ``postprocessing.json`` holds (a choice for ``checkpoint.pt`` would replace it), or when the file changed
+            while the choice was made (the choice would carry the new file's digest).
     """
     if Path(model_path).name != BEST_MODEL_FILE:
         raise ValueError(
@@ -148,6 +149,7 @@ def choose_postprocessing(
             f"{TUNED_POSTPROCESSING_FILE} holds one choice); copy this model into a folder of its own as "
             f"{BEST_MODEL_FILE} and choose there"
         )
+    model_sha256 = file_sha256(model_path)  # the choice is for these bytes (checked again once it is made)
     scores: dict[tuple[float, int, float, float], list[tuple[float, float]]] = {}
     image_sizes: set[tuple[int, ...]] = set()
     num_scored = 0
@@ -202,11 +204,14 @@ def choose_postprocessing(
         "num_validation": len(scores[best]),
         "image_size": list(next(iter(image_sizes))) if len(image_sizes) == 1 else None,
         "two_stage": isinstance(inferer, TwoStageInferer),
-        "model_sha256": file_sha256(model_path),
+        "model_sha256": model_sha256,
         "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "seed_threshold": s,
                   "fracture_iou": means[(t, m, d, s)][0], "anatomical_iou": means[(t, m, d, s)][1]}
                  for t, m, d, s in scores],
     }  # fmt: skip
+    if file_sha256(model_path) != model_sha256:
+        raise ValueError(f"{model_path}: the file changed while its post-processing was chosen (a training writing "
+                         "it?); nothing was written: choose again once it is done")
     path = write_json_atomic(Path(model_path).parent / TUNED_POSTPROCESSING_FILE, chosen)
     logger.info(
         f"post-processing chosen on {chosen['num_validation']} validation images: threshold {best[0]:g}, "
