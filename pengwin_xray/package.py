@@ -26,7 +26,7 @@ from pathlib import Path
 import custom_transforms
 import pengwin_xray
 
-from .atomic import atomic_open
+from .atomic import atomic_open, file_sha256
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -77,7 +77,11 @@ def _tree_files(folder: Path) -> Iterator[Path]:
 
 def _model_files(folder: Path) -> list[Path]:
     """The model files directly in ``folder`` (weights and exports, no resume checkpoint) and, with them, the
-    post-processing chosen for them."""
+    post-processing chosen for them.
+
+    Raises:
+        ValueError: when that ``postprocessing.json`` was chosen for another ``model.pt`` (its digest differs).
+    """
     files = [
         path
         for path in sorted(folder.glob("*"))
@@ -85,6 +89,14 @@ def _model_files(folder: Path) -> list[Path]:
     ]
     tuned = folder / custom_transforms.TUNED_POSTPROCESSING_FILE
     if files and tuned.is_file():
+        weights = folder / custom_transforms.BEST_MODEL_FILE
+        try:
+            recorded = json.loads(tuned.read_text()).get("model_sha256")
+        except (ValueError, AttributeError) as err:  # not JSON, or JSON but no object
+            raise ValueError(f"{tuned}: not a post-processing choice ({err})") from err
+        if weights.is_file() and recorded != file_sha256(weights):
+            raise ValueError(f"{tuned}: chosen for another model than {weights}; choose again "
+                             "(configs/choose_postprocessing.json) or remove it before packing")
         files.append(tuned)
     return files
 

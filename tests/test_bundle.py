@@ -36,6 +36,7 @@ from custom_transforms.constants import (
     fragment_bit,
     fragment_name,
 )
+from pengwin_xray.atomic import file_sha256
 from pengwin_xray.package import BUNDLE_NAME, archive_members, bundle_version, main, package_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -226,8 +227,12 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
     (copy / "scripts" / "__pycache__").mkdir()
     (copy / "scripts" / "__pycache__" / "package.cpython-311.pyc").write_bytes(b"\0")
     for name in model_files:
-        (copy / "models" / name).parent.mkdir(parents=True, exist_ok=True)
-        (copy / "models" / name).write_bytes(b"weights")
+        path = copy / "models" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == "postprocessing.json":  # chosen for the model.pt beside it
+            path.write_text(json.dumps({"threshold": 0.5, "model_sha256": file_sha256(path.with_name("model.pt"))}))
+        else:
+            path.write_bytes(f"weights of {name}".encode())
     return copy
 
 
@@ -266,6 +271,13 @@ def test_package_holds_model_folders_at_any_depth(tmp_path):
     names = {name for _, name in archive_members(bundle)}
     prefix = f"{BUNDLE_NAME}/models/vgg16unet/fragments/"
     assert {prefix + "model.pt", prefix + "model.onnx"} <= names and prefix + "checkpoint.pt" not in names
+
+
+def test_package_refuses_a_post_processing_chosen_for_another_model(tmp_path):
+    bundle = _bundle_copy(tmp_path, ("model.pt", "postprocessing.json"))
+    (bundle / "models" / "model.pt").write_bytes(b"weights of a newer training")
+    with pytest.raises(ValueError, match="postprocessing.json: chosen for another model than .*model.pt"):
+        archive_members(bundle)
 
 
 def test_package_warns_when_no_model_file(tmp_path, caplog):
