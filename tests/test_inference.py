@@ -25,7 +25,7 @@ from monai.networks.nets import BasicUNet
 from PIL import Image
 
 from custom_transforms.bits import encode_fragment_bits
-from custom_transforms import MAIN_OTHER_CHANNELS, SplitOtherFragments
+from custom_transforms import MAIN_OTHER_CHANNELS, CLAHEd, SplitOtherFragments
 from custom_transforms.constants import NUM_CHANNELS, TUNED_POSTPROCESSING_FILE, VALID_BITS_MASK
 from custom_transforms.intensity import CLAHE, NegLogWindow
 from scripts.flags import as_flag
@@ -595,8 +595,8 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
 @pytest.mark.parametrize(
     "key, config",
     [
-        ("network_def", TRAIN_CONFIG), ("image_transforms", TRAIN_CONFIG), ("use_clahe", TRAIN_CONFIG),
-        ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", TRAIN_CONFIG), ("fragment_rims", TRAIN_CONFIG),
+        ("network_def", TRAIN_CONFIG), ("image_transforms", TRAIN_CONFIG), ("use_clahe", EVALUATE_CONFIG),
+        ("cpu_bf16", EVALUATE_CONFIG), ("flip_tta", EVALUATE_CONFIG), ("fragment_rims", TRAIN_CONFIG),
         ("postprocessing_choice", EVALUATE_CONFIG), ("threshold", EVALUATE_CONFIG),
         ("min_component_size", EVALUATE_CONFIG), ("split_depth", EVALUATE_CONFIG),
         ("seed_threshold", EVALUATE_CONFIG), ("image_size", EVALUATE_CONFIG), ("network_image_size", EVALUATE_CONFIG),
@@ -605,6 +605,22 @@ def test_grand_challenge_switch_sets_container_paths_and_submission_only(overrid
 )  # fmt: skip
 def test_inference_shares_key_with_train_config_so_overrides_merge_after_either(key, config):
     assert parsed()[key] == ConfigParser.load_config_file(str(config))[key]
+
+
+@pytest.mark.parametrize("config_files", [["inference.json"], ["train.json", "evaluate.json"]])
+def test_inference_and_evaluation_give_the_model_the_input_and_tta_it_was_chosen_with(tmp_path, config_files):
+    """A model trained with --use_clahe false --flip_tta false is run without them unless told otherwise."""
+    choice = {"threshold": 0.4, "use_clahe": False, "flip_tta": False}
+    (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(json.dumps(choice))
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in config_files])
+    parser.update({"ckpt_dir": str(tmp_path), "ckpt_path": str(tmp_path / "model.pt")})
+    transforms = parser.get_parsed_content("image_transforms")
+    assert not [transform for transform in transforms if isinstance(transform, CLAHEd)]
+    assert parser.get_parsed_content("pipeline_inferer" if "train.json" in config_files else "inferer").flip_tta is False
+    parser["use_clahe"] = True  # an explicit override still wins
+    transforms = parser.get_parsed_content("image_transforms", lazy=False)
+    assert [transform for transform in transforms if isinstance(transform, CLAHEd)]
 
 
 def test_inference_decodes_with_the_post_processing_chosen_for_the_model(tmp_path):

@@ -83,7 +83,9 @@ def test_a_model_file_replaced_while_its_choice_is_made_gets_no_choice(tmp_path)
 def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_beside_the_model(tmp_path):
     model_path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(1)}, model_path)
-    chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
+    chosen = choose_postprocessing(
+        _WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path, use_clahe=False, flip_tta=False
+    )
     # 0.3 and 0.4 find both fragments; a minimum size of 10 drops the speck, which only the anatomy IoU sees
     assert (chosen["threshold"], chosen["min_component_size"]) == (0.3, 10)
     assert chosen["validation_fracture_iou"] == pytest.approx(1.0) and chosen["num_validation"] == 1
@@ -100,6 +102,8 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
         "seed_threshold": 0.0,
         "image_size": [64, 64],  # the validation images': the scale inference brings other inputs to
         "two_stage": False,  # chosen behind a plain network call
+        "use_clahe": False,  # the model's input, which inference and evaluation then give it by default
+        "flip_tta": False,
     }
 
 
@@ -211,6 +215,8 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
         "seed_threshold": DEFAULT_SEED_THRESHOLD,
         "image_size": None,
         "two_stage": False,
+        "use_clahe": True,
+        "flip_tta": True,
     }
     assert tuned_postprocessing(model_path) == defaults
     torch.save({"weights": torch.zeros(1)}, model_path)

@@ -74,6 +74,8 @@ DEFAULTS: dict[str, float | int | list[int] | None] = {
     "seed_threshold": DEFAULT_SEED_THRESHOLD,
     "image_size": None,
     "two_stage": False,
+    "use_clahe": True,
+    "flip_tta": True,
 }
 
 
@@ -118,6 +120,8 @@ def choose_postprocessing(
     split_depths: Sequence[float] = SPLIT_DEPTHS,
     seed_thresholds: Sequence[float] = SEED_THRESHOLDS,
     max_images: int = 200,
+    use_clahe: bool = True,
+    flip_tta: bool = True,
 ) -> dict[str, Any]:
     """Choose the post-processing of ``network`` (the weights in ``model_path``) on the validation ``dataloader``.
 
@@ -132,6 +136,8 @@ def choose_postprocessing(
         split_depths: split depths (pixels) to try when the network has the main/other formulation's 6 outputs.
         seed_thresholds: seed thresholds to try with them.
         max_images: score at most this many validation images (the first ones: each costs a scoring per setting).
+        use_clahe: the model's input had CLAHE (recorded: inference and evaluation default to it).
+        flip_tta: ``inferer`` averages the mirror image's logits (recorded: inference and evaluation default to it).
 
     Returns:
         what was written: the chosen ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold``,
@@ -204,6 +210,8 @@ def choose_postprocessing(
         "num_validation": len(scores[best]),
         "image_size": list(next(iter(image_sizes))) if len(image_sizes) == 1 else None,
         "two_stage": isinstance(inferer, TwoStageInferer),
+        "use_clahe": bool(use_clahe),
+        "flip_tta": bool(flip_tta),
         "model_sha256": model_sha256,
         "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "seed_threshold": s,
                   "fracture_iou": means[(t, m, d, s)][0], "anatomical_iou": means[(t, m, d, s)][1]}
