@@ -225,9 +225,9 @@ def list_inputs(
         input_folders = {path.parent for path in paths} | {folder}
         # a split's x-ray folder given as dataset_dir: its labels lie at <split>/output/images/x-ray
         label_folders = {split / LABEL_SUBDIR for split in splits} | {
-            folder.resolve().parents[2] / LABEL_SUBDIR
-            for folder in input_folders
-            if folder.resolve().parts[-len(IMAGE_SUBDIR.parts) :] == IMAGE_SUBDIR.parts
+            input_folder.resolve().parents[2] / LABEL_SUBDIR
+            for input_folder in input_folders
+            if input_folder.resolve().parts[-len(IMAGE_SUBDIR.parts) :] == IMAGE_SUBDIR.parts
         }
         check_output_folder(output_dir, input_folders, label_folders)
 
