@@ -139,7 +139,8 @@ def check_xray_image(
         raise ValueError(f"{source}: expected a float raw-intensity image (float32), got dtype {array.dtype}")
     if not np.isfinite(array).all():
         raise ValueError(f"{source}: image contains {np.count_nonzero(~np.isfinite(array))} NaN/inf values")
-    if float(array.max()) + float(array.min()) >= float(np.finfo(np.float32).max):  # the window adds the minimum to each pixel
+    # the neg-log window adds the image's minimum to each pixel, in float32
+    if float(array.max()) + float(array.min()) >= float(np.finfo(np.float32).max):
         raise ValueError(f"{source}: intensities up to {array.max():g} overflow float32 in the neg-log window; is this "
                          "a raw transmitted-intensity image?")
     array = array.astype(np.float32, copy=False)

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["read_torch_file", "read_state_dict", "load_torchscript"]
+from .atomic import file_sha256
+
+__all__ = ["read_torch_file", "read_state_dict", "load_torchscript", "chosen_for"]
 
 
 def read_torch_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -76,3 +78,9 @@ def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu"
     except Exception as err:  # torch's readers raise RuntimeError, ValueError... for what is no TorchScript file
         reason = f"{type(err).__name__}: {_first_line(err)}"
         raise ValueError(f"{path}: not a loadable TorchScript model ({reason})") from err
+
+
+def chosen_for(choice: Mapping[str, Any], weights: str | os.PathLike) -> bool:
+    """Whether the post-processing ``choice`` (a ``postprocessing.json``'s content) was made for the model file
+    ``weights``: the file's SHA-256 is the one the choice records, or there is no such file to compare."""
+    return not os.path.isfile(weights) or choice.get("model_sha256") == file_sha256(weights)

@@ -26,7 +26,8 @@ from pathlib import Path
 import custom_transforms
 import pengwin_xray
 
-from .atomic import atomic_open, file_sha256
+from .atomic import atomic_open
+from .model_files import chosen_for
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -91,10 +92,10 @@ def _model_files(folder: Path) -> list[Path]:
     if files and tuned.is_file():
         weights = folder / custom_transforms.BEST_MODEL_FILE
         try:
-            recorded = json.loads(tuned.read_text()).get("model_sha256")
+            matches = chosen_for(json.loads(tuned.read_text()), weights)
         except (ValueError, AttributeError) as err:  # not JSON, or JSON but no object
             raise ValueError(f"{tuned}: not a post-processing choice ({err})") from err
-        if weights.is_file() and recorded != file_sha256(weights):
+        if not matches:
             raise ValueError(f"{tuned}: chosen for another model than {weights}; choose again "
                              "(configs/choose_postprocessing.json) or remove it before packing")
         files.append(tuned)

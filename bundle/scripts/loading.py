@@ -206,8 +206,9 @@ def list_inputs(
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: dataset_dir must be a folder of X-ray TIFFs")
     paths = list_tiffs(folder)
+    listed = set(paths)
     others = sorted(
-        path.name for path in folder.iterdir() if path.is_file() and not path.name.startswith(".") and path not in paths
+        path.name for path in folder.iterdir() if path.is_file() and not path.name.startswith(".") and path not in listed
     )
     if paths and others:  # e.g. a compressed b.tif.gz, or c.tf: said, so that a missing output is explained
         logger.warning(f"{folder}: {len(others)} file(s) without a {'/'.join(TIFF_SUFFIXES)} suffix not read: "

@@ -41,6 +41,7 @@ from custom_transforms.constants import (
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, SplitOtherFragments
 from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_ious
+from pengwin_xray.model_files import chosen_for
 
 from .inferers import TwoStageInferer
 from .postprocessing import postprocess_fragments
@@ -244,7 +245,7 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         return dict(DEFAULTS)
     chosen = json.loads(path.read_text())
     weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / BEST_MODEL_FILE
-    if weights.is_file() and chosen.get("model_sha256") != file_sha256(weights):
+    if not chosen_for(chosen, weights):
         logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
         return dict(DEFAULTS)
     return {key: chosen.get(key, default) for key, default in DEFAULTS.items()}
