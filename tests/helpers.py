@@ -12,6 +12,7 @@ import json
 
 import numpy as np
 import tifffile
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "bundle"
@@ -76,3 +77,24 @@ def assert_valid_submissions(images: Path, out: Path, size: int) -> None:
         report = json.loads((out / name).with_suffix(".json").read_text())
         for category in (1, 2, 3):
             assert sum(f["category"] == category for f in report["fragments"]) <= 10
+
+
+def run_epochs_with_time_limit(rank: int, world_size: int, init_file: str, late_rank: int, results: str) -> None:
+    """A distributed worker (gloo): 4 epochs under an ``EpochTimeLimit`` of one minute whose clock, on ``late_rank``
+    only, started an hour ago; writes the number of epochs this rank ran to ``<results>/<rank>``."""
+    import time
+
+    import torch.distributed as dist
+    from ignite.engine import Engine, Events
+
+    from scripts.handlers import EpochTimeLimit
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    engine = Engine(lambda engine, batch: dist.all_reduce(torch.ones(1)))  # the collective every DDP step makes
+    limit = EpochTimeLimit(1.0)
+    limit.attach(engine)
+    if rank == late_rank:
+        engine.add_event_handler(Events.STARTED, lambda _: setattr(limit, "started", time.monotonic() - 3600))
+    engine.run(range(2), max_epochs=4)
+    Path(results, str(rank)).write_text(str(engine.state.epoch))
+    dist.destroy_process_group()

@@ -67,7 +67,8 @@ class EpochTimeLimit:
     epoch is never validated and a short budget may end without any best model (``models/model.pt``). This
     handler waits for the end of an epoch the ``ValidationHandler`` validates (every ``interval`` epochs): attached
     after it (as in ``train.json``), that epoch is validated and checkpointed first, and the final checkpoint is
-    written as for a completed run.
+    written as for a completed run. In distributed training rank 0's clock decides for every process, which must
+    all leave the same epoch.
 
     Args:
         minutes: wall-time budget of one ``trainer.run()``, from its start.
@@ -87,8 +88,13 @@ class EpochTimeLimit:
         self.started = time.monotonic()
 
     def check(self, engine: Engine) -> None:
+        if engine.state.epoch % self.interval:
+            return
         elapsed = (time.monotonic() - self.started) / 60
-        if elapsed >= self.minutes and engine.state.epoch % self.interval == 0:
+        decision = [elapsed >= self.minutes]
+        if dist.is_available() and dist.is_initialized():  # every rank stops when rank 0 does, or the others hang
+            dist.broadcast_object_list(decision, src=0)
+        if decision[0]:
             logger.info(f"stopping after epoch {engine.state.epoch}: {elapsed:.3g} of {self.minutes:g} minutes used")
             engine.terminate()
 
