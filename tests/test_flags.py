@@ -91,6 +91,9 @@ def test_keys_of_the_merged_configs_are_accepted(overrides):
         (json.dumps([TRAIN, EVALUATE]), "evaluation_dri", "did you mean --evaluation_dir?"),
         (TRAIN, "network_def#no_such#thing", "no such setting"),
         (TRAIN, "zzz", "no such setting in"),
+        (TRAIN, "synthetic#patient", r"did you mean --synthetic#patients\?"),  # a plain dict takes no new key
+        (TRAIN, "synthetc#size", r"did you mean --synthetic\?"),
+        (TRAIN, "train#handlers#99#prob", "no such setting"),
     ],
 )
 def test_an_unknown_key_is_refused_with_the_closest_known_one(config_file, key, message):

@@ -151,7 +151,10 @@ def test_a_resume_with_the_same_data_and_settings_is_accepted_even_with_a_longer
         _identity(tmp_path, run_name="run-b", max_epochs=100, learning_rate=1e-4).load_state_dict(saved)
 
 
-@pytest.mark.parametrize("change, message", [("settings", "with other settings"), ("data", "with other data")])
+@pytest.mark.parametrize(
+    "change, message",
+    [("settings", r"with other settings \(learning_rate 0.001 there, 0.0001 here\)"), ("data", "with other data")],
+)
 def test_a_resume_of_other_data_or_settings_is_refused_naming_the_run(tmp_path, change, message):
     saved = _identity(tmp_path).state_dict()
     if change == "settings":
@@ -161,6 +164,26 @@ def test_a_resume_of_other_data_or_settings_is_refused_naming_the_run(tmp_path, 
         resumed = _identity(tmp_path)
     with pytest.raises(ValueError, match=f"written by run run-a {message}; resuming it would mix two trainings"):
         resumed.load_state_dict(saved)
+
+
+def test_a_refused_resume_names_each_setting_that_differs_with_both_values(tmp_path):
+    saved = _identity(tmp_path, batch_size=8, seed=0).state_dict()
+    with pytest.raises(ValueError, match=r"other settings \(batch_size 8 there, 4 here; seed 0 there, 1 here\);"):
+        _identity(tmp_path, batch_size=4, seed=1).load_state_dict(saved)
+    torch.load(io.BytesIO(_saved_bytes({"run": saved})), weights_only=True)  # stays loadable as plain values
+
+
+def test_check_resume_refuses_a_checkpoint_of_another_network_naming_the_tensor(tmp_path):
+    identity = _identity(tmp_path)
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 2, 1))
+    torch.save({"run": identity.state_dict(), "model": network.state_dict()}, tmp_path / "checkpoint.pt")
+    identity.check_resume(str(tmp_path / "checkpoint.pt"), saved={"run": identity, "model": network})
+    wider = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 2, 1))
+    with pytest.raises(ValueError, match=r"checkpoint.pt: its model is not this network \(0.weight \[4, 1, 3, 3\] there, "
+                       r"\[8, 1, 3, 3\] here\): it was trained with another network_def"):
+        identity.check_resume(str(tmp_path / "checkpoint.pt"), saved={"run": identity, "model": wider})
+    with pytest.raises(ValueError, match="its model is not this network \\(1.bias is not in this network\\)"):
+        identity.check_resume(str(tmp_path / "checkpoint.pt"), saved={"model": torch.nn.Sequential(network[0])})
 
 
 def test_check_resume_reads_the_checkpoint_and_names_it(tmp_path):

@@ -47,18 +47,23 @@ def recipe_parser(root: Path, *overlays: str, base: tuple[str, ...] = ("train.js
 
 
 @pytest.mark.parametrize(
-    "overlays, loss_type, key_metric, channels",
+    "overlays, loss_type, key_metric, channels, registered_name",
     [
-        ((), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
-        (("train_seed.json",), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
-        (("train_slots.json",), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS),
-        (("train_rims.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_RIM_CHANNELS),
-        (("train_vgg16.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS),
-        (("train_vgg16.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS),
+        ((), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS, "basicunet"),
+        (("train_seed.json",), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS, "basicunet-seed"),
+        (("train_slots.json",), FragmentDiceBCELoss, "val_fracture_iou", NUM_CHANNELS, "basicunet-slots"),
+        (("train_rims.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_RIM_CHANNELS, "basicunet-rims"),
+        (("train_vgg16.json",), FragmentDiceBCELoss, "val_fracture_iou", MAIN_OTHER_CHANNELS, "vgg16unet"),
+        (("train_vgg16.json", "train_seed.json"), torch.nn.BCEWithLogitsLoss, "val_mean_iou", NUM_CHANNELS,
+         "vgg16unet-seed"),
     ],
 )
-def test_each_recipe_sets_its_loss_model_selection_and_channels(pengwin_root, overlays, loss_type, key_metric, channels):
+def test_each_recipe_sets_its_loss_model_selection_channels_and_registered_name(
+    pengwin_root, overlays, loss_type, key_metric, channels, registered_name
+):
     parser = recipe_parser(pengwin_root, *overlays)
+    # each recipe's models are versions of their own registered model, never of another recipe's
+    assert parser.get_parsed_content("registered_model_name") == f"pengwin-xray-{registered_name}"
     assert type(parser.get_parsed_content("loss")) is loss_type
     assert list(parser.get_parsed_content("validate#key_metric")) == [key_metric]
     assert key_metric in parser["registered_model_tags"]  # the registered model's tag names the metric it holds

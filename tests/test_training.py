@@ -356,6 +356,16 @@ def test_cosine_lr_anneals_the_learning_rate_to_zero_over_max_epochs(tmp_path, c
     state = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(final_lr, abs=1e-12)
     assert state["lr_scheduler"]["last_epoch"] == (2 if cosine_lr == "true" else 0)
+    # the cosine spans max_epochs, so a resume to more epochs is refused, naming it; a constant rate may go on, with
+    # its switch restated in another spelling
+    resumed = bundle_run(*args[:-4], "--max_epochs", "3", "--batch_size", "4", "--learning_rate", "0.002",
+                         "--cosine_lr", cosine_lr.capitalize(), "--cpu_bf16", "False", "--resume", "true")
+    if cosine_lr == "true":
+        assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
+        assert "other settings (cosine_lr_epochs 2 there, 3 here)" in resumed.stderr.strip().splitlines()[-1]
+    else:
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)["trainer"]["max_epochs"] == 3
 
 
 def test_a_resumed_training_loads_every_part_of_the_state_it_saves():

@@ -157,9 +157,9 @@ def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
     """Fail when a ``--key value`` of the ``monai.bundle`` command line names nothing in the configs it merges.
 
     ``monai.bundle`` adds an unknown key silently, so a misspelt ``--max_epoch 1`` would train the default 40
-    epochs. A top-level key must exist in one of the ``--config_file`` files; a nested id (``network_def#features``)
-    needs its parent to exist. Only command lines with ``--config_file`` are checked (``argv`` defaults to
-    ``sys.argv``), so workflows built in Python are left alone.
+    epochs. A key must exist in the merged ``--config_file`` files, except a new argument of a component
+    (``network_def#dropout``), whose component must exist. Only command lines with ``--config_file`` are checked
+    (``argv`` defaults to ``sys.argv``), so workflows built in Python are left alone.
 
     Raises:
         ValueError: naming the unknown key and the closest known one.
@@ -173,10 +173,20 @@ def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
     if "config_file" not in options:
         return
     parser = ConfigParser(ConfigParser.load_config_files(_config_files(options["config_file"])))
-    known = [key for key in parser.get() if isinstance(key, str)]
     for key in options.keys() - _RUN_ARGUMENTS:
-        if key.partition("#")[0] in parser and ("#" not in key or key.rpartition("#")[0] in parser):
+        parent, _, leaf = key.rpartition("#")
+        if key in parser or (parent in parser and _takes_new_arguments(parser.get(parent))):
             continue
-        close = difflib.get_close_matches(key.partition("#")[0], known, n=1)
-        hint = f"; did you mean --{close[0]}?" if close else ""
+        while parent and parent not in parser:  # the hint: a key of the deepest config that exists
+            parent, _, leaf = parent.rpartition("#")
+        siblings = parser.get(parent) if parent else parser.get()
+        known = [str(name) for name in (siblings if isinstance(siblings, dict) else range(len(siblings)))]
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"; did you mean --{parent + '#' if parent else ''}{close[0]}?" if close else ""
         raise ValueError(f"--{key}: no such setting in {options['config_file']}{hint}")
+
+
+def _takes_new_arguments(config: object) -> bool:
+    """Whether an override may add a key below ``config``: a component (``_target_``) takes any argument of its
+    class, whereas a plain dict of settings (``synthetic``) or a list holds only what the configs define."""
+    return isinstance(config, dict) and "_target_" in config

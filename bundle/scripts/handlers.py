@@ -137,18 +137,18 @@ def _digest(content: Any) -> str:
 
 
 class RunIdentity:
-    """What a training checkpoint belongs to: the run that wrote it, a digest of its data and one of its settings.
+    """What a training checkpoint belongs to: the run that wrote it, a digest of its data and its settings.
 
     Saved in ``checkpoint.pt``; a resume (:meth:`check_resume`, and again when ignite loads it) refuses a checkpoint
-    of other data or settings, which would otherwise be continued silently. The data digest covers the training and
-    validation files (paths, sizes, modification times); the settings digest covers ``settings`` (in ``train.json``:
-    network and loss classes, channels, learning rate, batch size, preprocessing, seed and precision) except a budget
-    (``max_epochs``, ``max_minutes``), which a resume may extend.
+    of other data or settings, which would otherwise be continued silently, naming the settings that differ. The data
+    digest covers the training and validation files (paths, sizes, modification times); the settings are ``settings``
+    (in ``train.json``: network and loss classes, channels, learning rate and its schedule, batch size,
+    preprocessing, seed and precision) except a budget (``max_epochs``, ``max_minutes``), which a resume may extend.
 
     Args:
         run_name: this run's name.
         items: the training and validation datalist items.
-        settings: the run's settings by name.
+        settings: the run's settings by name, as checked values (``true`` and ``"true"`` must compare equal).
     """
 
     BUDGET: tuple[str, ...] = ("max_epochs", "max_minutes")
@@ -157,29 +157,44 @@ class RunIdentity:
         paths = {str(path) for item in items for key, path in item.items() if key in ("image", "label")}
         stats = {path: Path(path).stat() for path in paths}
         files = sorted((path, stat.st_size, stat.st_mtime_ns) for path, stat in stats.items())
+        compared = {key: value for key, value in settings.items() if key not in self.BUDGET}
         self.identity = {
             "run_name": str(run_name),
             "data": _digest(files),
-            "settings": _digest({key: value for key, value in settings.items() if key not in self.BUDGET}),
+            "settings": _digest(compared),
+            "setting_values": json.loads(json.dumps(compared, sort_keys=True, default=str)),
         }
 
-    def state_dict(self) -> dict[str, str]:
+    def state_dict(self) -> dict[str, Any]:
         return dict(self.identity)
 
-    def load_state_dict(self, saved: Mapping[str, str]) -> None:
+    def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         """Accept the identity of a checkpoint being resumed, or raise naming what differs."""
         differing = [part for part in ("data", "settings") if saved.get(part) != self.identity[part]]
-        if differing:
-            raise ValueError(
-                f"the checkpoint to resume was written by run {saved.get('run_name', '(unknown)')} with other "
-                f"{' and other '.join(differing)}; resuming it would mix two trainings (start afresh without --resume, "
-                "or give this training its own --ckpt_dir)"
-            )
+        if not differing:
+            return
+        described = [f"other {part}" for part in differing]
+        if "settings" in differing and isinstance(saved.get("setting_values"), Mapping):
+            before, now = saved["setting_values"], self.identity["setting_values"]
+            changes = [
+                f"{key} {before.get(key)!r} there, {now.get(key)!r} here"
+                for key in sorted(before.keys() | now.keys())
+                if before.get(key) != now.get(key)
+            ]
+            described[-1] += f" ({'; '.join(changes)})"
+        raise ValueError(
+            f"the checkpoint to resume was written by run {saved.get('run_name', '(unknown)')} with "
+            f"{' and '.join(described)}; resuming it would mix two trainings (start afresh without --resume, or give "
+            "this training its own --ckpt_dir)"
+        )
 
-    def check_resume(self, checkpoint_path: str, max_epochs: int | None = None, saved: Collection[str] = ()) -> None:
+    def check_resume(
+        self, checkpoint_path: str, max_epochs: int | None = None, saved: Mapping[str, Any] | Collection[str] = ()
+    ) -> None:
         """Before training: refuse ``checkpoint_path`` unless it was written with this data and these settings and
-        holds every object of ``saved`` (what the resume loads), and (given ``max_epochs``) unless epochs are left to
-        train, so that a resume with nothing to do logs no empty run.
+        holds every object of ``saved`` (what the resume loads, by name; the networks among them, given as objects,
+        with the same layers and sizes), and (given ``max_epochs``) unless epochs are left to train, so that a resume
+        with nothing to do logs no empty run.
         """
         checkpoint = read_torch_file(checkpoint_path)
         if not isinstance(checkpoint, Mapping) or "run" not in checkpoint:
@@ -194,6 +209,14 @@ class RunIdentity:
             self.load_state_dict(checkpoint["run"])
         except ValueError as err:
             raise ValueError(f"{checkpoint_path}: {err}") from None
+        objects = saved.items() if isinstance(saved, Mapping) else ()
+        for name, network in ((name, obj) for name, obj in objects if isinstance(obj, nn.Module)):
+            mismatch = _first_shape_mismatch(checkpoint[name], network)
+            if mismatch:
+                raise ValueError(
+                    f"{checkpoint_path}: its {name} is not this network ({mismatch}): it was trained with another "
+                    "network_def; resume with that one, or start afresh without --resume"
+                )
         trainer = checkpoint.get("trainer", {})
         completed = trainer.get("iteration", 0) // (trainer.get("epoch_length") or 1)
         if max_epochs is not None and completed >= max_epochs:
@@ -201,6 +224,26 @@ class RunIdentity:
                 f"{checkpoint_path}: nothing to resume: {completed} epochs are already trained and max_epochs is "
                 f"{max_epochs}; pass a larger --max_epochs to train on"
             )
+
+
+def _unwrapped(network: nn.Module) -> nn.Module:
+    """``network`` without its ``DistributedDataParallel`` or ``DataParallel`` wrapper."""
+    if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return network.module
+    return network
+
+
+def _first_shape_mismatch(state: Mapping[str, torch.Tensor], network: nn.Module) -> str | None:
+    """The first tensor of ``network`` (unwrapped from DDP) that ``state`` lacks or holds in another shape, described,
+    or a tensor ``state`` has beyond the network's; ``None`` when they match."""
+    expected = {key: tuple(value.shape) for key, value in _unwrapped(network).state_dict().items()}
+    for key, shape in expected.items():
+        if key not in state:
+            return f"no {key}"
+        if tuple(state[key].shape) != shape:
+            return f"{key} {list(state[key].shape)} there, {list(shape)} here"
+    extra = sorted(state.keys() - expected.keys())
+    return f"{extra[0]} is not in this network" if extra else None
 
 
 def _random_transforms(transform: Any, found: list[Randomizable] | None = None) -> list[Randomizable]:
@@ -320,9 +363,7 @@ class EncoderFreezeHandler:
 
     def __call__(self, engine: Engine) -> None:
         """Freeze or unfreeze the encoder for the epoch now starting."""
-        network = engine.network
-        if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            network = network.module
+        network = _unwrapped(engine.network)
         completed_epochs = engine.state.epoch - 1
         network.set_encoder_trainable(completed_epochs >= self.freeze_epochs)
 
