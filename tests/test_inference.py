@@ -536,10 +536,15 @@ def test_outputs_of_inputs_not_in_this_run_are_named_in_a_warning_and_kept(tmp_p
     assert sorted(path.name for path in out.iterdir()) == sorted(names)
 
 
-@pytest.mark.parametrize("outputs", [[], ["tif", "nii"]])
+@pytest.mark.parametrize("outputs", [[], ["tif", "nii"], "", "tif,nii"])
 def test_prediction_writer_rejects_empty_or_unknown_outputs(tmp_path, outputs):
     with pytest.raises(ValueError, match="outputs must be a non-empty subset"):
         PredictionWriter(tmp_path, outputs=outputs)
+
+
+@pytest.mark.parametrize("outputs, kinds", [("tif", ("tif",)), ("tif, json", ("tif", "json")), (["png"], ("png",))])
+def test_prediction_writer_reads_kinds_given_as_command_line_text(tmp_path, outputs, kinds):
+    assert PredictionWriter(tmp_path, outputs=outputs).outputs == kinds
 
 
 def test_report_failures_prints_counts_and_passes_when_nothing_failed(capsys):
@@ -557,12 +562,12 @@ def test_report_failures_prints_counts_and_raises_listing_every_failed_file(caps
 
 @pytest.mark.parametrize("value, expected", [(True, True), (False, False), ("true", True), ("False", False), (1, True)])
 def test_as_flag_reads_command_line_switches(value, expected):
-    assert as_flag(value) is expected
+    assert as_flag(value, "flip_tta") is expected
 
 
-def test_as_flag_rejects_anything_else():
-    with pytest.raises(ValueError, match="expected a switch"):
-        as_flag("yes please")
+def test_as_flag_rejects_anything_else_naming_the_setting():
+    with pytest.raises(ValueError, match="^flip_tta must be a switch \\(true/false\\), got 'yes please'$"):
+        as_flag("yes please", "flip_tta")
 
 
 # ---------------------------------------------------------------- the config

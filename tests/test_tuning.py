@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from custom_transforms.constants import (
     DEFAULT_MIN_COMPONENT_SIZE,
@@ -18,6 +19,7 @@ from custom_transforms.constants import (
 )
 from custom_transforms import SplitOtherFragments
 from scripts.inferers import PengwinInferer, TwoStageInferer
+from helpers import BUNDLE_ROOT
 from scripts.tuning import (
     MIN_COMPONENT_SIZES,
     SEED_THRESHOLDS,
@@ -230,6 +232,40 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
     assert tuned_postprocessing(model_path)["threshold"] == 0.3
     assert tuned_postprocessing(tmp_path / "model.onnx")["threshold"] == 0.3  # an export shares model.pt's choice
     assert tuned_postprocessing(tmp_path / "checkpoint.pt") == defaults
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{bad", r"not JSON: Expecting property name"),
+        ("[1, 2]", r"a JSON list"),
+        ("null", r"a JSON NoneType"),
+        (None, r"threshold must be a probability strictly between 0 and 1, got 5"),
+    ],
+)
+def test_a_damaged_or_hand_edited_choice_is_one_line_naming_the_file(tmp_path, content, problem):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
+    (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(json.dumps({**chosen, "threshold": 5}) if content is None else content)
+    with pytest.raises(ValueError, match=f"^{tmp_path / TUNED_POSTPROCESSING_FILE}: .*{problem}.*; choose again") as error:
+        tuned_postprocessing(model_path)
+    assert "\n" not in str(error.value)
+
+
+def test_choosing_again_keeps_the_input_and_flip_tta_the_earlier_choice_recorded(tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save({"weights": torch.zeros(1)}, models / "model.pt")
+    choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), models / "model.pt",
+                          use_clahe=False, flip_tta=False)  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "choose_postprocessing.json")])
+    parser.update({"bundle_root": str(tmp_path)})
+    assert parser.get_parsed_content("use_clahe") is False and parser.get_parsed_content("flip_tta") is False
+    assert parser.get_parsed_content("pipeline_inferer").flip_tta is False
+    (models / TUNED_POSTPROCESSING_FILE).unlink()  # no earlier choice: the defaults
+    assert parser.get_parsed_content("use_clahe", lazy=False) is True
 
 
 @pytest.mark.parametrize("channels, split", [(30, False), (6, True), (9, True)])

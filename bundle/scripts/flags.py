@@ -28,17 +28,17 @@ __all__ = [
 ]
 
 
-def as_flag(value: bool | int | str) -> bool:
-    """A switch from a config or the command line as a bool (``"true"`` would otherwise count as set).
+def as_flag(value: bool | int | str, name: str) -> bool:
+    """The switch ``name`` from a config or the command line as a bool (``"true"`` would otherwise count as set).
 
     Raises:
-        ValueError: for anything but a bool, 0/1 or "true"/"false"/"1"/"0" (any case).
+        ValueError: naming the setting, for anything but a bool, 0/1 or "true"/"false"/"1"/"0" (any case).
     """
     if isinstance(value, (bool, int)) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
-    raise ValueError(f"expected a switch (true/false), got {value!r}")
+    raise ValueError(f"{name} must be a switch (true/false), got {value!r}")
 
 
 def as_positive_number(value: float | int | str, name: str) -> float:

@@ -37,12 +37,17 @@ from custom_transforms.constants import (
     NUM_CHANNELS,
     BEST_MODEL_FILE,
     TUNED_POSTPROCESSING_FILE,
+    check_min_component_size,
+    check_seed_threshold,
+    check_split_depth,
+    check_threshold,
 )
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, SplitOtherFragments
 from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_ious
 from pengwin_xray.model_files import chosen_for
 
+from .flags import as_flag, as_image_size
 from .inferers import TwoStageInferer
 from .postprocessing import postprocess_fragments
 
@@ -243,12 +248,29 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
     path = Path(model_path).parent / TUNED_POSTPROCESSING_FILE
     if not path.is_file():
         return dict(DEFAULTS)
-    chosen = json.loads(path.read_text())
+    remedy = "choose again (configs/choose_postprocessing.json) or remove the file"
+    try:
+        chosen = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a post-processing choice (not JSON: {err}); {remedy}") from None
+    if not isinstance(chosen, Mapping):
+        raise ValueError(f"{path}: not a post-processing choice (a JSON {type(chosen).__name__}); {remedy}")
     weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / BEST_MODEL_FILE
     if not chosen_for(chosen, weights):
         logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
         return dict(DEFAULTS)
-    return {key: chosen.get(key, default) for key, default in DEFAULTS.items()}
+    settings = {key: chosen.get(key, default) for key, default in DEFAULTS.items()}
+    try:  # a file edited by hand fails here, naming itself, rather than later as if a setting were bad
+        check_threshold(settings["threshold"])
+        check_min_component_size(settings["min_component_size"])
+        check_split_depth(settings["split_depth"])
+        check_seed_threshold(settings["seed_threshold"])
+        as_image_size(settings["image_size"], "image_size")
+        for switch in ("two_stage", "use_clahe", "flip_tta"):
+            as_flag(settings[switch], switch)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}; {remedy}") from None
+    return settings
 
 
 def check_pipeline(choice: Mapping[str, Any], inferer: Any, model_path: str | os.PathLike) -> None:

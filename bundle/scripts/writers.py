@@ -410,7 +410,7 @@ class PredictionWriter:
         output_dir: folder for the files.
         threshold: probability threshold of the fragment masks.
         min_component_size: smaller 8-connected components are dropped.
-        outputs: which of "tif", "json", "png" to write per image.
+        outputs: which of "tif", "json", "png" to write per image (a string: one kind, or kinds separated by commas).
         report_settings: further settings every report records (see :func:`write_prediction`).
     """
 
@@ -422,6 +422,8 @@ class PredictionWriter:
         outputs: Sequence[str] = OUTPUT_KINDS,
         report_settings: Mapping[str, Any] | None = None,
     ) -> None:
+        if isinstance(outputs, str):  # the command line's --outputs tif or --outputs tif,json
+            outputs = [kind.strip() for kind in outputs.split(",")]
         unknown = sorted(set(outputs) - set(OUTPUT_KINDS))
         if unknown or not outputs:
             raise ValueError(f"outputs must be a non-empty subset of {OUTPUT_KINDS}, got {list(outputs)}")
