@@ -64,9 +64,12 @@ def list_files(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     In a flat folder each ``CCC_PPPP*.tif`` is sorted by its TIFF sample format: float = image, integer = label.
 
     Raises:
+        NotADirectoryError: ``root`` is a file.
         FileNotFoundError: ``root`` does not exist or holds no PENGWIN TIFF.
     """
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root}: is a file, not a folder (give the folder that holds the TIFFs)")
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: folder does not exist")
     splits = [root] if (root / IMAGE_SUBDIR).is_dir() or (root / LABEL_SUBDIR).is_dir() else sorted(

@@ -104,6 +104,8 @@ EVALUATION = ["--config_file", "['configs/train.json','configs/evaluate.json']"]
         (["train.json"], "one patient", {"max_class_weight": -2}, "class_weights",
          "max_class_weight must be a number above 0, got -2"),
         (["train.json"], "one patient", {}, "initialize", "no validation images (datalist: training 2, validation 0"),
+        (["train.json", "evaluate.json"], "inputs", {"evaluation_dir": "$@bundle_root + '/inputs/001_0000.tif'"},
+         "initialize", "001_0000.tif: --evaluation_dir is a file, not a folder"),
     ],
 )  # fmt: skip
 def test_each_setting_is_checked_where_the_config_uses_it(

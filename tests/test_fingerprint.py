@@ -104,16 +104,23 @@ def test_unreadable_file_is_named_left_out_and_fails_the_command(pengwin_root, c
     assert str(broken) in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("missing", ["root", "compare"])
-def test_missing_folder_is_one_clear_line_before_any_measuring(pengwin_root, tmp_path, capsys, monkeypatch, missing):
+@pytest.mark.parametrize(
+    "missing, problem",
+    [("root", "does not exist"), ("compare", "does not exist"), ("file", "is a file, not a folder")],
+)
+def test_missing_folder_is_one_clear_line_before_any_measuring(
+    pengwin_root, tmp_path, capsys, monkeypatch, missing, problem
+):
     measured = []
     monkeypatch.setattr("pengwin_xray.fingerprint.fingerprint", lambda root, *args: measured.append(root))
-    folders = [tmp_path / "nowhere", pengwin_root] if missing == "root" else [pengwin_root, tmp_path / "nowhere"]
+    if missing == "file":
+        (tmp_path / "nowhere").write_bytes(b"a file")
+    folders = [pengwin_root, tmp_path / "nowhere"] if missing == "compare" else [tmp_path / "nowhere", pengwin_root]
     with pytest.raises(SystemExit) as exit_info:
         main([str(folders[0]), "--compare", str(folders[1]), "--no-progress"])
     assert exit_info.value.code == 2 and measured == []
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "nowhere" in err and "does not exist" in err
+    assert err.count("\n") == 0 and "nowhere" in err and problem in err
 
 
 @pytest.mark.parametrize("target", ["folder", "below_a_file"])
