@@ -209,8 +209,9 @@ def _run_child(spec: dict[str, Any], work_dir: Path, bundle_root: Path) -> tuple
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0 or not result_path.is_file():
-        tail = "".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{spec['recipe']}: run failed (exit code {process.returncode}), log {log_path}:\n{tail}")
+        lines = log_path.read_text(errors="replace").splitlines()
+        reason = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else "")
+        raise RuntimeError(f"{spec['recipe']}: run failed (exit code {process.returncode}; {reason}), log {log_path}")
     return json.loads(result_path.read_text()), usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -243,8 +244,9 @@ def compare(
         the content of ``compare.json``: settings, split sizes and one row per recipe.
 
     Raises:
-        ValueError: an unknown recipe name, or the recipes got different epochs or splits.
-        RuntimeError: a run failed (the message ends with its log).
+        ValueError: an unknown recipe name, override key or epoch count, an output folder that is a file, or the
+            recipes got different epochs or splits.
+        RuntimeError: a run failed (the message gives its error line and log).
     """
     bundle = Path(bundle_root or ".").resolve()
     if not (bundle / "configs" / "train.json").is_file():
@@ -254,6 +256,17 @@ def compare(
     unknown = sorted((set(recipes) | set(recipe_overrides)) - set(RECIPES))
     if unknown or not recipes:
         raise ValueError(f"unknown or no recipe(s) {unknown}; recipes are {', '.join(RECIPES)}")
+    # the configs import the bundle's own `scripts`, importable from the bundle folder as under `python -m monai.bundle`
+    if str(bundle) not in sys.path:
+        sys.path.insert(0, str(bundle))
+    from scripts.errors import root_cause  # the bundle's, importable from here on
+    from scripts.flags import as_count, check_folders, check_override_keys
+
+    # what the user gave is checked before any data is generated or any recipe trained
+    check_folders(output_dir=str(output))
+    for recipe in _with_localisers(recipes):
+        keys = {**(overrides or {}), **recipe_overrides.get(recipe, {})}.keys()
+        check_override_keys(keys, [str(bundle / "configs" / name) for name in (*RECIPES[recipe], EVALUATE_CONFIG)])
     shared: dict[str, Any] = {
         "bundle_root": str(bundle),
         "dataset_dir": str(dataset_dir),
@@ -261,15 +274,11 @@ def compare(
         **(overrides or {}),
     }
     if max_epochs is not None:
-        shared["max_epochs"] = int(max_epochs)
-    # resolve (and, for the synthetic default, generate) the data once, so no run's figures include it; the
-    # configs import the bundle's own `scripts`, importable from the bundle folder as under `python -m monai.bundle`
-    if str(bundle) not in sys.path:
-        sys.path.insert(0, str(bundle))
+        shared["max_epochs"] = as_count(max_epochs, "max_epochs")
+    # resolve (and, for the synthetic default, generate) the data once, so no run's figures include it
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / RECIPES["default"][0]))
     parser.update(shared)
-    from scripts.errors import root_cause  # the bundle's, importable from here on
 
     try:
         data_root = parser.get_parsed_content("data_root")
@@ -401,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.run_spec is not None:
         spec = json.loads(Path(args.run_spec).read_text())
+        from scripts.errors import report_user_errors_in_one_line  # the bundle's: the child runs in its folder
+
+        report_user_errors_in_one_line()  # the parent reports a failed run by its "error: " line
         result = run_recipe(spec["config_files"], spec["evaluate_config"], spec["overrides"], spec["evaluate_overrides"])
         write_json_atomic(spec["result_path"], result)
         return
@@ -413,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.dataset_dir, args.max_epochs, args.output_dir, args.bundle_root, dict(args.override),
             {"vgg16unet": vgg16}, recipes,
         )  # fmt: skip
-    except ValueError as error:
+    except (ValueError, RuntimeError) as error:  # bad input, or a recipe's run failed (its log named)
         raise SystemExit(f"pengwin-compare: {error}") from None
     print(format_table(report["rows"]))
     print(f"written: {Path(report['output_dir']) / 'compare.json'} and compare.md")

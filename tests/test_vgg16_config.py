@@ -201,6 +201,24 @@ def test_compare_command_names_a_missing_dataset_folder_in_one_line(tmp_path: Pa
         compare_main(["--dataset_dir", str(missing), "--bundle_root", str(BUNDLE_ROOT), "--output_dir", str(tmp_path)])
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--max_epochs", "0"], "max_epochs must be a whole number, 1 or more, got 0"),
+        (["--override", "max_epoch=2"], r"--max_epoch: no such setting in .*train.json.*; did you mean --max_epochs\?"),
+        (["--recipes", "vgg16unet", "--vgg16_override", "freeze_epochs=1"], "--freeze_epochs: no such setting in"),
+        (["--output_dir", "{file}"], ".*a_file: --output_dir is a file, not a folder"),
+    ],
+)
+def test_compare_command_refuses_bad_arguments_in_one_line_before_the_data(tmp_path: Path, arguments, message) -> None:
+    (tmp_path / "a_file").write_text("")
+    arguments = [argument.format(file=tmp_path / "a_file") for argument in arguments]
+    missing = tmp_path / "no_such_root"  # the data is looked at after the arguments: its error would come first
+    with pytest.raises(SystemExit, match=f"^pengwin-compare: {message}") as error:
+        compare_main(["--dataset_dir", str(missing), "--bundle_root", str(BUNDLE_ROOT), *arguments])
+    assert "\n" not in str(error.value)
+
+
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One run of the comparison command on 5 patients of 64 px, 1 epoch: the two-stage recipe (so the default runs

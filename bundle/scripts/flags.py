@@ -7,7 +7,7 @@ import ast
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from monai.bundle import ConfigParser
@@ -25,6 +25,7 @@ __all__ = [
     "check_folders",
     "check_distinct_folders",
     "reject_unknown_overrides",
+    "check_override_keys",
 ]
 
 
@@ -154,12 +155,9 @@ def _config_files(value: str) -> list[str]:
 
 
 def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
-    """Fail when a ``--key value`` of the ``monai.bundle`` command line names nothing in the configs it merges.
-
-    ``monai.bundle`` adds an unknown key silently, so a misspelt ``--max_epoch 1`` would train the default 40
-    epochs. A key must exist in the merged ``--config_file`` files, except a new argument of a component
-    (``network_def#dropout``), whose component must exist. Only command lines with ``--config_file`` are checked
-    (``argv`` defaults to ``sys.argv``), so workflows built in Python are left alone.
+    """Fail when a ``--key value`` of the ``monai.bundle`` command line names nothing in the configs it merges
+    (:func:`check_override_keys`). Only command lines with ``--config_file`` are checked (``argv`` defaults to
+    ``sys.argv``), so workflows built in Python are left alone.
 
     Raises:
         ValueError: naming the unknown key and the closest known one.
@@ -170,10 +168,22 @@ def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
         if token.startswith("--"):
             key, _, value = token[2:].partition("=")
             options[key] = value if value or index + 1 >= len(argv) else argv[index + 1]
-    if "config_file" not in options:
-        return
-    parser = ConfigParser(ConfigParser.load_config_files(_config_files(options["config_file"])))
-    for key in options.keys() - _RUN_ARGUMENTS:
+    if "config_file" in options:
+        check_override_keys(options.keys() - _RUN_ARGUMENTS, _config_files(options["config_file"]))
+
+
+def check_override_keys(keys: Iterable[str], config_files: Sequence[str]) -> None:
+    """Fail when a config id to override names nothing in ``config_files`` merged.
+
+    ``monai.bundle`` adds an unknown key silently, so a misspelt ``--max_epoch 1`` would train the default 40
+    epochs. A key must exist in the merged files, except a new argument of a component (``network_def#dropout``),
+    whose component must exist.
+
+    Raises:
+        ValueError: naming the unknown key and the closest known one.
+    """
+    parser = ConfigParser(ConfigParser.load_config_files(list(config_files)))
+    for key in sorted(keys):
         parent, _, leaf = key.rpartition("#")
         if key in parser or (parent in parser and _takes_new_arguments(parser.get(parent))):
             continue
@@ -183,7 +193,7 @@ def reject_unknown_overrides(argv: Sequence[str] | None = None) -> None:
         known = [str(name) for name in (siblings if isinstance(siblings, dict) else range(len(siblings)))]
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f"; did you mean --{parent + '#' if parent else ''}{close[0]}?" if close else ""
-        raise ValueError(f"--{key}: no such setting in {options['config_file']}{hint}")
+        raise ValueError(f"--{key}: no such setting in {', '.join(map(str, config_files))}{hint}")
 
 
 def _takes_new_arguments(config: object) -> bool:
