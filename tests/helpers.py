@@ -79,9 +79,10 @@ def assert_valid_submissions(images: Path, out: Path, size: int) -> None:
             assert sum(f["category"] == category for f in report["fragments"]) <= 10
 
 
-def run_epochs_with_time_limit(rank: int, world_size: int, init_file: str, late_rank: int, results: str) -> None:
-    """A distributed worker (gloo): 4 epochs under an ``EpochTimeLimit`` of one minute whose clock, on ``late_rank``
-    only, started an hour ago; writes the number of epochs this rank ran to ``<results>/<rank>``."""
+def run_epochs_with_time_limit(rank: int, world_size: int, init_file: str, results: str) -> None:
+    """A distributed worker (gloo): for each rank in turn as the late one, 4 epochs under an ``EpochTimeLimit`` of one
+    minute whose clock, on that rank only, started an hour ago; writes the epochs this rank ran, one line per turn,
+    to ``<results>/<rank>``."""
     import time
 
     import torch.distributed as dist
@@ -90,11 +91,15 @@ def run_epochs_with_time_limit(rank: int, world_size: int, init_file: str, late_
     from scripts.handlers import EpochTimeLimit
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    engine = Engine(lambda engine, batch: dist.all_reduce(torch.ones(1)))  # the collective every DDP step makes
-    limit = EpochTimeLimit(1.0)
-    limit.attach(engine)
-    if rank == late_rank:
-        engine.add_event_handler(Events.STARTED, lambda _: setattr(limit, "started", time.monotonic() - 3600))
-    engine.run(range(2), max_epochs=4)
-    Path(results, str(rank)).write_text(str(engine.state.epoch))
+    epochs = []
+    for late_rank in range(world_size):
+        engine = Engine(lambda engine, batch: dist.all_reduce(torch.ones(1)))  # the collective every DDP step makes
+        limit = EpochTimeLimit(1.0)
+        limit.attach(engine)
+        if rank == late_rank:
+            late = lambda _, limit=limit: setattr(limit, "started", time.monotonic() - 3600)  # noqa: E731
+            engine.add_event_handler(Events.STARTED, late)
+        engine.run(range(2), max_epochs=4)
+        epochs.append(str(engine.state.epoch))
+    Path(results, str(rank)).write_text("\n".join(epochs))
     dist.destroy_process_group()
