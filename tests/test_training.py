@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -356,16 +357,30 @@ def test_cosine_lr_anneals_the_learning_rate_to_zero_over_max_epochs(tmp_path, c
     state = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(final_lr, abs=1e-12)
     assert state["lr_scheduler"]["last_epoch"] == (2 if cosine_lr == "true" else 0)
-    # the cosine spans max_epochs, so a resume to more epochs is refused, naming it; a constant rate may go on, with
-    # its switch restated in another spelling
-    resumed = bundle_run(*args[:-4], "--max_epochs", "3", "--batch_size", "4", "--learning_rate", "0.002",
-                         "--cosine_lr", cosine_lr.capitalize(), "--cpu_bf16", "False", "--resume", "true")
-    if cosine_lr == "true":
+    if cosine_lr == "true":  # the cosine spans max_epochs: a resume to more epochs is refused in one line, naming it
+        resumed = bundle_run(*args[:-4], "--max_epochs", "3", "--batch_size", "4", "--learning_rate", "0.002",
+                             "--cosine_lr", "True", "--cpu_bf16", "False", "--resume", "true")  # fmt: skip
         assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
         assert "other settings (cosine_lr_epochs 2 there, 3 here)" in resumed.stderr.strip().splitlines()[-1]
-    else:
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)["trainer"]["max_epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    "saved, resumed, same",
+    [
+        ({"use_clahe": True, "cpu_bf16": "false"}, {"use_clahe": "true", "cpu_bf16": 0}, True),  # switches spelt anew
+        ({"max_epochs": 40}, {"max_epochs": 80}, True),  # a constant rate: more epochs may follow
+        ({"max_epochs": 40, "cosine_lr": "true"}, {"max_epochs": 80, "cosine_lr": True}, False),  # the cosine spans them
+    ],
+)
+def test_a_resume_compares_checked_settings_and_the_cosine_schedule_span(tmp_path, saved, resumed, same):
+    def identity(overrides: dict) -> dict:
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+        parser.update({"bundle_root": str(tmp_path), "synthetic": ast.literal_eval(TINY_SYNTHETIC), **overrides})
+        return parser.get_parsed_content("train#run_identity").state_dict()
+
+    first, second = identity(saved), identity(resumed)
+    assert first["data"] == second["data"] and (first["settings"] == second["settings"]) is same
 
 
 def test_a_resumed_training_loads_every_part_of_the_state_it_saves():
