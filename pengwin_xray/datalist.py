@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from custom_transforms.io import read_fragment_label, read_xray_image, tiff_stem, tiffs_by_stem
 
@@ -26,6 +27,9 @@ __all__ = [
     "LABEL_SUBDIR",
     "PENGWIN_NAME",
     "patient_id",
+    "source_of",
+    "training_sources",
+    "check_held_out",
     "split_folders",
     "find_pairs",
     "split_by_patient",
@@ -51,6 +55,41 @@ def patient_id(path: str | Path) -> str:
     if match is None:
         raise ValueError(f"{path}: file name does not follow the PENGWIN pattern CCC_PPPP.tif")
     return match.group(1)
+
+
+def source_of(item: Mapping[str, str]) -> str:
+    """What a datalist item's image was taken of, for keeping splits apart: ``"patient CCC"`` for a PENGWIN name
+    (its views share the patient's CT), ``"image <path>"`` otherwise."""
+    match = PENGWIN_NAME.fullmatch(tiff_stem(item["image"]))
+    return f"patient {match.group(1)}" if match else f"image {item['image']}"
+
+
+def training_sources(dataset: str, items: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """What a model was trained and validated on, as ``postprocessing.json`` records it: the ``dataset`` (an
+    identity: a folder, or the built-in synthetic generator and its seed) and the sorted :func:`source_of` keys of
+    its training and validation ``items``."""
+    return {"dataset": str(dataset), "sources": sorted({source_of(item) for item in items})}
+
+
+def check_held_out(trained_on: Mapping[str, Any] | None, dataset: str, test_items: Sequence[Mapping[str, str]]) -> None:
+    """Refuse to score a model on test items of the dataset it was trained on (``trained_on``, from
+    :func:`training_sources`) whose patients it was trained or validated on: its scores would pass for held-out ones.
+
+    Another dataset is not compared (its patient numbers name other patients), nor a model with no record.
+
+    Raises:
+        ValueError: naming the dataset and the first patients (or images) seen in training.
+    """
+    if not trained_on or trained_on.get("dataset") != str(dataset):
+        return
+    seen = sorted({source_of(item) for item in test_items} & set(trained_on.get("sources", ())))
+    if seen:
+        more = f" and {len(seen) - 3} more" if len(seen) > 3 else ""
+        raise ValueError(
+            f"{dataset}: the test split holds {', '.join(seen[:3])}{more}, which this model was trained or validated "
+            "on (a dataset split otherwise than for its training, e.g. another --synthetic size or patient count); "
+            "its scores would not be held out: evaluate on the data it was trained with"
+        )
 
 
 def split_folders(root: str | Path) -> list[Path]:
@@ -180,8 +219,7 @@ def load_datalist(path: str | Path) -> dict[str, list[dict]]:
     split_of: dict[str, str] = {}  # a patient (PENGWIN names) or an image (other names) in one labelled split only
     for split in _SPLITS[:3]:
         for item in datalist.get(split, []):
-            match = PENGWIN_NAME.fullmatch(tiff_stem(item["image"]))
-            key = f"patient {match.group(1)}" if match else f"image {item['image']}"
+            key = source_of(item)
             if split_of.setdefault(key, split) != split:
                 raise ValueError(f"{path}: {key} is in the {split_of[key]} and the {split} split; a model would be "
                                  "chosen or scored on what it trained on (split by patient: pengwin-datalist)")

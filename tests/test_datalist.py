@@ -13,6 +13,8 @@ import tifffile
 from helpers import write_pair
 from scripts.loading import resolve_dataset
 from pengwin_xray.datalist import (
+    check_held_out,
+    training_sources,
     build_datalist,
     check_datalist_files,
     find_pairs,
@@ -261,3 +263,27 @@ def test_training_data_come_from_a_datalist_file_or_a_dataset_dir_never_both(tmp
     assert resolve_dataset("", str(tmp_path / "synthetic"), {}, datalist_file) == str(tmp_path / "lists")
     with pytest.raises(ValueError, match=r"dataset_dir and datalist_file \(.*datalist.json\) are both set"):
         resolve_dataset(str(tmp_path), str(tmp_path / "synthetic"), {}, datalist_file)
+
+
+def _items(*names: str) -> list[dict]:
+    return [{"image": f"/data/{name}", "label": f"/labels/{name}"} for name in names]
+
+
+@pytest.mark.parametrize(
+    "dataset, test_names, refused",
+    [
+        ("/data", ["009_0000.tif", "012_0250.tif"], "patient 009"),  # patient 9 trained on: not held out
+        ("/data", ["013_0000.tif"], None),  # a patient never seen
+        ("/other", ["009_0000.tif"], None),  # another dataset: its patient 9 is someone else
+        ("/data", ["scan.tif"], "image /data/scan.tif"),  # other names: the image itself
+    ],
+)
+def test_evaluation_refuses_test_patients_the_model_was_trained_or_validated_on(dataset, test_names, refused):
+    trained_on = training_sources("/data", _items("001_0000.tif", "009_0250.tif", "scan.tif"))
+    assert trained_on == {"dataset": "/data", "sources": ["image /data/scan.tif", "patient 001", "patient 009"]}
+    if refused is None:
+        check_held_out(trained_on, dataset, _items(*test_names))
+    else:
+        with pytest.raises(ValueError, match=f"^{dataset}: the test split holds {refused}, which this model was "):
+            check_held_out(trained_on, dataset, _items(*test_names))
+    check_held_out(None, "/data", _items(*test_names))  # a model with no record (chosen before it was kept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, bundle_run, write_pair
+from pengwin_xray.atomic import file_sha256
 from scripts.errors import DEBUG_VARIABLE, report_user_errors_in_one_line, root_cause
 
 
@@ -125,6 +127,34 @@ def test_each_setting_is_checked_where_the_config_uses_it(
     with pytest.raises((RuntimeError, ValueError)) as raised:
         parser.get_parsed_content(item)
     assert isinstance(root_cause(raised.value), ValueError) and message in str(root_cause(raised.value))
+
+
+@pytest.mark.parametrize("patients, refused", [(3, True), (12, False)])
+def test_evaluation_on_a_split_of_other_patients_than_training_had_refuses_its_seen_patients(
+    tmp_path, monkeypatch, patients, refused
+):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # initialize installs the one-line hook
+    # a model trained on the tiny synthetic set of 12 patients (training 001-008, validation 011-012), then evaluated
+    # on the same generator's set of 3 (test: patient 002) or 12 (test: 009-010, never seen)
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.save({"weights": torch.zeros(1)}, models / "model.pt")
+    trained = [f"patient {p:03d}" for p in (*range(1, 9), 11, 12)]
+    choice = {"model_sha256": file_sha256(models / "model.pt"),
+              "trained_on": {"dataset": "built-in synthetic data, seed 0", "sources": trained}}  # fmt: skip
+    (models / "postprocessing.json").write_text(json.dumps(choice))
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "evaluate.json")])
+    synthetic = {**ast.literal_eval(TINY_SYNTHETIC), "patients": patients, "projections": 1}
+    parser.update({"bundle_root": str(tmp_path), "synthetic": synthetic, "num_workers": 0})
+    step = next(index for index, expression in enumerate(parser["initialize"]) if "check_held_out" in expression)
+    if refused:
+        with pytest.raises((RuntimeError, ValueError)) as raised:
+            parser.get_parsed_content(f"initialize#{step}")
+        cause = str(root_cause(raised.value))
+        assert "the test split holds patient 002, which this model was trained or validated on" in cause
+    else:
+        assert parser.get_parsed_content(f"initialize#{step}") is None
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from scripts.tuning import (
     check_pipeline,
     choose_postprocessing,
     fragment_probabilities,
+    recorded_training,
     tuned_postprocessing,
 )
 
@@ -251,6 +252,18 @@ def test_a_damaged_or_hand_edited_choice_is_one_line_naming_the_file(tmp_path, c
     with pytest.raises(ValueError, match=f"^{tmp_path / TUNED_POSTPROCESSING_FILE}: .*{problem}.*; choose again") as error:
         tuned_postprocessing(model_path)
     assert "\n" not in str(error.value)
+
+
+def test_the_choice_records_what_its_model_was_trained_on_and_only_its_model_reads_it(tmp_path):
+    model_path = tmp_path / "model.pt"
+    torch.save({"weights": torch.zeros(1)}, model_path)
+    assert recorded_training(model_path) is None  # no choice yet
+    trained_on = {"dataset": "/data", "sources": ["patient 001", "patient 002"]}
+    choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path, trained_on=trained_on)
+    assert recorded_training(model_path) == trained_on
+    assert recorded_training(tmp_path / "model.onnx") == trained_on  # an export's is its model.pt's
+    torch.save({"weights": torch.ones(1)}, model_path)  # retrained since: the record is another model's
+    assert recorded_training(model_path) is None
 
 
 def test_choosing_again_keeps_the_input_and_flip_tta_the_earlier_choice_recorded(tmp_path):

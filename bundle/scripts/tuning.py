@@ -128,6 +128,7 @@ def choose_postprocessing(
     max_images: int = 200,
     use_clahe: bool = True,
     flip_tta: bool = True,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Choose the post-processing of ``network`` (the weights in ``model_path``) on the validation ``dataloader``.
 
@@ -144,6 +145,8 @@ def choose_postprocessing(
         max_images: score at most this many validation images (the first ones: each costs a scoring per setting).
         use_clahe: the model's input had CLAHE (recorded: inference and evaluation default to it).
         flip_tta: ``inferer`` averages the mirror image's logits (recorded: inference and evaluation default to it).
+        trained_on: what the model was trained and validated on (``pengwin_xray.datalist.training_sources``;
+            recorded: evaluation refuses test patients among them).
 
     Returns:
         what was written: the chosen ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold``,
@@ -219,6 +222,7 @@ def choose_postprocessing(
         "use_clahe": bool(use_clahe),
         "flip_tta": bool(flip_tta),
         "model_sha256": model_sha256,
+        "trained_on": dict(trained_on) if trained_on is not None else None,
         "grid": [{"threshold": t, "min_component_size": m, "split_depth": d, "seed_threshold": s,
                   "fracture_iou": means[(t, m, d, s)][0], "anatomical_iou": means[(t, m, d, s)][1]}
                  for t, m, d, s in scores],
@@ -236,6 +240,37 @@ def choose_postprocessing(
     return chosen
 
 
+_REMEDY = "choose again (configs/choose_postprocessing.json) or remove the file"
+
+
+def _choice_path(model_path: str | os.PathLike) -> Path:
+    return Path(model_path).parent / TUNED_POSTPROCESSING_FILE
+
+
+def model_choice(model_path: str | os.PathLike, warn: bool = True) -> Mapping[str, Any] | None:
+    """The content of the ``postprocessing.json`` beside ``model_path`` when it was chosen for that model file (an
+    export's: the ``model.pt`` beside it), else ``None`` (with a warning, given ``warn``, for another model's).
+
+    Raises:
+        ValueError: naming the file, when it is not a JSON object.
+    """
+    path = _choice_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        chosen = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a post-processing choice (not JSON: {err}); {_REMEDY}") from None
+    if not isinstance(chosen, Mapping):
+        raise ValueError(f"{path}: not a post-processing choice (a JSON {type(chosen).__name__}); {_REMEDY}")
+    weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / BEST_MODEL_FILE
+    if not chosen_for(chosen, weights):
+        if warn:
+            logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
+        return None
+    return chosen
+
+
 def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int | list[int] | None]:
     """The ``threshold``, ``min_component_size``, ``split_depth`` and ``seed_threshold`` chosen for ``model_path`` on
     validation and the validation images' ``image_size``, or the defaults (also for a key of a file written before it
@@ -244,20 +279,12 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
     The defaults are used when no ``postprocessing.json`` lies beside the model, or when it was chosen for another
     model file (then with a warning: e.g. for ``checkpoint.pt``, or a ``model.pt`` trained after the choice);
     exported models (``model.ts``, ``model.onnx``) share the choice of the ``model.pt`` beside them.
+
+    Raises:
+        ValueError: naming the file, when it is no JSON object or holds a bad setting.
     """
-    path = Path(model_path).parent / TUNED_POSTPROCESSING_FILE
-    if not path.is_file():
-        return dict(DEFAULTS)
-    remedy = "choose again (configs/choose_postprocessing.json) or remove the file"
-    try:
-        chosen = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: not a post-processing choice (not JSON: {err}); {remedy}") from None
-    if not isinstance(chosen, Mapping):
-        raise ValueError(f"{path}: not a post-processing choice (a JSON {type(chosen).__name__}); {remedy}")
-    weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / BEST_MODEL_FILE
-    if not chosen_for(chosen, weights):
-        logger.warning(f"{path}: chosen for another model than {weights.name}; using the defaults {DEFAULTS}")
+    chosen = model_choice(model_path, warn=True)
+    if chosen is None:
         return dict(DEFAULTS)
     settings = {key: chosen.get(key, default) for key, default in DEFAULTS.items()}
     try:  # a file edited by hand fails here, naming itself, rather than later as if a setting were bad
@@ -269,8 +296,15 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         for switch in ("two_stage", "use_clahe", "flip_tta"):
             as_flag(settings[switch], switch)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}; {remedy}") from None
+        raise ValueError(f"{_choice_path(model_path)}: {err}; {_REMEDY}") from None
     return settings
+
+
+def recorded_training(model_path: str | os.PathLike) -> Mapping[str, Any] | None:
+    """What the ``postprocessing.json`` of ``model_path`` records the model was trained and validated on
+    (``trained_on``), or ``None`` without such a record for this model."""
+    chosen = model_choice(model_path, warn=False)
+    return chosen.get("trained_on") if chosen is not None else None
 
 
 def check_pipeline(choice: Mapping[str, Any], inferer: Any, model_path: str | os.PathLike) -> None:
