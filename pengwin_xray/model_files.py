@@ -6,17 +6,19 @@ report; the bundle's loaders (``scripts.loading``, ``scripts.handlers``, ``scrip
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .atomic import file_sha256
 
-__all__ = ["read_torch_file", "read_state_dict", "load_torchscript", "chosen_for"]
+__all__ = ["read_torch_file", "read_state_dict", "load_torchscript", "read_choice", "chosen_for"]
 
 
 def read_torch_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -78,6 +80,22 @@ def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu"
     except Exception as err:  # torch's readers raise RuntimeError, ValueError... for what is no TorchScript file
         reason = f"{type(err).__name__}: {_first_line(err)}"
         raise ValueError(f"{path}: not a loadable TorchScript model ({reason})") from err
+
+
+def read_choice(path: str | os.PathLike) -> Mapping[str, Any]:
+    """The post-processing choice in ``path`` (a ``postprocessing.json``).
+
+    Raises:
+        ValueError: in one line naming the file, when it is not JSON or not a JSON object.
+    """
+    remedy = "choose again (configs/choose_postprocessing.json) or remove the file"
+    try:
+        choice = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: not a post-processing choice (not JSON: {err}); {remedy}") from None
+    if not isinstance(choice, Mapping):
+        raise ValueError(f"{path}: not a post-processing choice (a JSON {type(choice).__name__}); {remedy}")
+    return choice
 
 
 def chosen_for(choice: Mapping[str, Any], weights: str | os.PathLike) -> bool:

@@ -27,7 +27,7 @@ import custom_transforms
 import pengwin_xray
 
 from .atomic import atomic_open
-from .model_files import chosen_for
+from .model_files import chosen_for, read_choice
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -91,11 +91,7 @@ def _model_files(folder: Path) -> list[Path]:
     tuned = folder / custom_transforms.TUNED_POSTPROCESSING_FILE
     if files and tuned.is_file():
         weights = folder / custom_transforms.BEST_MODEL_FILE
-        try:
-            matches = chosen_for(json.loads(tuned.read_text()), weights)
-        except (ValueError, AttributeError) as err:  # not JSON, or JSON but no object
-            raise ValueError(f"{tuned}: not a post-processing choice ({err})") from err
-        if not matches:
+        if not chosen_for(read_choice(tuned), weights):
             raise ValueError(f"{tuned}: chosen for another model than {weights}; choose again "
                              "(configs/choose_postprocessing.json) or remove it before packing")
         files.append(tuned)

@@ -278,6 +278,9 @@ def test_package_refuses_a_post_processing_chosen_for_another_model(tmp_path):
     (bundle / "models" / "model.pt").write_bytes(b"weights of a newer training")
     with pytest.raises(ValueError, match="postprocessing.json: chosen for another model than .*model.pt"):
         archive_members(bundle)
+    (bundle / "models" / "postprocessing.json").write_text("[1, 2]")  # damaged: one line naming it, as inference says
+    with pytest.raises(ValueError, match=r"postprocessing.json: not a post-processing choice \(a JSON list\)"):
+        archive_members(bundle)
 
 
 def test_package_warns_when_no_model_file(tmp_path, caplog):

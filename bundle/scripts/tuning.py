@@ -18,7 +18,6 @@ Inference and evaluation bring images of another size to it (``image_size`` of `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,7 +44,7 @@ from custom_transforms.constants import (
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, SplitOtherFragments
 from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_ious
-from pengwin_xray.model_files import chosen_for
+from pengwin_xray.model_files import chosen_for, read_choice
 
 from .flags import as_flag, as_image_size
 from .inferers import TwoStageInferer
@@ -240,9 +239,6 @@ def choose_postprocessing(
     return chosen
 
 
-_REMEDY = "choose again (configs/choose_postprocessing.json) or remove the file"
-
-
 def _choice_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).parent / TUNED_POSTPROCESSING_FILE
 
@@ -257,12 +253,7 @@ def model_choice(model_path: str | os.PathLike, warn: bool = True) -> Mapping[st
     path = _choice_path(model_path)
     if not path.is_file():
         return None
-    try:
-        chosen = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: not a post-processing choice (not JSON: {err}); {_REMEDY}") from None
-    if not isinstance(chosen, Mapping):
-        raise ValueError(f"{path}: not a post-processing choice (a JSON {type(chosen).__name__}); {_REMEDY}")
+    chosen = read_choice(path)
     weights = Path(model_path) if Path(model_path).suffix == ".pt" else Path(model_path).parent / BEST_MODEL_FILE
     if not chosen_for(chosen, weights):
         if warn:
@@ -296,7 +287,8 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         for switch in ("two_stage", "use_clahe", "flip_tta"):
             as_flag(settings[switch], switch)
     except ValueError as err:
-        raise ValueError(f"{_choice_path(model_path)}: {err}; {_REMEDY}") from None
+        raise ValueError(f"{_choice_path(model_path)}: {err}; choose again (configs/choose_postprocessing.json) or "
+                         "remove the file") from None
     return settings
 
 
