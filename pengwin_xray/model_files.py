@@ -88,7 +88,7 @@ def read_choice(path: str | os.PathLike) -> Mapping[str, Any]:
     Raises:
         ValueError: in one line naming the file, when it is not JSON or not a JSON object.
     """
-    remedy = "choose again (configs/choose_postprocessing.json) or remove the file"
+    remedy = "remove the file, then choose again (configs/choose_postprocessing.json)"
     try:
         choice = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError

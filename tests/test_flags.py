@@ -77,6 +77,7 @@ def test_anything_but_an_image_size_or_off_names_the_setting(value):
     [
         ["--max_epochs", "2", "--learning_rate=3e-4"],
         ["--network_def#features", "[8, 8, 16, 32, 64, 8]"],  # a new argument of an existing component
+        ["--synthetic#voxel_mm", "1.0"],  # a key of a plain dict of settings
         ["--run_id", "training", "--meta_file", "configs/metadata.json"],  # monai.bundle's own arguments
     ],
 )
@@ -94,6 +95,7 @@ def test_keys_of_the_merged_configs_are_accepted(overrides):
         (TRAIN, "synthetic#patient", r"did you mean --synthetic#patients\?"),  # a plain dict takes no new key
         (TRAIN, "synthetc#size", r"did you mean --synthetic\?"),
         (TRAIN, "train#handlers#99#prob", "no such setting"),
+        (TRAIN, "batch_size#x", "no such setting"),  # below a single value
     ],
 )
 def test_an_unknown_key_is_refused_with_the_closest_known_one(config_file, key, message):

@@ -249,7 +249,7 @@ def test_a_damaged_or_hand_edited_choice_is_one_line_naming_the_file(tmp_path, c
     torch.save({"weights": torch.zeros(1)}, model_path)
     chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
     (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(json.dumps({**chosen, "threshold": 5}) if content is None else content)
-    with pytest.raises(ValueError, match=f"^{tmp_path / TUNED_POSTPROCESSING_FILE}: .*{problem}.*; choose again") as error:
+    with pytest.raises(ValueError, match=f"^{tmp_path / TUNED_POSTPROCESSING_FILE}: .*{problem}.*; remove the file, then choose again") as error:
         tuned_postprocessing(model_path)
     assert "\n" not in str(error.value)
 
@@ -266,17 +266,19 @@ def test_the_choice_records_what_its_model_was_trained_on_and_only_its_model_rea
     assert recorded_training(model_path) is None
 
 
-def test_choosing_again_keeps_the_input_and_flip_tta_the_earlier_choice_recorded(tmp_path):
+def test_choosing_again_keeps_the_input_flip_tta_and_training_data_the_earlier_choice_recorded(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
     torch.save({"weights": torch.zeros(1)}, models / "model.pt")
+    trained_on = {"dataset": "/the/training/data", "sources": ["patient 001"]}
     choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), models / "model.pt",
-                          use_clahe=False, flip_tta=False)  # fmt: skip
+                          use_clahe=False, flip_tta=False, trained_on=trained_on)  # fmt: skip
     parser = ConfigParser()
     parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "choose_postprocessing.json")])
     parser.update({"bundle_root": str(tmp_path)})
     assert parser.get_parsed_content("use_clahe") is False and parser.get_parsed_content("flip_tta") is False
     assert parser.get_parsed_content("pipeline_inferer").flip_tta is False
+    assert parser.get_parsed_content("trained_on") == trained_on  # not the data this choice happens to run on
     (models / TUNED_POSTPROCESSING_FILE).unlink()  # no earlier choice: the defaults
     assert parser.get_parsed_content("use_clahe", lazy=False) is True
 

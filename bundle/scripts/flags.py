@@ -190,7 +190,10 @@ def check_override_keys(keys: Iterable[str], config_files: Sequence[str]) -> Non
         while parent and parent not in parser:  # the hint: a key of the deepest config that exists
             parent, _, leaf = parent.rpartition("#")
         siblings = parser.get(parent) if parent else parser.get()
-        known = [str(name) for name in (siblings if isinstance(siblings, dict) else range(len(siblings)))]
+        if isinstance(siblings, (dict, list)):
+            known = [str(name) for name in (siblings if isinstance(siblings, dict) else range(len(siblings)))]
+        else:  # a key below a single value (--batch_size#x)
+            known = []
         close = difflib.get_close_matches(leaf, known, n=1)
         hint = f"; did you mean --{parent + '#' if parent else ''}{close[0]}?" if close else ""
         raise ValueError(f"--{key}: no such setting in {', '.join(map(str, config_files))}{hint}")

@@ -287,8 +287,8 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         for switch in ("two_stage", "use_clahe", "flip_tta"):
             as_flag(settings[switch], switch)
     except ValueError as err:
-        raise ValueError(f"{_choice_path(model_path)}: {err}; choose again (configs/choose_postprocessing.json) or "
-                         "remove the file") from None
+        raise ValueError(f"{_choice_path(model_path)}: {err}; remove the file, then "
+                         "choose again (configs/choose_postprocessing.json)") from None
     return settings
 
 
