@@ -77,8 +77,8 @@ class PengwinInferer(Inferer):
     ) -> None:
         super().__init__()
         self.spatial_size = tuple(spatial_size) if spatial_size is not None else None
-        self.cpu_bf16 = as_flag(cpu_bf16, 'cpu_bf16')
-        self.flip_tta = as_flag(flip_tta, 'flip_tta')
+        self.cpu_bf16 = as_flag(cpu_bf16, "cpu_bf16")
+        self.flip_tta = as_flag(flip_tta, "flip_tta")
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
         size = tuple(inputs.shape[2:])
