@@ -18,7 +18,7 @@ import torch
 
 from .atomic import file_sha256
 
-__all__ = ["read_torch_file", "read_state_dict", "load_torchscript", "read_choice", "chosen_for"]
+__all__ = ["read_torch_file", "read_state_dict", "load_torchscript", "CHOICE_REMEDY", "read_choice", "chosen_for"]
 
 
 def read_torch_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -82,19 +82,22 @@ def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu"
         raise ValueError(f"{path}: not a loadable TorchScript model ({reason})") from err
 
 
+#: what to do about a postprocessing.json that cannot be used (choosing again reads it first, so it must go first)
+CHOICE_REMEDY = "remove the file, then choose again (configs/choose_postprocessing.json)"
+
+
 def read_choice(path: str | os.PathLike) -> Mapping[str, Any]:
     """The post-processing choice in ``path`` (a ``postprocessing.json``).
 
     Raises:
         ValueError: in one line naming the file, when it is not JSON or not a JSON object.
     """
-    remedy = "remove the file, then choose again (configs/choose_postprocessing.json)"
     try:
         choice = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise ValueError(f"{path}: not a post-processing choice (not JSON: {err}); {remedy}") from None
+        raise ValueError(f"{path}: not a post-processing choice (not JSON: {err}); {CHOICE_REMEDY}") from None
     if not isinstance(choice, Mapping):
-        raise ValueError(f"{path}: not a post-processing choice (a JSON {type(choice).__name__}); {remedy}")
+        raise ValueError(f"{path}: not a post-processing choice (a JSON {type(choice).__name__}); {CHOICE_REMEDY}")
     return choice
 
 

@@ -179,8 +179,8 @@ def test_check_resume_refuses_a_checkpoint_of_another_network_naming_the_tensor(
     torch.save({"run": identity.state_dict(), "model": network.state_dict()}, tmp_path / "checkpoint.pt")
     identity.check_resume(str(tmp_path / "checkpoint.pt"), saved={"run": identity, "model": network})
     wider = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Conv2d(8, 2, 1))
-    with pytest.raises(ValueError, match=r"checkpoint.pt: its model is not this network \(0.weight \[4, 1, 3, 3\] there, "
-                       r"\[8, 1, 3, 3\] here\): it was trained with another network_def"):
+    refusal = r"checkpoint.pt: its model is not this network \(0.weight \[4, 1, 3, 3\] there, \[8, 1, 3, 3\] here\): "
+    with pytest.raises(ValueError, match=refusal + "it was trained with another network_def"):
         identity.check_resume(str(tmp_path / "checkpoint.pt"), saved={"run": identity, "model": wider})
     with pytest.raises(ValueError, match="its model is not this network \\(1.bias is not in this network\\)"):
         identity.check_resume(str(tmp_path / "checkpoint.pt"), saved={"model": torch.nn.Sequential(network[0])})

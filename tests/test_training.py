@@ -369,7 +369,8 @@ def test_cosine_lr_anneals_the_learning_rate_to_zero_over_max_epochs(tmp_path, c
     [
         ({"use_clahe": True, "cpu_bf16": "false"}, {"use_clahe": "true", "cpu_bf16": 0}, True),  # switches spelt anew
         ({"max_epochs": 40}, {"max_epochs": 80}, True),  # a constant rate: more epochs may follow
-        ({"max_epochs": 40, "cosine_lr": "true"}, {"max_epochs": 80, "cosine_lr": True}, False),  # the cosine spans them
+        # the cosine spans max_epochs
+        ({"max_epochs": 40, "cosine_lr": "true"}, {"max_epochs": 80, "cosine_lr": True}, False),
     ],
 )
 def test_a_resume_compares_checked_settings_and_the_cosine_schedule_span(tmp_path, saved, resumed, same):

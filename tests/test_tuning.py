@@ -248,8 +248,9 @@ def test_a_damaged_or_hand_edited_choice_is_one_line_naming_the_file(tmp_path, c
     model_path = tmp_path / "model.pt"
     torch.save({"weights": torch.zeros(1)}, model_path)
     chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
-    (tmp_path / TUNED_POSTPROCESSING_FILE).write_text(json.dumps({**chosen, "threshold": 5}) if content is None else content)
-    with pytest.raises(ValueError, match=f"^{tmp_path / TUNED_POSTPROCESSING_FILE}: .*{problem}.*; remove the file, then choose again") as error:
+    path = tmp_path / TUNED_POSTPROCESSING_FILE
+    path.write_text(json.dumps({**chosen, "threshold": 5}) if content is None else content)
+    with pytest.raises(ValueError, match=f"^{path}: .*{problem}.*; remove the file, then choose again") as error:
         tuned_postprocessing(model_path)
     assert "\n" not in str(error.value)
 

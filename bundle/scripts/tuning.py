@@ -44,7 +44,7 @@ from custom_transforms.constants import (
 from custom_transforms.formulation import MAIN_OTHER_CHANNELS, MAIN_OTHER_RIM_CHANNELS, SplitOtherFragments
 from pengwin_xray.atomic import file_sha256, write_json_atomic
 from pengwin_xray.metrics import score_ious
-from pengwin_xray.model_files import chosen_for, read_choice
+from pengwin_xray.model_files import CHOICE_REMEDY, chosen_for, read_choice
 
 from .flags import as_flag, as_image_size
 from .inferers import TwoStageInferer
@@ -287,8 +287,7 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         for switch in ("two_stage", "use_clahe", "flip_tta"):
             as_flag(settings[switch], switch)
     except ValueError as err:
-        raise ValueError(f"{_choice_path(model_path)}: {err}; remove the file, then "
-                         "choose again (configs/choose_postprocessing.json)") from None
+        raise ValueError(f"{_choice_path(model_path)}: {err}; {CHOICE_REMEDY}") from None
     return settings
 
 
