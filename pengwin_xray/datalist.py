@@ -30,6 +30,7 @@ __all__ = [
     "source_of",
     "training_sources",
     "check_held_out",
+    "check_choice_data",
     "split_folders",
     "find_pairs",
     "split_by_patient",
@@ -64,11 +65,33 @@ def source_of(item: Mapping[str, str]) -> str:
     return f"patient {match.group(1)}" if match else f"image {item['image']}"
 
 
-def training_sources(dataset: str, items: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+def training_sources(
+    dataset: str, training: Sequence[Mapping[str, str]], validation: Sequence[Mapping[str, str]] = ()
+) -> dict[str, Any]:
     """What a model was trained and validated on, as ``postprocessing.json`` records it: the ``dataset`` (an
-    identity: a folder, or the built-in synthetic generator and its seed) and the sorted :func:`source_of` keys of
-    its training and validation ``items``."""
-    return {"dataset": str(dataset), "sources": sorted({source_of(item) for item in items})}
+    identity: a folder, or the built-in synthetic generator and its seed), the sorted :func:`source_of` keys of its
+    ``training`` and ``validation`` items together (``sources``) and of the validation items alone (``validation``,
+    on which its post-processing may be chosen again)."""
+    return {
+        "dataset": str(dataset),
+        "sources": sorted({source_of(item) for item in [*training, *validation]}),
+        "validation": sorted({source_of(item) for item in validation}),
+    }
+
+
+def _seen_sources(
+    trained_on: Mapping[str, Any] | None, dataset: str, items: Sequence[Mapping[str, str]], allowed: Sequence[str] = ()
+) -> list[str]:
+    """The :func:`source_of` keys of ``items`` that ``trained_on`` (:func:`training_sources`) records for ``dataset``,
+    less the ``allowed`` ones; none for another dataset (its patient numbers name other patients) or no record."""
+    if not trained_on or trained_on.get("dataset") != str(dataset):
+        return []
+    return sorted({source_of(item) for item in items} & set(trained_on.get("sources", ())) - set(allowed))
+
+
+def _listed(sources: Sequence[str]) -> str:
+    """The first three ``sources`` and how many more."""
+    return ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
 
 
 def check_held_out(trained_on: Mapping[str, Any] | None, dataset: str, test_items: Sequence[Mapping[str, str]]) -> None:
@@ -80,15 +103,34 @@ def check_held_out(trained_on: Mapping[str, Any] | None, dataset: str, test_item
     Raises:
         ValueError: naming the dataset and the first patients (or images) seen in training.
     """
-    if not trained_on or trained_on.get("dataset") != str(dataset):
-        return
-    seen = sorted({source_of(item) for item in test_items} & set(trained_on.get("sources", ())))
+    seen = _seen_sources(trained_on, dataset, test_items)
     if seen:
-        more = f" and {len(seen) - 3} more" if len(seen) > 3 else ""
         raise ValueError(
-            f"{dataset}: the test split holds {', '.join(seen[:3])}{more}, which this model was trained or validated "
-            "on (a dataset split otherwise than for its training, e.g. another --synthetic size or patient count); "
-            "its scores would not be held out: evaluate on the data it was trained with"
+            f"{dataset}: the test split holds {_listed(seen)}, which this model was trained or validated on (a "
+            "dataset split otherwise than for its training, e.g. another --synthetic size or patient count); its "
+            "scores would not be held out: evaluate on the data it was trained with"
+        )
+
+
+def check_choice_data(
+    trained_on: Mapping[str, Any] | None, dataset: str, validation_items: Sequence[Mapping[str, str]]
+) -> None:
+    """Refuse to choose a model's post-processing again on validation items of the dataset it was trained on
+    (``trained_on``, from :func:`training_sources`) whose patients it was trained on: a choice fitted to its training
+    images would fail on new ones. Its own validation patients are what the choice is made on; a record without
+    them (``postprocessing.json`` of bundle 0.14.4) cannot tell the two apart and is not compared.
+
+    Raises:
+        ValueError: naming the dataset and the first patients (or images) trained on.
+    """
+    if not trained_on or "validation" not in trained_on:
+        return
+    trained = _seen_sources(trained_on, dataset, validation_items, allowed=trained_on["validation"])
+    if trained:
+        raise ValueError(
+            f"{dataset}: the validation split holds {_listed(trained)}, which this model was trained on (a dataset "
+            "split otherwise than for its training, e.g. another --synthetic size or patient count); a post-processing "
+            "chosen on them would fit its training images: choose on the data it was trained with"
         )
 
 

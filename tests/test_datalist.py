@@ -13,6 +13,7 @@ import tifffile
 from helpers import write_pair
 from scripts.loading import resolve_dataset
 from pengwin_xray.datalist import (
+    check_choice_data,
     check_held_out,
     training_sources,
     build_datalist,
@@ -279,11 +280,33 @@ def _items(*names: str) -> list[dict]:
     ],
 )
 def test_evaluation_refuses_test_patients_the_model_was_trained_or_validated_on(dataset, test_names, refused):
-    trained_on = training_sources("/data", _items("001_0000.tif", "009_0250.tif", "scan.tif"))
-    assert trained_on == {"dataset": "/data", "sources": ["image /data/scan.tif", "patient 001", "patient 009"]}
+    trained_on = training_sources("/data", _items("001_0000.tif", "scan.tif"), _items("009_0250.tif"))
+    assert trained_on == {"dataset": "/data", "sources": ["image /data/scan.tif", "patient 001", "patient 009"],
+                          "validation": ["patient 009"]}  # fmt: skip
     if refused is None:
         check_held_out(trained_on, dataset, _items(*test_names))
     else:
         with pytest.raises(ValueError, match=f"^{dataset}: the test split holds {refused}, which this model was "):
             check_held_out(trained_on, dataset, _items(*test_names))
     check_held_out(None, "/data", _items(*test_names))  # a model with no record (chosen before it was kept)
+
+
+@pytest.mark.parametrize(
+    "dataset, validation_names, refused",
+    [
+        ("/data", ["009_0000.tif", "009_0250.tif"], None),  # its own validation patient: what a choice is made on
+        ("/data", ["001_0000.tif", "009_0000.tif"], "patient 001"),  # patient 1 trained on: the choice would fit it
+        ("/data", ["013_0000.tif"], None),  # a patient never seen
+        ("/other", ["001_0000.tif"], None),  # another dataset: its patient 1 is someone else
+    ],
+)
+def test_a_new_choice_refuses_validation_patients_the_model_was_trained_on(dataset, validation_names, refused):
+    trained_on = training_sources("/data", _items("001_0000.tif", "002_0000.tif"), _items("009_0250.tif"))
+    if refused is None:
+        check_choice_data(trained_on, dataset, _items(*validation_names))
+    else:
+        with pytest.raises(ValueError, match=f"^{dataset}: the validation split holds {refused}, which this model was "):
+            check_choice_data(trained_on, dataset, _items(*validation_names))
+    # a record without its validation patients (bundle 0.14.4) cannot tell them from trained ones, nor no record
+    check_choice_data({"dataset": "/data", "sources": trained_on["sources"]}, "/data", _items("001_0000.tif"))
+    check_choice_data(None, "/data", _items("001_0000.tif"))

@@ -129,30 +129,43 @@ def test_each_setting_is_checked_where_the_config_uses_it(
     assert isinstance(root_cause(raised.value), ValueError) and message in str(root_cause(raised.value))
 
 
-@pytest.mark.parametrize("patients, refused", [(3, True), (12, False)])
-def test_evaluation_on_a_split_of_other_patients_than_training_had_refuses_its_seen_patients(
-    tmp_path, monkeypatch, patients, refused
+@pytest.mark.parametrize(
+    "config, check, patients, refused",
+    [
+        ("evaluate.json", "check_held_out", 3, "the test split holds patient 002, which this model was trained or "),
+        ("evaluate.json", "check_held_out", 12, None),
+        ("choose_postprocessing.json", "check_choice_data", 3, "the validation split holds patient 003, which this "
+         "model was trained on"),
+        ("choose_postprocessing.json", "check_choice_data", 12, None),
+    ],
+)  # fmt: skip
+def test_a_split_of_other_patients_than_training_had_is_refused_where_it_holds_patients_the_model_saw(
+    tmp_path, tmp_path_factory, monkeypatch, config, check, patients, refused
 ):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # initialize installs the one-line hook
     # a model trained on the tiny synthetic set of 12 patients (training 001-008, validation 011-012), then evaluated
-    # on the same generator's set of 3 (test: patient 002) or 12 (test: 009-010, never seen)
+    # or its post-processing chosen again on the same generator's set of 3 (test: patient 002, validation: 003) or
+    # 12 (test: 009-010, never seen; validation: its own 011-012)
     models = tmp_path / "models"
     models.mkdir()
     torch.save({"weights": torch.zeros(1)}, models / "model.pt")
-    trained = [f"patient {p:03d}" for p in (*range(1, 9), 11, 12)]
-    choice = {"model_sha256": file_sha256(models / "model.pt"),
-              "trained_on": {"dataset": "built-in synthetic data, seed 0", "sources": trained}}  # fmt: skip
+    validated = ["patient 011", "patient 012"]
+    trained_on = {"dataset": "built-in synthetic data, seed 0", "validation": validated,
+                  "sources": [f"patient {p:03d}" for p in range(1, 9)] + validated}  # fmt: skip
+    choice = {"model_sha256": file_sha256(models / "model.pt"), "trained_on": trained_on, "use_clahe": True,
+              "flip_tta": True}  # fmt: skip
     (models / "postprocessing.json").write_text(json.dumps(choice))
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", "evaluate.json")])
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in ("train.json", config)])
     synthetic = {**ast.literal_eval(TINY_SYNTHETIC), "patients": patients, "projections": 1}
-    parser.update({"bundle_root": str(tmp_path), "synthetic": synthetic, "num_workers": 0})
-    step = next(index for index, expression in enumerate(parser["initialize"]) if "check_held_out" in expression)
+    synthetic_dir = tmp_path_factory.getbasetemp() / f"synthetic_{patients}_patients"  # generated once for all cases
+    parser.update({"bundle_root": str(tmp_path), "synthetic": synthetic, "synthetic_dir": str(synthetic_dir),
+                   "num_workers": 0})  # fmt: skip
+    step = next(index for index, expression in enumerate(parser["initialize"]) if check in expression)
     if refused:
         with pytest.raises((RuntimeError, ValueError)) as raised:
             parser.get_parsed_content(f"initialize#{step}")
-        cause = str(root_cause(raised.value))
-        assert "the test split holds patient 002, which this model was trained or validated on" in cause
+        assert refused in str(root_cause(raised.value))
     else:
         assert parser.get_parsed_content(f"initialize#{step}") is None
 
