@@ -14,11 +14,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .atomic import file_sha256
 
-__all__ = ["read_torch_file", "read_state_dict", "load_torchscript", "CHOICE_REMEDY", "read_choice", "chosen_for"]
+__all__ = [
+    "read_torch_file",
+    "read_state_dict",
+    "load_torchscript",
+    "export_mismatch",
+    "CHOICE_REMEDY",
+    "read_choice",
+    "chosen_for",
+]
 
 
 def read_torch_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -80,6 +89,57 @@ def load_torchscript(path: str | os.PathLike, device: str | torch.device = "cpu"
     except Exception as err:  # torch's readers raise RuntimeError, ValueError... for what is no TorchScript file
         reason = f"{type(err).__name__}: {_first_line(err)}"
         raise ValueError(f"{path}: not a loadable TorchScript model ({reason})") from err
+
+
+def _export_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The named weights a ``.ts`` (its state dict) or ``.onnx`` export (its initializers) holds."""
+    if path.suffix == ".onnx":
+        import onnx  # imported on demand: only exports need it
+        from onnx import numpy_helper
+
+        try:
+            graph = onnx.load(str(path)).graph
+        except Exception as err:  # onnx raises DecodeError, ValueError... for what is no ONNX file
+            raise ValueError(f"{path}: not a readable ONNX model ({type(err).__name__}: {_first_line(err)})") from err
+        return {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    return {name: tensor.numpy() for name, tensor in load_torchscript(path).state_dict().items()}
+
+
+def _scaled_per_output_channel(exported: np.ndarray, weight: np.ndarray) -> bool:
+    """Whether ``exported`` is ``weight`` times one factor per output channel (its first axis): a convolution's weight
+    with the batch normalisation after it folded in, as ONNX exporters do."""
+    if exported.shape != weight.shape or exported.ndim < 2:
+        return False
+    flat_weight, flat_exported = weight.reshape(len(weight), -1), exported.reshape(len(exported), -1)
+    norms = np.einsum("ij,ij->i", flat_weight, flat_weight)
+    factors = np.einsum("ij,ij->i", flat_exported, flat_weight) / np.where(norms > 0, norms, 1)
+    return np.allclose(flat_exported, factors[:, None] * flat_weight, rtol=1e-4, atol=1e-6)
+
+
+def export_mismatch(export_path: str | os.PathLike, weights_path: str | os.PathLike) -> str | None:
+    """Why the export ``export_path`` (``model.ts`` or ``model.onnx``) was not exported from the weights
+    ``weights_path`` (a ``model.pt``), or ``None`` when it was.
+
+    The exports of ``ckpt_export`` and ``onnx_export`` keep the state dict's names, so each weight the export holds
+    under a name of ``weights_path`` must be equal to it; in ONNX, where a normalisation may be folded away, also
+    one factor per output channel away from it. An export of an earlier training differs in them.
+
+    Raises:
+        ValueError: in one line naming the file, when either file cannot be read.
+    """
+    weights = read_state_dict(weights_path)
+    exported = _export_tensors(Path(export_path))
+    shared = [name for name in weights if name in exported]
+    if not shared:
+        return f"it holds none of the weights of {weights_path} by name"
+    folding = Path(export_path).suffix == ".onnx"
+    for name in shared:
+        weight = weights[name].numpy()
+        if not np.array_equal(exported[name], weight) and not (
+            folding and _scaled_per_output_channel(exported[name], weight)
+        ):
+            return f"its weight {name} differs from that of {weights_path}"
+    return None
 
 
 #: what to do about a postprocessing.json that cannot be used (choosing again reads it first, so it must go first)

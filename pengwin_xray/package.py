@@ -27,7 +27,7 @@ import custom_transforms
 import pengwin_xray
 
 from .atomic import atomic_open
-from .model_files import chosen_for, read_choice
+from .model_files import chosen_for, export_mismatch, read_choice
 
 __all__ = ["BUNDLE_NAME", "MODEL_SUFFIXES", "bundle_version", "archive_members", "package_bundle", "main"]
 
@@ -81,16 +81,22 @@ def _model_files(folder: Path) -> list[Path]:
     post-processing chosen for them.
 
     Raises:
-        ValueError: when that ``postprocessing.json`` was chosen for another ``model.pt`` (its digest differs).
+        ValueError: when an export was not exported from the ``model.pt`` beside it (inference would refuse it), or
+            that ``postprocessing.json`` was chosen for another ``model.pt`` (its digest differs).
     """
     files = [
         path
         for path in sorted(folder.glob("*"))
         if path.is_file() and path.suffix in MODEL_SUFFIXES and not path.match(_RESUME_CHECKPOINTS)
     ]
+    weights = folder / custom_transforms.BEST_MODEL_FILE
+    for export in files:
+        mismatch = export_mismatch(export, weights) if export.suffix != ".pt" and weights.is_file() else None
+        if mismatch:
+            raise ValueError(f"{export}: exported from another model than {weights} ({mismatch}); export it again "
+                             "(README, 'Export and sharing') or remove it before packing")
     tuned = folder / custom_transforms.TUNED_POSTPROCESSING_FILE
     if files and tuned.is_file():
-        weights = folder / custom_transforms.BEST_MODEL_FILE
         if not chosen_for(read_choice(tuned), weights):
             raise ValueError(f"{tuned}: chosen for another model than {weights}; choose again "
                              "(configs/choose_postprocessing.json) or remove it before packing")

@@ -37,6 +37,7 @@ from custom_transforms.constants import (
     fragment_name,
 )
 from pengwin_xray.atomic import file_sha256
+from pengwin_xray.model_files import export_mismatch
 from pengwin_xray.package import BUNDLE_NAME, archive_members, bundle_version, main, package_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +210,8 @@ def test_torchscript_and_onnx_exports_match_eager(tmp_path, case):
         assert eager.shape == (shape[0], MAIN_OTHER_CHANNELS, *shape[2:])
         np.testing.assert_allclose(scripted, eager, rtol=0, atol=EXPORT_ATOL)
         np.testing.assert_allclose(onnx_output, eager, rtol=0, atol=EXPORT_ATOL)
+    for export in ("model.ts", "model.onnx"):  # what pengwin-package takes for exports of this model.pt
+        assert export_mismatch(tmp_path / export, ckpt) is None
     assert meta["version"] == _metadata()["version"]
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == check_shape[1]
     assert json.loads(extra["train.json"]) == json.loads(Path(config_files[0]).read_text())
@@ -217,8 +220,21 @@ def test_torchscript_and_onnx_exports_match_eager(tmp_path, case):
 # ---------------------------------------------------------------------------------------------- packaging
 
 
+def _write_model_file(path: Path, seed: int = 0) -> None:
+    """A small network's weights (``.pt``) or its export (``.ts``, ``.onnx``), the same network for one ``seed``."""
+    torch.manual_seed(seed)
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 6, 1)).eval()
+    if path.suffix == ".ts":
+        torch.jit.save(torch.jit.script(network), str(path))
+    elif path.suffix == ".onnx":
+        torch.onnx.export(network, (torch.rand(1, 1, 16, 16),), str(path), dynamo=False)
+    else:
+        torch.save(network.state_dict(), path)
+
+
 def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
-    """A copy of the bundle's sources under ``root`` with random-weight files named ``model_files`` in models/."""
+    """A copy of the bundle's sources under ``root`` with the files named ``model_files`` in models/: weights and
+    exports of one small network, resume checkpoints of bytes, post-processing chosen for the ``model.pt`` beside it."""
     copy = root / "bundle"
     shutil.copytree(BUNDLE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__", "eval", "data", "models"))
     (copy / "models").mkdir()
@@ -231,8 +247,10 @@ def _bundle_copy(root: Path, model_files: tuple[str, ...] = ()) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.name == "postprocessing.json":  # chosen for the model.pt beside it
             path.write_text(json.dumps({"threshold": 0.5, "model_sha256": file_sha256(path.with_name("model.pt"))}))
+        elif path.name.startswith("checkpoint"):
+            path.write_bytes(f"training state of {name}".encode())
         else:
-            path.write_bytes(f"weights of {name}".encode())
+            _write_model_file(path)
     return copy
 
 
@@ -280,6 +298,19 @@ def test_package_refuses_a_post_processing_chosen_for_another_model(tmp_path):
         archive_members(bundle)
     (bundle / "models" / "postprocessing.json").write_text("[1, 2]")  # damaged: one line naming it, as inference says
     with pytest.raises(ValueError, match=r"postprocessing.json: not a post-processing choice \(a JSON list\)"):
+        archive_members(bundle)
+
+
+@pytest.mark.parametrize("export", ["model.ts", "model.onnx"])
+def test_package_refuses_an_export_of_another_model_than_the_model_pt_beside_it(tmp_path, export):
+    bundle = _bundle_copy(tmp_path, ("model.pt", export))
+    assert {f"{BUNDLE_NAME}/models/{export}"} <= {name for _, name in archive_members(bundle)}  # exported from it
+    _write_model_file(bundle / "models" / "model.pt", seed=1)  # a newer training, not exported again
+    with pytest.raises(ValueError, match=f"models/{export}: exported from another model than .*models/model.pt "
+                                         r"\(its weight 0.weight differs from that of"):
+        archive_members(bundle)
+    (bundle / "models" / export).write_bytes(b"not a model")  # unreadable: one line naming it
+    with pytest.raises(ValueError, match=f"models/{export}: not a (readable ONNX|loadable TorchScript) model"):
         archive_members(bundle)
 
 
