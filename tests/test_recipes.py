@@ -29,8 +29,10 @@ from scripts.handlers import EpochTimeLimit, require_validated_epoch
 from scripts.inferers import PengwinInferer, TwoStageInferer
 from scripts.losses import FragmentDiceBCELoss
 from scripts.metrics import FractureIoU
+from scripts.tuning import check_pipeline
 
 from helpers import BUNDLE_ROOT, TINY_SYNTHETIC, assert_valid_submissions, bundle_run, run_epochs_with_time_limit
+from pengwin_xray.atomic import file_sha256
 from pengwin_xray.masks import square_crop_box
 
 
@@ -326,6 +328,24 @@ def test_two_stage_inference_overlay_runs_both_stages_with_the_inference_setting
     assert isinstance(inferer, TwoStageInferer)
     assert inferer.localiser_inferer is inferer.fragment_inferer is parser.get_parsed_content("inferer")
     assert Path(parser.get_parsed_content("ckpt_path")) == pengwin_root / "models" / "fragments" / "model.pt"
+    assert inferer.localiser_sha256 == file_sha256(pengwin_root / "models" / "model.pt")
+
+
+@pytest.mark.parametrize(
+    "chosen_behind, given, refused",
+    [("a" * 64, "b" * 64, True), ("a" * 64, "a" * 64, False), (None, "b" * 64, False), ("a" * 64, None, False)],
+)
+def test_the_fragment_network_is_refused_behind_another_localiser_than_its_choice_was_made_behind(
+    chosen_behind, given, refused
+):
+    inferer = TwoStageInferer(torch.nn.Identity(), PengwinInferer(), PengwinInferer(), localiser_sha256=given)
+    choice = {"two_stage": True, "localiser_sha256": chosen_behind}  # None: a choice of 0.14.4, or no model.pt
+    if refused:
+        with pytest.raises(ValueError, match=r"^models/fragments/model\.pt: its post-processing was chosen behind "
+                                             r"another localiser \(model\.pt of SHA-256 aaaaaaaaaaaa\.\.\.\) than"):
+            check_pipeline(choice, inferer, "models/fragments/model.pt")
+    else:
+        check_pipeline(choice, inferer, "models/fragments/model.pt")
 
 
 @pytest.mark.slow
@@ -370,6 +390,8 @@ def test_two_stage_recipe_trains_both_stages_evaluates_and_infers_valid_submissi
         workflow.run()
         workflow.finalize()
     assert {path.name for path in (tmp_path / "models" / "fragments").iterdir()} >= {"model.pt", "postprocessing.json"}
+    choice = json.loads((tmp_path / "models" / "fragments" / "postprocessing.json").read_text())
+    assert choice["two_stage"] and choice["localiser_sha256"] == file_sha256(tmp_path / "models" / "model.pt")
 
     evaluation = ConfigWorkflow(config_file=list(configs.values()), workflow_type=None, **settings)
     evaluation.initialize()

@@ -107,6 +107,7 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
         "two_stage": False,  # chosen behind a plain network call
         "use_clahe": False,  # the model's input, which inference and evaluation then give it by default
         "flip_tta": False,
+        "localiser_sha256": None,  # no localiser in front of it
     }
 
 
@@ -220,6 +221,7 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
         "two_stage": False,
         "use_clahe": True,
         "flip_tta": True,
+        "localiser_sha256": None,
     }
     assert tuned_postprocessing(model_path) == defaults
     torch.save({"weights": torch.zeros(1)}, model_path)
@@ -241,7 +243,8 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
         ("{bad", r"not JSON: Expecting property name"),
         ("[1, 2]", r"a JSON list"),
         ("null", r"a JSON NoneType"),
-        (None, r"threshold must be a probability strictly between 0 and 1, got 5"),
+        ({"threshold": 5}, r"threshold must be a probability strictly between 0 and 1, got 5"),
+        ({"localiser_sha256": "abc"}, r"localiser_sha256 must be a SHA-256 digest \(64 hex digits\) or null"),
     ],
 )
 def test_a_damaged_or_hand_edited_choice_is_one_line_naming_the_file(tmp_path, content, problem):
@@ -249,7 +252,7 @@ def test_a_damaged_or_hand_edited_choice_is_one_line_naming_the_file(tmp_path, c
     torch.save({"weights": torch.zeros(1)}, model_path)
     chosen = choose_postprocessing(_WeakNetwork(), [_validation_batch()], PengwinInferer(), model_path)
     path = tmp_path / TUNED_POSTPROCESSING_FILE
-    path.write_text(json.dumps({**chosen, "threshold": 5}) if content is None else content)
+    path.write_text(json.dumps({**chosen, **content}) if isinstance(content, dict) else content)
     with pytest.raises(ValueError, match=f"^{path}: .*{problem}.*; remove the file, then choose again") as error:
         tuned_postprocessing(model_path)
     assert "\n" not in str(error.value)

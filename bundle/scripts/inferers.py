@@ -119,6 +119,8 @@ class TwoStageInferer(Inferer):
         margin: added on every side of a bone's bounding box, as a fraction of the image's shorter side.
         scale: side of the resized crops, as a fraction of the image's shorter side.
         threshold: probability above which a localiser pixel belongs to a bone.
+        localiser_sha256: the SHA-256 of the localiser's ``model.pt`` (``None``: unknown), which the post-processing
+            chosen behind this pipeline records (``scripts.tuning``).
     """
 
     def __init__(
@@ -129,9 +131,11 @@ class TwoStageInferer(Inferer):
         margin: float = BONE_CROP_MARGIN,
         scale: float = BONE_CROP_SCALE,
         threshold: float = 0.5,
+        localiser_sha256: str | None = None,
     ) -> None:
         super().__init__()
         self.localiser = localiser
+        self.localiser_sha256 = localiser_sha256
         self.localiser_inferer = localiser_inferer
         self.fragment_inferer = fragment_inferer
         self.margin, self.scale = float(margin), float(scale)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,10 @@ DEFAULTS: dict[str, float | int | list[int] | None] = {
     "two_stage": False,
     "use_clahe": True,
     "flip_tta": True,
+    "localiser_sha256": None,
 }
+#: a SHA-256 digest as ``pengwin_xray.atomic.file_sha256`` writes it
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def fragment_probabilities(
@@ -218,6 +222,7 @@ def choose_postprocessing(
         "num_validation": len(scores[best]),
         "image_size": list(next(iter(image_sizes))) if len(image_sizes) == 1 else None,
         "two_stage": isinstance(inferer, TwoStageInferer),
+        "localiser_sha256": inferer.localiser_sha256 if isinstance(inferer, TwoStageInferer) else None,
         "use_clahe": bool(use_clahe),
         "flip_tta": bool(flip_tta),
         "model_sha256": model_sha256,
@@ -286,6 +291,9 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         as_image_size(settings["image_size"], "image_size")
         for switch in ("two_stage", "use_clahe", "flip_tta"):
             as_flag(settings[switch], switch)
+        localiser = settings["localiser_sha256"]
+        if localiser is not None and not (isinstance(localiser, str) and _SHA256.fullmatch(localiser)):
+            raise ValueError(f"localiser_sha256 must be a SHA-256 digest (64 hex digits) or null, got {localiser!r}")
     except ValueError as err:
         raise ValueError(f"{_choice_path(model_path)}: {err}; {CHOICE_REMEDY}") from None
     return settings
@@ -300,11 +308,21 @@ def recorded_training(model_path: str | os.PathLike) -> Mapping[str, Any] | None
 
 def check_pipeline(choice: Mapping[str, Any], inferer: Any, model_path: str | os.PathLike) -> None:
     """Refuse to run the fragment network of the two-stage recipe (its choice records ``two_stage``) without its
-    localiser: alone, it would segment whole views it never learned, with a post-processing chosen for crops.
+    localiser: alone, it would segment whole views it never learned, with a post-processing chosen for crops; and
+    behind another localiser than the one its post-processing was chosen behind (both digests known), which crops
+    the bones otherwise.
 
     Raises:
-        ValueError: naming the model and the overlay that runs it.
+        ValueError: naming the model and the overlay that runs it, or the localiser to take.
     """
+    chosen_behind, given = choice.get("localiser_sha256"), getattr(inferer, "localiser_sha256", None)
+    if isinstance(inferer, TwoStageInferer) and chosen_behind and given and chosen_behind != given:
+        raise ValueError(
+            f"{model_path}: its post-processing was chosen behind another localiser (model.pt of SHA-256 "
+            f"{chosen_behind[:12]}...) than the one given ({given[:12]}...): pass that localiser's folder as "
+            "--localiser_dir, or choose again behind this one (configs/choose_postprocessing.json after "
+            "configs/train_two_stage.json)"
+        )
     if choice.get("two_stage") and not isinstance(inferer, TwoStageInferer):
         raise ValueError(
             f"{model_path}: the fragment network of the two-stage recipe, whose post-processing was chosen behind its "
