@@ -88,6 +88,10 @@ __all__ = [
     "fragment_best_ious",
     "fracture_iou_by_size",
     "summarise",
+    "check_score_folders",
+    "paired_files",
+    "check_workers",
+    "score_pairs",
     "evaluate_folders",
     "RESULT_FILES",
     "remove_results",
@@ -446,12 +450,6 @@ def fracture_iou_by_size(areas: Sequence[float], ious: Sequence[float]) -> dict[
     return result
 
 
-def _tiffs_by_stem(folder: Path, role: str) -> dict[str, Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: {role} folder not found")
-    return tiffs_by_stem(folder)
-
-
 def summarise(rows: Sequence[dict]) -> dict[str, float | int]:
     """The summary of per-image rows: the mean of each of :data:`METRICS` over images, and ``num_images``.
 
@@ -479,30 +477,32 @@ def _score_files(task: tuple[Path, Path]) -> dict[str, float | str]:
     return {"name": label_path.name, **score_image(prediction, label, name=label_path.name)}
 
 
-def evaluate_folders(
-    predictions_dir: str | Path, labels_dir: str | Path, workers: int | None = None
-) -> tuple[list[dict[str, float | str]], dict[str, float | int]]:
-    """Score every TIFF label against the prediction of the same stem (``.tif``/``.tiff``, any case).
-
-    Args:
-        predictions_dir: folder of predicted bit maps.
-        labels_dir: folder of ground-truth bit maps.
-        workers: scoring processes; by default one per usable CPU, at most one per 32 images (a started process
-            spends about a second on imports).
-
-    Returns:
-        per-image rows (``"name"``, the label's file name, plus :data:`METRICS`) in name order, and the
-        summary: the mean of each metric over images plus ``"num_images"``.
+def check_score_folders(predictions_dir: str | Path, labels_dir: str | Path) -> None:
+    """Refuse a missing folder, or one folder given for both (every label would score as a perfect prediction).
 
     Raises:
-        ValueError: when a label has no prediction or a prediction no label (all such names listed), when the
-            labels folder holds no TIFF, when a file is not a valid bit map (named), or for ``workers`` under 1.
+        FileNotFoundError: a folder is missing (or no folder).
+        ValueError: both are one folder.
     """
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    for folder, role in ((predictions_dir, "predictions"), (labels_dir, "labels")):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: {role} folder not found")
+    if Path(predictions_dir).resolve() == Path(labels_dir).resolve():
+        raise ValueError(f"{predictions_dir}: the predictions folder is the labels folder (every label would score "
+                         "as a perfect prediction of itself)")
+
+
+def paired_files(predictions_dir: str | Path, labels_dir: str | Path) -> list[tuple[Path, Path]]:
+    """``(prediction, label)`` for every TIFF label and the prediction of the same stem (``.tif``/``.tiff``, any
+    case), in label name order.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`check_score_folders`, or (``ValueError``) when a label has no
+            prediction or a prediction no label (all such names listed), or the labels folder holds no TIFF.
+    """
+    check_score_folders(predictions_dir, labels_dir)
     predictions_dir, labels_dir = Path(predictions_dir), Path(labels_dir)
-    predictions = _tiffs_by_stem(predictions_dir, "predictions")
-    labels = _tiffs_by_stem(labels_dir, "labels")
+    predictions, labels = tiffs_by_stem(predictions_dir), tiffs_by_stem(labels_dir)
     problems = []
     if missing := sorted(labels[stem].name for stem in labels.keys() - predictions.keys()):
         problems.append(f"no prediction in {predictions_dir} for {missing}")
@@ -512,8 +512,35 @@ def evaluate_folders(
         raise ValueError("; ".join(problems))
     if not labels:
         raise ValueError(f"{labels_dir}: no .tif/.tiff label to evaluate")
+    return [(predictions[stem], path) for stem, path in sorted(labels.items(), key=lambda item: item[1].name)]
 
-    tasks = [(predictions[stem], path) for stem, path in sorted(labels.items(), key=lambda item: item[1].name)]
+
+def check_workers(workers: int | None) -> int | None:
+    """``workers`` (``None``: one per CPU), checked to be at least 1."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return workers
+
+
+def score_pairs(
+    pairs: Sequence[tuple[Path, Path]], workers: int | None = None
+) -> tuple[list[dict[str, float | str]], dict[str, float | int]]:
+    """Score each ``(prediction, label)`` file pair of :func:`paired_files`.
+
+    Args:
+        pairs: the file pairs.
+        workers: scoring processes; by default one per usable CPU, at most one per 32 images (a started process
+            spends about a second on imports).
+
+    Returns:
+        per-image rows (``"name"``, the label's file name, plus :data:`METRICS`) in the pairs' order, and the
+        summary: the mean of each metric over images plus ``"num_images"``.
+
+    Raises:
+        ValueError: when a file is not a valid bit map (named), or for ``workers`` under 1.
+    """
+    check_workers(workers)
+    tasks = list(pairs)
     if workers is None:
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = min(usable, len(tasks) // _MIN_IMAGES_PER_WORKER)
@@ -526,6 +553,14 @@ def evaluate_folders(
         with ProcessPoolExecutor(workers, get_context("spawn"), initializer=_one_thread_per_process) as pool:
             rows = list(pool.map(_score_files, tasks, chunksize=max(1, len(tasks) // (4 * workers))))
     return rows, summarise(rows)
+
+
+def evaluate_folders(
+    predictions_dir: str | Path, labels_dir: str | Path, workers: int | None = None
+) -> tuple[list[dict[str, float | str]], dict[str, float | int]]:
+    """:func:`score_pairs` of :func:`paired_files`: every TIFF label of ``labels_dir`` scored against the prediction
+    of the same stem in ``predictions_dir``; raises what they raise."""
+    return score_pairs(paired_files(predictions_dir, labels_dir), workers)
 
 
 def remove_results(out_dir: str | Path) -> None:
@@ -572,8 +607,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out.exists() and not args.out.is_dir():
         raise SystemExit(f"pengwin-eval: {args.out}: --out must be a folder, and this is a file")
     try:
-        remove_results(args.out)  # a failed scoring leaves no earlier results to pass for its own
-        rows, summary = evaluate_folders(args.predictions_dir, args.labels_dir, args.workers)
+        # what the user typed is checked before any earlier result goes; then a scoring that fails (e.g. on the
+        # folders' files) leaves no earlier results to pass for its own
+        workers = check_workers(args.workers)
+        check_score_folders(args.predictions_dir, args.labels_dir)
+        remove_results(args.out)
+        rows, summary = score_pairs(paired_files(args.predictions_dir, args.labels_dir), workers)
         csv_path, json_path = write_results(rows, summary, args.out)
     except (OSError, ValueError) as err:
         raise SystemExit(f"pengwin-eval: {err}") from None

@@ -557,3 +557,26 @@ def test_cli_failed_scoring_leaves_no_earlier_results_behind(folders: tuple[Path
     with pytest.raises(SystemExit, match="pengwin-eval: no prediction"):
         main([str(predictions), str(labels), "--out", str(out)])
     assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "typed, message",
+    [
+        ({"labels": "misspelt"}, r"misspelt: labels folder not found"),
+        ({"predictions": "misspelt"}, r"misspelt: predictions folder not found"),
+        ({"workers": "0"}, r"workers must be at least 1, got 0"),
+        ({"labels": "pred"}, r"pred: the predictions folder is the labels folder"),
+    ],
+)
+def test_cli_refuses_a_mistyped_argument_keeping_the_earlier_results(
+    folders: tuple[Path, Path], tmp_path: Path, typed: dict[str, str], message: str
+) -> None:
+    predictions, labels = folders
+    out = tmp_path / "cli"
+    main([str(predictions), str(labels), "--out", str(out)])
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    given = {"predictions": str(predictions), "labels": str(labels), "workers": "1"}
+    given.update({key: str(tmp_path / value) if key != "workers" else value for key, value in typed.items()})
+    with pytest.raises(SystemExit, match=f"^pengwin-eval: .*{message}"):
+        main([given["predictions"], given["labels"], "--out", str(out), "--workers", given["workers"]])
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier
