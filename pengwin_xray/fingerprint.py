@@ -267,6 +267,8 @@ def fingerprint(
     """
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be at least 1, got {max_images}")
+    if not seed >= 0:  # numpy's generators take seeds of 0 or more
+        raise ValueError(f"seed must be 0 or more, got {seed}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     images, labels = list_files(root)

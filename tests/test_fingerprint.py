@@ -84,6 +84,8 @@ def test_max_images_samples_a_seeded_subset(pengwin_root):
     assert other["images"]["count"] == 5 and other != first  # another seed samples other images
     with pytest.raises(ValueError, match="max_images"):
         fingerprint(pengwin_root, max_images=0, progress=False)
+    with pytest.raises(ValueError, match="^seed must be 0 or more, got -1$"):  # not every image "unreadable"
+        fingerprint(pengwin_root, seed=-1, progress=False)
 
 
 def test_workers_give_the_same_fingerprint_as_one_process(tmp_path):

@@ -241,6 +241,22 @@ def test_generator_refuses_a_folder_of_foreign_files(tmp_path):
     assert foreign.exists()
 
 
+@pytest.mark.parametrize(
+    "argument, message",
+    [({"seed": -1}, r"seed must be 0 or more, got -1"), ({"split": ".."}, r"split must be a plain folder name")],
+)
+def test_generator_refuses_a_bad_argument_before_touching_an_earlier_dataset(small_dataset, argument, message):
+    def files() -> dict[str, bytes]:  # the views and the generator's record of them
+        return {str(path): path.read_bytes() for path in sorted(small_dataset.rglob("*")) if path.is_file()}
+
+    before = files()
+    arguments = dict(patients=1, projections=1, size=48, seed=3, voxel_mm=VOXEL_MM, progress=False)
+    with pytest.raises(ValueError, match=message):
+        generate_dataset(small_dataset, **{**arguments, **argument})
+    assert files() == before  # nothing of the earlier dataset removed or rewritten
+    assert not (small_dataset.parent / "input").exists()  # nothing written beside it either
+
+
 def _write_ct(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 2.5), direction=None, origin=(-30.0, -30.0, -40.0)):
     import itk
 

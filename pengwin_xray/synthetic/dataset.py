@@ -268,12 +268,14 @@ def _check_size(size: int) -> None:
         raise ValueError(f"size must be a whole number of at least {MIN_IMAGE_SIZE} pixels, got {size!r}")
 
 
-def _check_arguments(patients: int, projections: int, size: int, split: str, voxel_mm: float) -> None:
+def _check_arguments(patients: int, projections: int, size: int, seed: int, split: str, voxel_mm: float) -> None:
     if not 1 <= patients <= 999:
         raise ValueError(f"patients must be 1..999 (three-digit ids), got {patients}")
     projection_indices(projections)
     _check_size(size)
-    if not split or Path(split).name != split:
+    if not seed >= 0:  # numpy's generators take seeds of 0 or more
+        raise ValueError(f"seed must be 0 or more, got {seed}")
+    if not split or Path(split).name != split or split == "..":
         raise ValueError(f"split must be a plain folder name such as 'train', got {split!r}")
     if not 0.5 <= voxel_mm <= 8.0:
         raise ValueError(f"voxel_mm must be within 0.5..8 mm, got {voxel_mm}")
@@ -309,7 +311,7 @@ def generate_dataset(
             write (it never mixes its files into someone else's data).
     """
     voxel_mm = float(voxel_mm) if voxel_mm is not None else default_voxel_mm(size)
-    _check_arguments(patients, projections, size, split, voxel_mm)
+    _check_arguments(patients, projections, size, seed, split, voxel_mm)
     root = Path(out_dir)
     split_dir = root / split
     image_dir, label_dir = split_dir / IMAGE_SUBDIR, split_dir / LABEL_SUBDIR
