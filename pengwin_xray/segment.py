@@ -51,9 +51,11 @@ def load_segmenter(bundle_root: str | os.PathLike = ".", config_files: Sequence[
     for key, value in overrides.items():
         parser[key] = value
     from scripts.errors import USER_ERRORS, root_cause  # importable once the bundle folder is on sys.path
+    from scripts.flags import as_device
     from scripts.tuning import check_pipeline
 
     try:
+        as_device(parser.get_parsed_content("device"), "device")  # what inference.json's initialize checks
         segmenter = parser.get_parsed_content("segmenter")
         choice, model_path = parser.get_parsed_content("postprocessing_choice"), parser.get_parsed_content("ckpt_path")
         check_pipeline(choice, segmenter.inferer, model_path)  # what inference.json's initialize checks

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from helpers import BUNDLE_ROOT
 from scripts.flags import (
     as_count,
+    as_device,
     as_fraction,
     as_image_size,
     as_positive_number,
@@ -30,6 +32,18 @@ def test_positive_numbers_are_read_as_floats(value, expected):
 def test_anything_but_a_positive_number_names_the_setting(value):
     with pytest.raises(ValueError, match=f"learning_rate must be a number above 0, got {value!r}"):
         as_positive_number(value, "learning_rate")
+
+
+@pytest.mark.parametrize("value", ["cpu", torch.device("cpu")])
+def test_a_usable_device_is_read_as_a_torch_device(value):
+    assert as_device(value, "device") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("value", ["cuda:99", "gpu", ""])  # no machine has 100 GPUs; "gpu" is no device type
+def test_a_device_this_machine_cannot_use_names_the_setting_in_one_line(value):
+    with pytest.raises(ValueError, match=f"^device {value!r}: not a device this machine can use") as raised:
+        as_device(value, "device")
+    assert "\n" not in str(raised.value)
 
 
 @pytest.mark.parametrize("value, expected", [(0, 0.0), ("0.5", 0.5), (1, 1.0)])

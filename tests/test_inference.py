@@ -409,6 +409,11 @@ def test_the_fragment_network_of_the_two_stage_recipe_is_refused_alone_from_pyth
         load_segmenter(BUNDLE_ROOT, ckpt_dir=str(models), **{"network_def#features": FEATURES})
 
 
+def test_a_device_this_machine_lacks_is_one_line_naming_the_setting_from_python(model_root):
+    with pytest.raises(ValueError, match=r"^device 'cuda:99': not a device this machine can use"):
+        load_segmenter(BUNDLE_ROOT, device="cuda:99", **model_paths(model_root), **{"network_def#features": FEATURES})
+
+
 def test_a_damaged_torchscript_file_is_one_line_naming_it(model_root, tmp_path):
     paths = model_paths(model_root)
     damaged = tmp_path / "model.ts"

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
 from monai.bundle import ConfigParser
 from monai.utils import ensure_tuple
 
@@ -105,6 +106,22 @@ def as_image_size(value: Sequence[int] | int | str | None, name: str) -> list[in
     if len(sides) != 2 or not whole:
         raise ValueError(f"{name} must be [height, width] in pixels, or 0 for none, got {value!r}")
     return [int(side) for side in sides]
+
+
+def as_device(value: str | torch.device, name: str) -> torch.device:
+    """A device setting (``cpu``, ``cuda``, ``cuda:1``...) as a ``torch.device``, checked to hold a tensor here.
+
+    Raises:
+        ValueError: naming the setting, for a device name torch does not know or one this machine lacks (``cuda``
+            without a GPU or a CUDA build of torch: torch's own error is an assertion deep in the first use).
+    """
+    try:
+        device = torch.device(value)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as err:  # torch's errors for unknown and absent devices
+        reason = (str(err).strip().splitlines() or ["no message"])[0]
+        raise ValueError(f"{name} {value!r}: not a device this machine can use ({reason})") from None
+    return device
 
 
 #: ``python -m monai.bundle run`` arguments that are not config overrides
