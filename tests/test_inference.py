@@ -790,6 +790,14 @@ def test_segmenter_names_a_bad_array_in_one_line(model_root, array, message):
         segmenter.segment(array)
 
 
+@pytest.mark.parametrize("image, kind", [(b"/data/101_0000.tif", "bytes"), (None, "NoneType"), ([[1.0]], "list")])
+def test_segmenter_says_what_it_takes_when_given_neither_a_path_nor_an_array(model_root, image, kind):
+    segmenter = load_segmenter(BUNDLE_ROOT, **{"network_def#features": FEATURES, **model_paths(model_root)})
+    with pytest.raises(TypeError, match=rf"^image must be a file path \(str or os.PathLike\) or an \[H, W\] array, "
+                                        rf"got {kind}$"):
+        segmenter.segment(image)
+
+
 # ---------------------------------------------------------------- end to end through the CLI
 
 

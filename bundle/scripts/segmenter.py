@@ -75,11 +75,19 @@ class Segmenter:
         return self.postprocessing({"pred": logits})["pred"]
 
     def segment(self, image: str | os.PathLike | np.ndarray) -> Segmentation:
-        """Segment one raw X-ray: a TIFF file or a float ``[H, W]`` array of transmitted intensities."""
+        """Segment one raw X-ray: a TIFF file or a float ``[H, W]`` array of transmitted intensities.
+
+        Raises:
+            TypeError: for anything else (a ``bytes`` path, ``None``...).
+            ValueError: for a file or array that is no single-channel X-ray (named).
+        """
         if isinstance(image, (str, os.PathLike)):
             raw = read_xray_image(image, image_size=self.image_size)
-        else:
+        elif isinstance(image, (np.ndarray, torch.Tensor)):
             raw = check_xray_image(image, "image array", image_size=self.image_size)
+        else:
+            raise TypeError(f"image must be a file path (str or os.PathLike) or an [H, W] array, got "
+                            f"{type(image).__name__}")
         network_input = self.image_preprocessing({"image": raw[None]})["image"]
         probs = self.fragment_probabilities(self.logits(torch.as_tensor(network_input)[None])[0])
         return segment_probabilities(probs, raw.shape, self.threshold, self.min_component_size)
