@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from helpers import write_pair
-from scripts.loading import resolve_dataset
+from scripts.loading import checked_synthetic, resolve_dataset
 from pengwin_xray.datalist import (
     check_choice_data,
     check_held_out,
@@ -310,3 +310,29 @@ def test_a_new_choice_refuses_validation_patients_the_model_was_trained_on(datas
     # a record without its validation patients (bundle 0.14.4) cannot tell them from trained ones, nor no record
     check_choice_data({"dataset": "/data", "sources": trained_on["sources"]}, "/data", _items("001_0000.tif"))
     check_choice_data(None, "/data", _items("001_0000.tif"))
+
+
+_SYNTHETIC = {"patients": 3, "projections": 2, "size": 64, "seed": 0}
+
+
+@pytest.mark.parametrize(
+    "synthetic, message",
+    [
+        ({**_SYNTHETIC, "projection": 2}, r"^synthetic: no setting \['projection'\]; the settings are patients, "),
+        ({"patients": 3}, r"^synthetic: missing setting \['projections', 'size', 'seed'\] \(a whole --synthetic"),
+        ({**_SYNTHETIC, "patients": "x"}, r"^synthetic#patients must be a whole number, 1 or more, got 'x'"),
+        ({**_SYNTHETIC, "seed": -1}, r"^synthetic#seed must be a whole number, 0 or more, got -1"),
+        ({**_SYNTHETIC, "voxel_mm": 0}, r"^synthetic#voxel_mm must be a number above 0, got 0"),
+        ([3, 2], r"^synthetic must be a dict of patients, projections, size, seed, voxel_mm, got \[3, 2\]"),
+    ],
+)
+def test_a_bad_synthetic_setting_is_one_line_naming_it_before_any_data_is_written(tmp_path, synthetic, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_dataset("", str(tmp_path / "synthetic"), synthetic)
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_synthetic_settings_from_the_command_line_are_read_as_numbers():
+    checked = checked_synthetic({"patients": "3", "projections": 2.0, "size": 64, "seed": "0", "voxel_mm": "1.5"})
+    assert checked == {"patients": 3, "projections": 2, "size": 64, "seed": 0, "voxel_mm": 1.5}
+    assert checked_synthetic({**_SYNTHETIC, "voxel_mm": None})["voxel_mm"] is None

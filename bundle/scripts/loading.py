@@ -35,8 +35,12 @@ from custom_transforms.io import TIFF_SUFFIXES, list_tiffs, read_xray_image, tif
 from pengwin_xray.datalist import IMAGE_SUBDIR, LABEL_SUBDIR, split_folders
 from pengwin_xray.model_files import load_torchscript, read_state_dict
 
+from .flags import as_count, as_positive_number
+
 __all__ = [
     "resolve_dataset",
+    "SYNTHETIC_SETTINGS",
+    "checked_synthetic",
     "resume_checkpoint",
     "warn_replacing_best_model",
     "lock_training",
@@ -84,7 +88,35 @@ def resolve_dataset(dataset_dir: str, synthetic_dir: str, synthetic: dict[str, i
     from pengwin_xray.synthetic import ensure_synthetic_dataset  # imported on demand: real data never needs it
 
     logger.info(f"no dataset_dir given: using the built-in synthetic PENGWIN dataset in {synthetic_dir}")
-    return str(ensure_synthetic_dataset(synthetic_dir, **synthetic))
+    return str(ensure_synthetic_dataset(synthetic_dir, **checked_synthetic(synthetic)))
+
+
+#: the settings of the built-in synthetic dataset (``train.json``'s ``synthetic``)
+SYNTHETIC_SETTINGS: tuple[str, ...] = ("patients", "projections", "size", "seed", "voxel_mm")
+
+
+def checked_synthetic(synthetic: Any) -> dict[str, int | float | None]:
+    """The ``synthetic`` setting, a dict of :data:`SYNTHETIC_SETTINGS`, with whole numbers as ints (a seed of 0 or
+    more) and ``voxel_mm`` a number above 0 or ``None``.
+
+    Raises:
+        ValueError: naming the setting, for no dict, a key the generator does not take, or a bad value.
+    """
+    if not isinstance(synthetic, Mapping):
+        raise ValueError(f"synthetic must be a dict of {', '.join(SYNTHETIC_SETTINGS)}, got {synthetic!r}")
+    if unknown := sorted(set(synthetic) - set(SYNTHETIC_SETTINGS)):
+        raise ValueError(f"synthetic: no setting {unknown}; the settings are {', '.join(SYNTHETIC_SETTINGS)}")
+    if missing := [key for key in SYNTHETIC_SETTINGS if key not in synthetic and key != "voxel_mm"]:
+        raise ValueError(f"synthetic: missing setting {missing} (a whole --synthetic dict replaces the default one; "
+                         "--synthetic#patients 3 sets one setting)")
+    checked: dict[str, int | float | None] = {}
+    for key, value in synthetic.items():
+        name = f"synthetic#{key}"
+        if key == "voxel_mm":
+            checked[key] = None if value is None else as_positive_number(value, name)
+        else:
+            checked[key] = as_count(value, name, minimum=0 if key == "seed" else 1)
+    return checked
 
 def resume_checkpoint(ckpt_dir: str, required: bool = True) -> str | None:
     """The training state to resume from: ``<ckpt_dir>/checkpoint.pt``, written by ``train.json`` after every epoch.
