@@ -13,6 +13,7 @@ file so that a bad one fails with its name and the problem.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,15 @@ TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
 def list_tiffs(folder: str | Path) -> list[Path]:
     """The files directly in ``folder`` with a TIFF suffix (:data:`TIFF_SUFFIXES`, any case), sorted by name; hidden
-    files (``.name``, such as the ``._name.tif`` metadata files macOS leaves on shared drives) are not images."""
+    files (``.name``, such as the ``._name.tif`` metadata files macOS leaves on shared drives) are not images. A
+    broken link of such a name is listed too, so that reading it fails, naming it, instead of its image going
+    missing without a word."""
     return sorted(
         path
         for path in Path(folder).iterdir()
-        if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES and not path.name.startswith(".")
+        if (path.is_file() or (path.is_symlink() and not path.exists()))
+        and path.suffix.lower() in TIFF_SUFFIXES
+        and not path.name.startswith(".")
     )
 
 
@@ -84,6 +89,8 @@ def _read_single_page(path: str | Path) -> np.ndarray:
                 raise ValueError(f"{path}: expected a single-page TIFF, found {len(tif.pages)} pages")
             return tif.pages[0].asarray()
     except FileNotFoundError as err:
+        if Path(path).is_symlink():
+            raise FileNotFoundError(f"{path}: a link to {os.readlink(path)}, which does not exist") from err
         raise FileNotFoundError(f"{path}: file not found") from err
     except ValueError as err:
         if str(err).startswith(str(path)):

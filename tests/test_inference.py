@@ -168,6 +168,10 @@ def write_tiny_image(path: Path) -> None:
     tifffile.imwrite(path, raw_xray()[:16, :16])
 
 
+def write_broken_link(path: Path) -> None:
+    path.symlink_to("gone.tif")  # a link whose file was moved or deleted: not an image to skip without a word
+
+
 def write_negative_image(path: Path) -> None:
     image = raw_xray()
     image[0, 0] = -1.0
@@ -183,6 +187,7 @@ def write_negative_image(path: Path) -> None:
         (write_integer_image, "expected a float raw-intensity image"),
         (write_tiny_image, "image of 16x16 pixels; the networks need at least 32x32"),
         (write_negative_image, "raw intensities must be positive"),
+        (write_broken_link, "a link to gone.tif, which does not exist"),
     ],
 )
 def test_list_inputs_rejects_bad_file_with_its_reason_and_keeps_good_one(tmp_path, write_bad, reason):
