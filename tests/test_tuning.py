@@ -21,7 +21,9 @@ from custom_transforms import SplitOtherFragments
 from scripts.inferers import PengwinInferer, TwoStageInferer
 from helpers import BUNDLE_ROOT
 from scripts.tuning import (
+    DEFAULTS,
     MIN_COMPONENT_SIZES,
+    RECORDS,
     SEED_THRESHOLDS,
     SPLIT_DEPTHS,
     THRESHOLDS,
@@ -98,6 +100,7 @@ def test_choice_maximises_validation_fracture_iou_then_anatomy_and_is_written_be
     assert (chosen["split_depth"], chosen["seed_threshold"]) == (0.0, 0.0)
     assert len(chosen["grid"]) == len(SEEDED_THRESHOLDS) * len(MIN_COMPONENT_SIZES) * len(SPLIT_DEPTHS)
     assert json.loads((tmp_path / TUNED_POSTPROCESSING_FILE).read_text()) == chosen
+    assert set(chosen) == set(DEFAULTS) | set(RECORDS)  # every key it writes is one it reads back
     assert tuned_postprocessing(model_path) == {
         "threshold": 0.3,
         "min_component_size": 10,
@@ -245,6 +248,7 @@ def test_settings_fall_back_to_the_defaults_without_a_choice_or_for_another_mode
         ("null", r"a JSON NoneType"),
         ({"threshold": 5}, r"threshold must be a probability strictly between 0 and 1, got 5"),
         ({"localiser_sha256": "abc"}, r"localiser_sha256 must be a SHA-256 digest \(64 hex digits\) or null"),
+        ({"treshold": 0.7}, r"no setting \['treshold'\] in a post-processing choice \(misspelt\?\)"),
     ],
 )
 def test_a_damaged_or_hand_edited_choice_is_one_line_naming_the_file(tmp_path, content, problem):

@@ -84,6 +84,11 @@ DEFAULTS: dict[str, float | int | list[int] | None] = {
     "flip_tta": True,
     "localiser_sha256": None,
 }
+#: what else a ``postprocessing.json`` records: the scores, the model and data it was chosen for, the whole grid
+RECORDS: tuple[str, ...] = (
+    "validation_fracture_iou", "validation_anatomical_iou", "default_validation_fracture_iou", "num_validation",
+    "model_sha256", "trained_on", "grid",
+)  # fmt: skip
 #: a SHA-256 digest as ``pengwin_xray.atomic.file_sha256`` writes it
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -284,6 +289,8 @@ def tuned_postprocessing(model_path: str | os.PathLike) -> dict[str, float | int
         return dict(DEFAULTS)
     settings = {key: chosen.get(key, default) for key, default in DEFAULTS.items()}
     try:  # a file edited by hand fails here, naming itself, rather than later as if a setting were bad
+        if unknown := sorted(set(chosen) - set(DEFAULTS) - set(RECORDS)):
+            raise ValueError(f"no setting {unknown} in a post-processing choice (misspelt?)")
         check_threshold(settings["threshold"])
         check_min_component_size(settings["min_component_size"])
         check_split_depth(settings["split_depth"])
