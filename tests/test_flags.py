@@ -129,6 +129,13 @@ def test_a_folder_setting_naming_a_file_is_refused_and_a_folder_or_a_new_path_pa
     below_a_file = rf"^{tmp_path / 'results'}: is a file, so --output_dir .* cannot be a folder"
     with pytest.raises(ValueError, match=below_a_file):
         check_folders(output_dir=str(tmp_path / "results" / "run1"))
+    assert (tmp_path / "not_yet").is_dir() and not list((tmp_path / "not_yet").iterdir())  # created, probe gone
+
+
+def test_a_folder_setting_that_cannot_be_created_is_refused_before_the_run():
+    # /proc takes no new folders, whoever runs the test (a read-only folder would not stop root)
+    with pytest.raises(ValueError, match=r"^/proc/pengwin_results: --evaluation_dir cannot be written \("):
+        check_folders(evaluation_dir="/proc/pengwin_results")
 
 
 @pytest.mark.parametrize("config", ["train.json", "evaluate.json", "inference.json", "multi_gpu_train.json",

@@ -7,6 +7,7 @@ import ast
 import difflib
 import os
 import sys
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -132,12 +133,13 @@ _RUN_ARGUMENTS = frozenset(
 
 
 def check_folders(**folders: str) -> None:
-    """Refuse a folder setting (e.g. ``output_dir=...``) naming a file, or a folder below a file
-    (:func:`pengwin_xray.atomic.file_in_the_way`): its files could not be written, and the run would fail only when
-    it first writes one.
+    """Refuse a folder setting (e.g. ``output_dir=...``) naming a file, a folder below a file
+    (:func:`pengwin_xray.atomic.file_in_the_way`), or a folder that cannot be created or written: its files could
+    not be written, and the run would fail only when it first writes one, after its work. Each folder is created
+    and a temporary file written and removed in it.
 
     Raises:
-        ValueError: naming the file in the way and the setting.
+        ValueError: naming the file in the way or the folder, and the setting.
     """
     for name, folder in folders.items():
         blocking = file_in_the_way(folder)
@@ -145,6 +147,12 @@ def check_folders(**folders: str) -> None:
             raise ValueError(f"{folder}: --{name} is a file, not a folder; choose a folder")
         if blocking is not None:
             raise ValueError(f"{blocking}: is a file, so --{name} {folder} cannot be a folder; choose a folder")
+        try:  # the folder is kept: the run writes there (and the processes of a distributed run check it at once)
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ValueError(f"{folder}: --{name} cannot be written ({err.strerror or err})") from None
 
 
 def check_distinct_folders(**folders: str) -> None:
