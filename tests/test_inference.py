@@ -310,6 +310,40 @@ def test_list_inputs_refuses_the_x_ray_or_label_folder_of_a_pengwin_split_as_out
     assert len(list_inputs(dataset_dir, output_dir=tmp_path / "out").items) == 1
 
 
+def test_list_inputs_refuses_the_label_folder_of_another_pengwin_split_as_output(tmp_path):
+    tifffile.imwrite(tmp_path / "001_0000.tif", raw_xray())
+    labelled = tmp_path / "pengwin" / "train"
+    (labelled / IMAGE_SUBDIR).mkdir(parents=True)
+    (labelled / LABEL_SUBDIR).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"output_dir is the label folder of the PENGWIN split .*pengwin/train; "):
+        list_inputs(tmp_path, output_dir=labelled / LABEL_SUBDIR)
+    predictions = tmp_path / "predictions" / "test" / LABEL_SUBDIR  # a PENGWIN-like folder of predictions only
+    assert len(list_inputs(tmp_path, output_dir=predictions).items) == 1
+
+
+def test_a_rerun_removes_its_inputs_earlier_outputs_first_and_refuses_to_replace_another_image(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(inputs / name, raw_xray())
+    scan = list_inputs(inputs, output_dir=out)
+    writer = PredictionWriter(out)
+    earlier = {out / "a.tif", out / "a.json", out / "b_overlay.png", out / "c.tif"}  # c: an input not in this run
+    tifffile.imwrite(out / "a.tif", np.full((8, 8), 2, np.uint32))
+    for path in earlier - {out / "a.tif"}:
+        path.write_bytes(b"an earlier run's")
+    assert set(writer.remove_earlier_outputs(scan)) == earlier - {out / "c.tif"}
+    assert sorted(path.name for path in out.iterdir()) == ["c.tif"]  # an interrupted run leaves none of them
+    tifffile.imwrite(out / "b.tif", raw_xray())  # an X-ray of the output's name: no earlier output
+    (out / "a.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"b\.tif: not a bit map of an earlier run .* choose another --output_dir"):
+        writer.remove_earlier_outputs(scan)
+    assert (out / "a.json").exists()  # nothing deleted when one is refused
+    steps = json.loads((BUNDLE_ROOT / "configs" / "inference.json").read_text())["initialize"]
+    assert "$@writer.remove_earlier_outputs(@input_scan)" in steps  # before the run starts
+
+
 # ---------------------------------------------------------------- model formats
 
 

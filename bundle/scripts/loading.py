@@ -196,8 +196,9 @@ def error_reason(err: BaseException, path: str) -> str:
 def check_output_folder(
     output_dir: str | os.PathLike, input_folders: Collection[Path], label_folders: Collection[Path] = ()
 ) -> None:
-    """Refuse an ``output_dir`` that is a folder the inputs are read from, or a PENGWIN split's label folder: the bit
-    maps (``<stem>.tif``) would overwrite the X-rays or the ground truth."""
+    """Refuse an ``output_dir`` that is a folder the inputs are read from, or a PENGWIN split's label folder (of
+    the inputs' splits, or of any split: ``<split>/output/images/x-ray`` beside a ``<split>/input/images/x-ray``):
+    the bit maps (``<stem>.tif``) would overwrite the X-rays or the ground truth."""
     output = Path(output_dir).resolve()
     for folders, what in ((input_folders, "the inputs"), (label_folders, "the ground-truth labels")):
         taken = [folder for folder in folders if folder.resolve() == output]
@@ -205,6 +206,13 @@ def check_output_folder(
             raise ValueError(
                 f"{output_dir}: output_dir is the folder of {what} ({taken[0]}); the bit maps would overwrite them; "
                 "choose another --output_dir"
+            )
+    if output.parts[-len(LABEL_SUBDIR.parts) :] == LABEL_SUBDIR.parts:
+        split = output.parents[len(LABEL_SUBDIR.parts) - 1]
+        if (split / IMAGE_SUBDIR).is_dir():
+            raise ValueError(
+                f"{output_dir}: output_dir is the label folder of the PENGWIN split {split}; the bit maps would "
+                "overwrite its ground truth; choose another --output_dir"
             )
 
 def list_inputs(

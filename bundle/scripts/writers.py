@@ -393,6 +393,15 @@ def write_prediction(
     return paths
 
 
+def _is_bit_map(path: Path) -> bool:
+    """Whether ``path`` is a one-page TIFF of integers, as :func:`write_bitmap_tiff` writes (read from its header)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return len(tif.pages) == 1 and np.dtype(tif.pages[0].dtype).kind in "iu"
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return False
+
+
 def output_paths(output_dir: str | os.PathLike, image_name: str) -> dict[str, Path]:
     """Where :func:`write_prediction` writes each output kind of the input ``image_name`` in ``output_dir``."""
     folder, stem = Path(output_dir), tiff_stem(image_name)
@@ -477,6 +486,32 @@ class PredictionWriter:
                 f"they are; move them away so that the folder holds this run's results only): {names}"
             )
         return found
+
+    def remove_earlier_outputs(self, scan: InputScan) -> list[Path]:
+        """Delete, before the run, an earlier run's files of this run's inputs (each would be rewritten anyway), so
+        that a run stopped part-way leaves its own outputs only, none of an earlier run beside them to pass for its
+        own. Returns the deleted files.
+
+        Raises:
+            ValueError: naming it, when a ``<stem>.tif`` there is no integer bit map (an X-ray, say): not an earlier
+                output, but a file this run would replace; nothing is deleted then.
+        """
+        earlier = [
+            path
+            for item in scan.items
+            for path in output_paths(self.output_dir, item["image"]).values()
+            if path.is_file()
+        ]
+        for path in earlier:
+            if path.suffix == ".tif" and not _is_bit_map(path):
+                raise ValueError(f"{path}: not a bit map of an earlier run (another image of this name), which this "
+                                 "run's output would replace; choose another --output_dir or move the file away")
+        for path in earlier:
+            path.unlink()
+        if earlier:
+            logger.info(f"{self.output_dir}: removed {len(earlier)} file(s) of an earlier run of these inputs before "
+                        "writing theirs again")
+        return earlier
 
     def remove_failed_outputs(self, failures: Sequence[InputFailure]) -> list[Path]:
         """Delete the output files of inputs that failed in this run (an earlier run's, or a part this run wrote
