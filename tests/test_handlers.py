@@ -135,13 +135,26 @@ def _saved_bytes(state: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _identity(tmp_path, run_name="run-a", **settings) -> RunIdentity:
+def _identity(tmp_path, run_name="run-a", generated_by=None, **settings) -> RunIdentity:
     items = []
     for name in ("001_0000.tif", "002_0000.tif"):
         if not (tmp_path / name).exists():
             (tmp_path / name).write_bytes(b"image")
         items.append({"image": str(tmp_path / name)})
-    return RunIdentity(run_name, items, {"learning_rate": 1e-3, "max_epochs": 40, **settings})
+    return RunIdentity(run_name, items, {"learning_rate": 1e-3, "max_epochs": 40, **settings}, generated_by)
+
+
+def test_generated_data_written_again_by_the_same_settings_is_the_same_data(tmp_path):
+    generator = {"patients": 12, "projections": 8, "size": 128, "seed": 0}
+    saved = _identity(tmp_path, generated_by=generator).state_dict()
+    os.utime(tmp_path / "001_0000.tif", ns=(1, 1))  # generated again: the same bytes in newer files
+    _identity(tmp_path, generated_by=generator).load_state_dict(saved)  # no error
+    with pytest.raises(ValueError, match="with other data"):
+        _identity(tmp_path, generated_by={**generator, "seed": 1}).load_state_dict(saved)
+    on_disk = _identity(tmp_path).state_dict()  # a user's files: their sizes and times count
+    os.utime(tmp_path / "001_0000.tif", ns=(2, 2))
+    with pytest.raises(ValueError, match="with other data"):
+        _identity(tmp_path).load_state_dict(on_disk)
 
 
 def test_a_resume_with_the_same_data_and_settings_is_accepted_even_with_a_longer_budget(tmp_path):

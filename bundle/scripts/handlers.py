@@ -141,22 +141,34 @@ class RunIdentity:
 
     Saved in ``checkpoint.pt``; a resume (:meth:`check_resume`, and again when ignite loads it) refuses a checkpoint
     of other data or settings, which would otherwise be continued silently, naming the settings that differ. The data
-    digest covers the training and validation files (paths, sizes, modification times); the settings are ``settings``
-    (in ``train.json``: network and loss classes, channels, learning rate and its schedule, batch size,
-    preprocessing, seed and precision) except a budget (``max_epochs``, ``max_minutes``), which a resume may extend.
+    digest covers the training and validation files (paths, sizes, modification times; for generated data, their
+    paths and what generated them, since a dataset generated again holds the same bytes in newer files); the settings
+    are ``settings`` (in ``train.json``: network and loss classes, channels, learning rate and its schedule, batch
+    size, preprocessing, seed and precision) except a budget (``max_epochs``, ``max_minutes``), which a resume may
+    extend.
 
     Args:
         run_name: this run's name.
         items: the training and validation datalist items.
         settings: the run's settings by name, as checked values (``true`` and ``"true"`` must compare equal).
+        generated_by: for generated data, what generated the files (the generator's settings), which then stands
+            for their sizes and times.
     """
 
     BUDGET: tuple[str, ...] = ("max_epochs", "max_minutes")
 
-    def __init__(self, run_name: str, items: Sequence[Mapping[str, str]], settings: Mapping[str, Any]) -> None:
-        paths = {str(path) for item in items for key, path in item.items() if key in ("image", "label")}
-        stats = {path: Path(path).stat() for path in paths}
-        files = sorted((path, stat.st_size, stat.st_mtime_ns) for path, stat in stats.items())
+    def __init__(
+        self,
+        run_name: str,
+        items: Sequence[Mapping[str, str]],
+        settings: Mapping[str, Any],
+        generated_by: Mapping[str, Any] | None = None,
+    ) -> None:
+        paths = sorted({str(path) for item in items for key, path in item.items() if key in ("image", "label")})
+        if generated_by is not None:
+            files: list[Any] = [dict(generated_by), paths]
+        else:
+            files = [(path, stat.st_size, stat.st_mtime_ns) for path, stat in ((p, Path(p).stat()) for p in paths)]
         compared = {key: value for key, value in settings.items() if key not in self.BUDGET}
         self.identity = {
             "run_name": str(run_name),
