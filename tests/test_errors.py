@@ -57,6 +57,14 @@ def test_a_user_error_is_one_line_unless_debugging(monkeypatch, capsys, debug):
         assert err == f"error: /data/x.tif: file not found (set {DEBUG_VARIABLE}=1 for the traceback)\n"
 
 
+def test_ctrl_c_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.delenv(DEBUG_VARIABLE, raising=False)
+    report_user_errors_in_one_line()
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)  # it reaches the top unwrapped: no Exception
+    assert capsys.readouterr().err == f"interrupted (set {DEBUG_VARIABLE}=1 for the traceback)\n"
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     monkeypatch.delenv(DEBUG_VARIABLE, raising=False)

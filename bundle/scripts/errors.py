@@ -28,6 +28,9 @@ def _one_line_hook(kind: type[BaseException], error: BaseException, traceback: T
     if isinstance(cause, USER_ERRORS) and not os.environ.get(DEBUG_VARIABLE):
         print(f"error: {cause} (set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr, flush=True)
         return
+    if isinstance(error, KeyboardInterrupt) and not os.environ.get(DEBUG_VARIABLE):  # Python still exits by SIGINT
+        print(f"interrupted (set {DEBUG_VARIABLE}=1 for the traceback)", file=sys.stderr, flush=True)
+        return
     sys.__excepthook__(kind, error, traceback)
 
 
@@ -37,7 +40,7 @@ def report_user_errors_in_one_line() -> None:
     MONAI wraps every error raised while a config expression is evaluated in ``RuntimeError: Failed to evaluate
     ConfigExpression`` and Python prints the whole chain, 50 to 330 lines with the useful message somewhere
     inside. This installs a ``sys.excepthook`` that prints only ``error: <message>`` when the root cause is one of
-    :data:`USER_ERRORS`; anything else (a bug) keeps its full traceback, and so does everything when the
-    environment variable :data:`DEBUG_VARIABLE` is set. The configs call it first in ``initialize``.
+    :data:`USER_ERRORS`, and ``interrupted`` for Ctrl-C; anything else (a bug) keeps its full traceback, and so does
+    everything when the environment variable :data:`DEBUG_VARIABLE` is set. The configs call it first in ``initialize``.
     """
     sys.excepthook = _one_line_hook
