@@ -183,7 +183,6 @@ def test_a_split_of_other_patients_than_training_had_is_refused_where_it_holds_p
     "command, data, setting, message",
     [
         (INFERENCE, "inputs", ["--threshold", "2"], "threshold must be a probability strictly between 0 and 1, got 2"),
-        (INFERENCE, "inputs", ["--device", "cuda:99"], "device 'cuda:99': not a device this machine can use"),
         (TRAINING, "synthetic", ["--learning_rate", "abc"], "learning_rate must be a number above 0, got 'abc'"),
         (TRAINING, "synthetic", ["--max_epoch", "1"], "--max_epoch: no such setting in configs/train.json; did you mean"),
         (EVALUATION, "one patient", [], "no test images"),

@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from helpers import BUNDLE_ROOT
+from scripts.errors import root_cause
 from scripts.flags import (
     as_count,
     as_device,
@@ -144,6 +146,20 @@ def test_every_run_checks_its_output_folder_before_anything_else(config):
     steps = json.loads((BUNDLE_ROOT / "configs" / config).read_text())["initialize"]
     checks = [index for index, step in enumerate(steps) if "check_folders(output_dir=@output_dir" in step]
     assert checks and checks[0] <= 2  # right after the error report and the override check
+
+
+@pytest.mark.parametrize("configs", [["train.json"], ["train.json", "evaluate.json"], ["inference.json"],
+                                     ["train.json", "choose_postprocessing.json"]])  # fmt: skip
+def test_every_single_process_run_checks_its_device_before_using_it(tmp_path, configs):
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / name) for name in configs])
+    parser.update({"bundle_root": str(tmp_path), "device": "cuda:99"})  # as --device cuda:99 gives it
+    steps = parser["initialize"]
+    check = steps.index("$scripts.flags.as_device(@device, 'device')")
+    assert not any("@device" in step or "@segmenter" in step or "@network" in step for step in steps[:check])
+    with pytest.raises(RuntimeError) as raised:
+        parser.get_parsed_content(f"initialize#{check}")
+    assert str(root_cause(raised.value)).startswith("device 'cuda:99': not a device this machine can use")
 
 
 def test_two_folder_settings_naming_one_folder_are_refused(tmp_path):

@@ -349,19 +349,28 @@ def test_default_training_on_synthetic_data_learns_and_reaches_mlflow_then_evalu
     assert len(rest(mlflow_server, "runs/search", body={"experiment_ids": [experiment["experiment_id"]]})["runs"]) == 2
 
 
-@pytest.mark.parametrize("cosine_lr, final_lr", [("false", 2e-3), ("true", 0.0)])
-def test_cosine_lr_anneals_the_learning_rate_to_zero_over_max_epochs(tmp_path, cosine_lr, final_lr):
+def test_cosine_lr_anneals_the_learning_rate_to_zero_over_max_epochs(tmp_path):
     args = tiny_training_args(tmp_path, max_epochs=2, batch_size=4)
-    result = bundle_run(*args, "--learning_rate", "0.002", "--cosine_lr", cosine_lr, "--cpu_bf16", "false")
+    result = bundle_run(*args, "--learning_rate", "0.002", "--cosine_lr", "true", "--cpu_bf16", "false")
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "models" / "checkpoint.pt", weights_only=True)
-    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(final_lr, abs=1e-12)
-    assert state["lr_scheduler"]["last_epoch"] == (2 if cosine_lr == "true" else 0)
-    if cosine_lr == "true":  # the cosine spans max_epochs: a resume to more epochs is refused in one line, naming it
-        resumed = bundle_run(*args[:-4], "--max_epochs", "3", "--batch_size", "4", "--learning_rate", "0.002",
-                             "--cosine_lr", "True", "--cpu_bf16", "False", "--resume", "true")  # fmt: skip
-        assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
-        assert "other settings (cosine_lr_epochs 2 there, 3 here)" in resumed.stderr.strip().splitlines()[-1]
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert state["lr_scheduler"]["last_epoch"] == 2
+    # the cosine spans max_epochs: a resume to more epochs is refused in one line, naming it
+    resumed = bundle_run(*args[:-4], "--max_epochs", "3", "--batch_size", "4", "--learning_rate", "0.002",
+                         "--cosine_lr", "True", "--cpu_bf16", "False", "--resume", "true")  # fmt: skip
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
+    assert "other settings (cosine_lr_epochs 2 there, 3 here)" in resumed.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("cosine_lr, stepped", [("false", False), ("true", True), (True, True)])
+def test_only_cosine_lr_steps_the_learning_rate_schedule(tmp_path, cosine_lr, stepped):
+    # without it the rate stays the learning_rate: no handler steps the (then unused) schedule
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "cosine_lr": cosine_lr})
+    index = next(i for i, handler in enumerate(parser["train#handlers"]) if handler["_target_"] == "LrScheduleHandler")
+    assert parser.get_parsed_content(f"train#handlers#{index}#_disabled_") is not stepped
 
 
 @pytest.mark.parametrize(
