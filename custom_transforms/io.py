@@ -28,6 +28,7 @@ __all__ = [
     "list_tiffs",
     "tiff_stem",
     "tiffs_by_stem",
+    "stored_dtype",
     "read_xray_image",
     "check_xray_image",
     "read_fragment_label",
@@ -77,6 +78,13 @@ def tiff_stem(name: str | Path) -> str:
         if name.lower().endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def stored_dtype(path: str | Path) -> tuple[np.dtype, int]:
+    """The sample type a TIFF stores in its first page, and its page count, from its header (no pixels read; the
+    readers convert: X-rays to float32, bit maps to int32). Raises what tifffile raises for no TIFF."""
+    with tifffile.TiffFile(path) as tif:
+        return np.dtype(tif.pages[0].dtype), len(tif.pages)
 
 
 def _read_single_page(path: str | Path) -> np.ndarray:

@@ -29,12 +29,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from tqdm import tqdm
 
 from custom_transforms.constants import CATEGORY_NAMES, FIRST_TOOL_PROJECTION, MAX_FRAGMENTS, NUM_CHANNELS, fragment_bit
 from custom_transforms.intensity import NegLogWindow
-from custom_transforms.io import list_tiffs, read_fragment_label, read_xray_image
+from custom_transforms.io import list_tiffs, read_fragment_label, read_xray_image, stored_dtype
 
 from .atomic import check_writable, write_json_atomic
 from .datalist import IMAGE_SUBDIR, LABEL_SUBDIR, PENGWIN_NAME
@@ -82,8 +81,7 @@ def list_files(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
         images, labels = [], []
         for path in _tiffs(root):
             try:
-                with tifffile.TiffFile(path) as tif:
-                    is_float = np.issubdtype(tif.pages[0].dtype, np.floating)
+                is_float = np.issubdtype(stored_dtype(path)[0], np.floating)
             except Exception:  # tifffile raises many types; an unreadable file is reported when measured
                 is_float = True
             (images if is_float else labels).append(path)
@@ -99,16 +97,10 @@ def _name_parts(path: Path) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def _stored_dtype(path: str | os.PathLike) -> str:
-    """The sample type the TIFF stores (the readers convert: X-rays to float32, bit maps to int32)."""
-    with tifffile.TiffFile(path) as tif:
-        return str(tif.pages[0].dtype)
-
-
 def measure_image(path: str | os.PathLike, seed: int = 0) -> dict:
     """Size, dtype, raw range, sampled raw pixels and the neg-log histogram (share per bin) of one X-ray."""
     image = read_xray_image(path)
-    dtype = _stored_dtype(path)
+    dtype = str(stored_dtype(path)[0])
     window = np.asarray(NegLogWindow()(image))
     # bincount of the bin indices: np.histogram's general path is 5x slower on a 448 image
     bins = np.minimum((window * _HISTOGRAM_BINS).astype(np.intp), _HISTOGRAM_BINS - 1)
@@ -131,7 +123,7 @@ def measure_label(path: str | os.PathLike) -> dict:
     bits say which fragments its pixels belong to.
     """
     label = read_fragment_label(path).view(np.uint32)
-    dtype = _stored_dtype(path)
+    dtype = str(stored_dtype(path)[0])
     values, counts = np.unique(label, return_counts=True)
     shares = counts / label.size
     in_bit = ((values[:, None] >> _BITS) & 1).astype(bool)  # [distinct values, 30]

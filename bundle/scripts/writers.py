@@ -43,7 +43,7 @@ from custom_transforms.constants import (
     fragment_name,
 )
 from custom_transforms.intensity import CLAHE, NegLogWindow
-from custom_transforms.io import as_bitmap, tiff_stem
+from custom_transforms.io import as_bitmap, stored_dtype, tiff_stem
 from pengwin_xray.atomic import atomic_open
 from pengwin_xray.masks import bounding_boxes
 
@@ -396,8 +396,8 @@ def write_prediction(
 def _is_bit_map(path: Path) -> bool:
     """Whether ``path`` is a one-page TIFF of integers, as :func:`write_bitmap_tiff` writes (read from its header)."""
     try:
-        with tifffile.TiffFile(path) as tif:
-            return len(tif.pages) == 1 and np.dtype(tif.pages[0].dtype).kind in "iu"
+        dtype, pages = stored_dtype(path)
+        return pages == 1 and dtype.kind in "iu"
     except (OSError, ValueError, tifffile.TiffFileError):
         return False
 
